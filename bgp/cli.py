@@ -1,0 +1,106 @@
+"""The `calico-bgp` command line.
+
+Stage: user interface. Thin: every command parses its flags (or calico-node's environment names) and calls
+into the package that does the work.
+
+Owns: flag names, environment fallbacks, exit codes and user-facing error messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_RUN_DIR = "/var/run/calico-bgp"
+
+
+def _run_dir_option(f):
+    return click.option(
+        "--run-dir",
+        envvar="CALICO_BGP_RUN_DIR",
+        default=DEFAULT_RUN_DIR,
+        show_default=True,
+        type=click.Path(path_type=Path),
+        help="Directory holding the daemon's control socket and ExaBGP files (env CALICO_BGP_RUN_DIR).",
+    )(f)
+
+
+@click.group()
+@click.option("--log-level", default="info", envvar="CALICO_BGP_LOG_LEVEL",
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+def cli(log_level: str) -> None:
+    """calico-bgp: Calico's BGP layer (confd + BIRD) rebuilt on ExaBGP."""
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@cli.group()
+def node() -> None:
+    """The node daemon."""
+
+
+@node.command("run")
+@click.option("--node", "node_name", envvar="NODENAME", default=socket.gethostname, show_default="hostname",
+              help="This node's name, as in its Calico Node resource (env NODENAME).")
+@click.option("--etcd-endpoints", envvar="ETCD_ENDPOINTS", default="http://127.0.0.1:2379", show_default=True,
+              help="Comma-separated etcd v3 endpoints (env ETCD_ENDPOINTS).")
+@_run_dir_option
+@click.option("--metrics-port", envvar="CALICO_BGP_METRICS_PORT", default=9094, show_default=True, type=int,
+              help="Prometheus endpoint port; 0 disables it.")
+@click.option("--metrics-address", default="0.0.0.0", show_default=True)
+def node_run(node_name: str, etcd_endpoints: str, run_dir: Path, metrics_port: int, metrics_address: str) -> None:
+    """Run the node daemon: etcd watch, config rendering, ExaBGP, route programming."""
+    from bgp.daemon import NodeConfig, run_node
+
+    endpoints = tuple(e.strip() for e in etcd_endpoints.split(",") if e.strip())
+    if not endpoints:
+        raise click.UsageError("--etcd-endpoints is empty")
+    if os.geteuid() != 0:
+        raise click.ClickException("calico-bgp node run must run as root (it programs kernel routes)")
+    run_node(NodeConfig(node=node_name, etcd_endpoints=endpoints, run_dir=run_dir,
+                        metrics_port=metrics_port, metrics_address=metrics_address))
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_run_dir_option
+def status(output: str, run_dir: Path) -> None:
+    """Show BGP sessions, in the shape of `calicoctl node status`."""
+    from bgp.status import DaemonNotRunning, query, render_status
+
+    try:
+        report = query(run_dir / "ctl.sock", "status")
+    except DaemonNotRunning as exc:
+        raise click.ClickException(str(exc)) from exc
+    if output == "json":
+        for peer in report.get("peers", []):
+            peer.pop("since_ts", None)
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(render_status(report), nl=False)
+
+
+def _add_optional_groups() -> None:
+    from labs.cli import lab
+
+    cli.add_command(lab)
+
+
+_add_optional_groups()
+
+
+def main() -> None:
+    cli(prog_name="calico-bgp")
+
+
+if __name__ == "__main__":
+    main()

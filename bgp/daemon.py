@@ -1,0 +1,180 @@
+"""`calico-bgp node run`: the node daemon (calico/node's confd + BIRD, in one asyncio process plus ExaBGP).
+
+Stage: wiring. This is the one place where the pipeline's stages are built and connected — the etcd syncer
+feeds confgen; confgen's intent feeds the speaker and the ExaBGP environment, its rendered file feeds ExaBGP
+(reload on change); the bridge feeds ExaBGP's events to the speaker; the kernel watcher feeds workload routes
+to the speaker; the speaker drives the API commands and the route table.
+
+Owns: the task group, signal handling and shutdown order.
+
+Complicating factors:
+- ExaBGP must not start before the first config is rendered and validated (it would run with no neighbours
+  and an empty listener), so the supervisor waits for confgen's first render.
+- Shutdown leaves our kernel routes in place (BIRD's ``persist``): pods on other nodes keep their paths while
+  this daemon restarts; the next run adopts them and sweeps only what is no longer wanted.
+- Routes found in the kernel at start are adopted and their deletion is held until every session has come up
+  and sent End-of-RIB, or the hold time ran out, so a restart does not blackhole anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import start_http_server
+
+from bgp.exabgp.channel import ApiChannel
+from bgp.exabgp.supervisor import ExaBGPSupervisor, exabgp_environment
+from bgp.metrics import SpeakerMetrics, build_registry
+from bgp.speaker import Speaker
+from bgp.status import ControlServer, status_report
+from confgen.apply import ConfigWriter
+from confgen.datastore.etcd import EtcdClient, EtcdSyncer
+from confgen.intent import NodeIntent
+from confgen.loop import Confgen
+from routes.model import RTPROT_BIRD
+from routes.monitor import WorkloadRouteWatcher
+from routes.netlink import KernelNetlink
+from routes.table import RouteTable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node: str
+    etcd_endpoints: tuple[str, ...]
+    run_dir: Path
+    metrics_port: int = 9094
+    metrics_address: str = "0.0.0.0"
+    resync_interval: float = 90.0  # Felix's RouteRefreshInterval
+    sweep_hold: float = 120.0  # BIRD's default graceful-restart time
+
+
+def api_run_line(socket_path: Path) -> str:
+    return f"{shlex.quote(sys.executable)} -m bgp.exabgp.bridge {shlex.quote(str(socket_path))}"
+
+
+class NodeDaemon:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        run_dir = config.run_dir
+        self.registry = build_registry()
+        self.netlink = KernelNetlink()
+        self.table = RouteTable(self.netlink, proto=RTPROT_BIRD, registry=self.registry)
+        self.channel = ApiChannel(run_dir / "api.sock", on_line=self._on_line)
+        self.speaker = Speaker(
+            send=self.channel.send, route_table=self.table, metrics=SpeakerMetrics(self.registry)
+        )
+        self.supervisor = ExaBGPSupervisor(
+            run_dir / "exabgp.conf",
+            run_dir / "exabgp.log",
+            environment=exabgp_environment([], 179),
+            on_start=self.speaker.exabgp_restarted,
+        )
+        endpoints = list(config.etcd_endpoints)
+        self.syncer = EtcdSyncer(lambda: EtcdClient(endpoints), config.node, registry=self.registry)
+        self.confgen = Confgen(
+            self.syncer,
+            config.node,
+            ConfigWriter(run_dir / "exabgp.conf"),
+            api_run=api_run_line(run_dir / "api.sock"),
+            on_intent=self._on_intent,
+            reload=self.supervisor.reload,
+            registry=self.registry,
+        )
+        self.watcher = WorkloadRouteWatcher(self.netlink, on_change=self.speaker.set_workload_routes)
+        self.control = ControlServer(run_dir / "ctl.sock", {"status": self._status})
+        self._intent: NodeIntent | None = None
+        self._started = time.monotonic()
+
+    # -------------------------------------------------------------- callbacks
+
+    def _on_line(self, line: str) -> None:
+        self.speaker.handle_line(line)
+
+    def _on_intent(self, intent: NodeIntent) -> None:
+        self._intent = intent
+        self.speaker.set_intent(intent)
+        bind = [a for a in (intent.ipv4_address, intent.ipv6_address) if a]
+        self.supervisor.set_environment(exabgp_environment(bind, intent.listen_port))
+
+    def _status(self) -> dict:
+        warnings = list(self._intent.warnings) if self._intent else ["no configuration rendered yet"]
+        if not self.syncer.in_sync:
+            warnings.append("datastore unreachable: running on the last good configuration")
+        return status_report(self.config.node, self.speaker.peer_statuses(), warnings)
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def _resync_loop(self) -> None:
+        """Periodic full read-back of our kernel routes; also ends the start-up sweep hold."""
+        while True:
+            await asyncio.sleep(min(self.config.resync_interval, 5.0))
+            if self.table.holding_deletes and self._ready_to_sweep():
+                log.info("all sessions synchronised (or hold time over): sweeping stale routes")
+                self.table.hold_deletes(False)
+                await self.table.apply()
+            if time.monotonic() - self._last_resync >= self.config.resync_interval:
+                self._last_resync = time.monotonic()
+                await self.table.resync()
+
+    def _ready_to_sweep(self) -> bool:
+        if time.monotonic() - self._started >= self.config.sweep_hold:
+            return True
+        peers = self.speaker.peer_statuses()
+        return bool(self._intent) and all(p.established for p in peers)
+
+    async def run(self) -> None:
+        config = self.config
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        config.run_dir.chmod(0o700)
+        self._last_resync = time.monotonic()
+        self.table.hold_deletes(True)
+        await self.control.start()
+        await self.channel.start()
+        if config.metrics_port:
+            start_http_server(config.metrics_port, addr=config.metrics_address, registry=self.registry)
+        tasks = [
+            asyncio.create_task(self.confgen.run(), name="confgen"),
+            asyncio.create_task(self.watcher.run(), name="kernel-watcher"),
+            asyncio.create_task(self.speaker.run(), name="speaker"),
+            asyncio.create_task(self._resync_loop(), name="route-resync"),
+        ]
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            first = asyncio.create_task(self.confgen.first_render())
+            done, _ = await asyncio.wait([first, *tasks, asyncio.create_task(stop.wait())],
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if first in done and not stop.is_set():
+                log.info("first configuration rendered; starting ExaBGP")
+                tasks.append(asyncio.create_task(self.supervisor.run(), name="exabgp"))
+                done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())],
+                                             return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task in tasks and task.exception() is not None:
+                    log.error("task %s failed", task.get_name(), exc_info=task.exception())
+        finally:
+            log.info("stopping: ExaBGP first, kernel routes stay in place")
+            await self.supervisor.stop()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self.channel.close()
+            await self.control.close()
+
+
+def run_node(config: NodeConfig) -> None:
+    asyncio.run(NodeDaemon(config).run())

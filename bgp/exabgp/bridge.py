@@ -1,0 +1,91 @@
+"""The ExaBGP API process: a byte bridge between ExaBGP's pipes and the node daemon.
+
+Stage: transport between the BGP engine and the announcements dataplane.
+
+Owns: nothing but two copies — ExaBGP's stdout-to-us (JSON events) goes to the daemon's unix socket, and the
+daemon's commands come back and are written to our stdout (ExaBGP's command input).
+
+Why a bridge and not the speaker itself: ExaBGP respawns its API process with no state (exabgp.md §2.2), may
+restart it on SIGUSR2, and kills it when it stops. Keeping the RIB, the kernel table and the status in the
+long-lived daemon means none of those events loses routes or state; this process can die at any moment and
+the daemon simply sees a reconnect. It is run as ``python -m bgp.exabgp.bridge SOCKET`` and imports nothing
+heavy so that a respawn is quick.
+
+Complicating factors:
+- ExaBGP blocks when nobody reads its output: we always drain stdin, even while the daemon is away (lines
+  read then are dropped: the daemon resynchronises from session state when it comes back).
+- If the daemon's socket goes away for good, we exit; ExaBGP's respawn limit then stops it, which is what we
+  want when the daemon that owns it is gone (the daemon also makes ExaBGP die with it via PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+
+RECONNECT_FOR = 10.0  # seconds we keep trying to reach the daemon before giving up
+
+
+def _connect(path: str, deadline: float) -> socket.socket | None:
+    delay = 0.05
+    while time.monotonic() < deadline:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError:
+            sock.close()
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+    return None
+
+
+def _pump_commands(sock: socket.socket, out, stop: threading.Event) -> None:
+    """Daemon -> ExaBGP: copy whole lines to stdout, flushing after each read."""
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            out.write(data)
+            out.flush()
+    except OSError:
+        pass
+    finally:
+        stop.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m bgp.exabgp.bridge SOCKET", file=sys.stderr)
+        return 2
+    path = args[0]
+    sock = _connect(path, time.monotonic() + RECONNECT_FOR)
+    if sock is None:
+        print(f"calico-bgp bridge: cannot reach the daemon at {path}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    threading.Thread(target=_pump_commands, args=(sock, sys.stdout.buffer, stop), daemon=True).start()
+    stdin = sys.stdin.buffer
+    fd = stdin.fileno()
+    while not stop.is_set():
+        data = os.read(fd, 65536)
+        if not data:  # ExaBGP closed our stdin: it is stopping
+            break
+        try:
+            sock.sendall(data)
+        except OSError:
+            break
+    try:
+        sock.close()
+    except OSError:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""ExaBGP's JSON event stream, parsed into typed events.
+
+Stage: the receive side of the announcements dataplane. ExaBGP writes one JSON object per line to its API
+process; the bridge forwards the lines to the daemon and this module turns each into events the speaker
+understands. Pure: no I/O, no state.
+
+Complicating factors (reference exabgp.md §2.3):
+- One UPDATE line can carry announces for several next hops and families, and withdraws, at once.
+- End-of-RIB arrives as ``"type": "update"`` with ``message.eor`` instead of ``message.update``.
+- ``as-path`` is an object of segments in 5.x (a flat list in 4.x): both shapes are accepted.
+- With add-path, each NLRI object also has ``path-information``; a path is keyed by (prefix, path id).
+- Lines that are not JSON (acks ``done``/``error`` when acks are on, blank lines) are skipped, not fatal:
+  a garbage line must never take the speaker down.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+# ExaBGP session states as they appear in "type": "state" events.
+STATE_CONNECTED = "connected"
+STATE_UP = "up"
+STATE_DOWN = "down"
+
+
+@dataclass(frozen=True)
+class PathAttributes:
+    origin: str = "igp"
+    as_path: tuple[int, ...] = ()
+    med: int | None = None
+    local_pref: int | None = None
+    communities: tuple[tuple[int, ...], ...] = ()
+    large_communities: tuple[tuple[int, ...], ...] = ()
+    originator_id: str = ""
+    cluster_list: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PeerState:
+    peer: str
+    state: str  # connected | up | down
+    reason: str = ""
+    local: str = ""
+    peer_as: int | None = None
+
+
+@dataclass(frozen=True)
+class RoutesLearned:
+    peer: str
+    family: str  # "ipv4 unicast" | "ipv6 unicast"
+    nexthop: str
+    prefixes: tuple[str, ...]
+    attributes: PathAttributes = field(default_factory=PathAttributes)
+    path_ids: tuple[str, ...] = ()  # parallel to prefixes when add-path is in use, else empty
+
+
+@dataclass(frozen=True)
+class RoutesWithdrawn:
+    peer: str
+    family: str
+    prefixes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EndOfRib:
+    peer: str
+    family: str
+
+
+@dataclass(frozen=True)
+class Notification:
+    peer: str
+    direction: str
+    code: int
+    subcode: int
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Unparsed:
+    """A line we could not use; kept so the caller can count and log it."""
+
+    line: str
+    reason: str
+
+
+Event = PeerState | RoutesLearned | RoutesWithdrawn | EndOfRib | Notification | Unparsed
+
+
+def _as_path(raw) -> tuple[int, ...]:
+    if isinstance(raw, list):  # ExaBGP 4.x shape
+        return tuple(int(a) for a in raw if isinstance(a, int | str) and str(a).isdigit())
+    if not isinstance(raw, dict):
+        return ()
+    path: list[int] = []
+    for key in sorted(raw, key=lambda k: int(k) if str(k).isdigit() else 0):
+        segment = raw[key]
+        values = segment.get("value", []) if isinstance(segment, dict) else []
+        if isinstance(segment, dict) and segment.get("element") == "as-set":
+            # RFC 4271 9.1.2.2: an AS_SET counts as one AS for path length; keep its first member.
+            values = values[:1]
+        path.extend(int(v) for v in values)
+    return tuple(path)
+
+
+def _attributes(raw: dict) -> PathAttributes:
+    return PathAttributes(
+        origin=str(raw.get("origin", "igp")),
+        as_path=_as_path(raw.get("as-path", ())),
+        med=raw.get("med"),
+        local_pref=raw.get("local-preference"),
+        communities=tuple(tuple(c) for c in raw.get("community", ()) if isinstance(c, list)),
+        large_communities=tuple(tuple(c) for c in raw.get("large-community", ()) if isinstance(c, list)),
+        originator_id=str(raw.get("originator-id", "")),
+        cluster_list=tuple(str(c) for c in raw.get("cluster-list", ())),
+    )
+
+
+def _nlri(item) -> tuple[str, str]:
+    if isinstance(item, dict):
+        return str(item["nlri"]), str(item.get("path-information", ""))
+    return str(item), ""  # exabgp.api.compact=true prints bare strings
+
+
+def _update_events(peer: str, update: dict) -> Iterator[Event]:
+    attributes = _attributes(update.get("attribute", {}))
+    for family, by_nexthop in update.get("announce", {}).items():
+        if not isinstance(by_nexthop, dict):
+            continue
+        for nexthop, items in by_nexthop.items():
+            parsed = [_nlri(i) for i in items]
+            path_ids = tuple(p for _, p in parsed)
+            yield RoutesLearned(
+                peer=peer,
+                family=family,
+                nexthop=nexthop,
+                prefixes=tuple(n for n, _ in parsed),
+                attributes=attributes,
+                path_ids=path_ids if any(path_ids) else (),
+            )
+    for family, items in update.get("withdraw", {}).items():
+        if isinstance(items, list):
+            yield RoutesWithdrawn(peer=peer, family=family, prefixes=tuple(_nlri(i)[0] for i in items))
+
+
+def parse_line(line: str) -> list[Event]:
+    """Parse one line from ExaBGP. Never raises: a bad line becomes ``Unparsed``."""
+    text = line.strip()
+    if not text or text in ("done", "error"):
+        return []
+    if not text.startswith("{"):
+        return [Unparsed(text, "not JSON")]
+    try:
+        message = json.loads(text)
+        return list(_events(message))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return [Unparsed(text[:200], f"{type(exc).__name__}: {exc}")]
+
+
+def _events(message: dict) -> Iterator[Event]:
+    kind = message.get("type")
+    neighbor = message.get("neighbor", {})
+    address = neighbor.get("address", {})
+    peer = str(address.get("peer", ""))
+    if kind == "state":
+        yield PeerState(
+            peer=peer,
+            state=str(neighbor.get("state", "")),
+            reason=str(neighbor.get("reason", "")),
+            local=str(address.get("local", "")),
+            peer_as=neighbor.get("asn", {}).get("peer"),
+        )
+    elif kind == "update":
+        body = neighbor.get("message", {})
+        if "eor" in body:
+            eor = body["eor"]
+            yield EndOfRib(peer=peer, family=f"{eor.get('afi')} {eor.get('safi')}")
+        elif "update" in body:
+            yield from _update_events(peer, body["update"])
+    elif kind == "notification":
+        note = neighbor.get("notification", {})
+        yield Notification(
+            peer=peer,
+            direction=str(neighbor.get("direction", "")),
+            code=int(note.get("code", 0)),
+            subcode=int(note.get("subcode", 0)),
+            message=str(note.get("message", "")),
+        )
+    # Other types (open, keepalive, refresh, signal) carry nothing the speaker acts on.

@@ -1,0 +1,114 @@
+"""Adj-RIB-In per peer and the decision process that picks the paths we install.
+
+Stage: the receive side of the route distributor, between ExaBGP's events and the kernel dataplane.
+ExaBGP keeps no usable RIB for us (exabgp.md §2.3, §5), so every path a peer sent lives here until the peer
+withdraws it or its session ends.
+
+Owns: received paths, keyed by (peer, prefix); the best path and the multipath set of each prefix. Pure.
+
+Complicating factors:
+- RFC 4271 §9.1.2.2 ordering; multipath (ECMP) takes every path equal to the best up to, but not including,
+  the router-id / peer-address tie-breaks, as BIRD's ``merge paths`` does for the kernel.
+- A session that ends without graceful restart takes all its paths with it at once (``drop_peer``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from ipaddress import ip_address
+
+from bgp.exabgp.events import PathAttributes
+
+ORIGIN_RANK = {"igp": 0, "egp": 1, "incomplete": 2}
+DEFAULT_LOCAL_PREF = 100
+
+
+@dataclass(frozen=True)
+class Path:
+    prefix: str
+    peer: str  # address of the peer that sent it
+    nexthop: str
+    attributes: PathAttributes
+    ebgp: bool = False
+    peer_router_id: str = ""
+
+    def multipath_key(self) -> tuple:
+        """Everything the decision process compares before the final tie-breaks."""
+        a = self.attributes
+        return (
+            -(a.local_pref if a.local_pref is not None else DEFAULT_LOCAL_PREF),
+            len(a.as_path),
+            ORIGIN_RANK.get(a.origin, 3),
+            a.med or 0,  # compared across all neighbours: Calico's peers share one AS per rack
+            0 if self.ebgp else 1,
+        )
+
+    def sort_key(self) -> tuple:
+        a = self.attributes
+        router_id = a.originator_id or self.peer_router_id or self.peer
+        return (
+            *self.multipath_key(),
+            ip_address(router_id) if ":" not in router_id else ip_address("255.255.255.255"),
+            len(a.cluster_list),
+            ip_address(self.peer),
+        )
+
+
+class AdjRibIn:
+    """All paths received from all peers."""
+
+    def __init__(self) -> None:
+        self._by_prefix: dict[str, dict[str, Path]] = defaultdict(dict)
+        self._by_peer: dict[str, set[str]] = defaultdict(set)
+
+    def add(self, path: Path) -> bool:
+        """Store ``path``; returns True when it changed anything."""
+        current = self._by_prefix[path.prefix].get(path.peer)
+        if current == path:
+            return False
+        self._by_prefix[path.prefix][path.peer] = path
+        self._by_peer[path.peer].add(path.prefix)
+        return True
+
+    def remove(self, peer: str, prefix: str) -> bool:
+        paths = self._by_prefix.get(prefix)
+        if not paths or peer not in paths:
+            return False
+        del paths[peer]
+        if not paths:
+            del self._by_prefix[prefix]
+        self._by_peer[peer].discard(prefix)
+        return True
+
+    def drop_peer(self, peer: str) -> set[str]:
+        """Forget every path from ``peer``; returns the affected prefixes."""
+        prefixes = self._by_peer.pop(peer, set())
+        for prefix in prefixes:
+            paths = self._by_prefix.get(prefix)
+            if paths is not None:
+                paths.pop(peer, None)
+                if not paths:
+                    del self._by_prefix[prefix]
+        return prefixes
+
+    def prefixes(self) -> list[str]:
+        return list(self._by_prefix)
+
+    def count(self, peer: str | None = None) -> int:
+        if peer is None:
+            return sum(len(p) for p in self._by_prefix.values())
+        return len(self._by_peer.get(peer, ()))
+
+    def paths(self, prefix: str) -> list[Path]:
+        return list(self._by_prefix.get(prefix, {}).values())
+
+
+def select(paths: list[Path]) -> tuple[Path | None, tuple[Path, ...]]:
+    """Best path and the multipath set (best first) among ``paths``."""
+    if not paths:
+        return None, ()
+    ordered = sorted(paths, key=Path.sort_key)
+    best = ordered[0]
+    key = best.multipath_key()
+    return best, tuple(p for p in ordered if p.multipath_key() == key)

@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+
+from bgp.exabgp import events as ev
+
+DATA = Path(__file__).parents[2] / "data" / "exabgp"
+
+
+def test_recorded_session_stream():
+    parsed = [e for line in (DATA / "session.jsonl").read_text().splitlines() for e in ev.parse_line(line)]
+    kinds = [type(e).__name__ for e in parsed]
+    assert kinds == [
+        "PeerState", "PeerState", "RoutesLearned", "EndOfRib", "RoutesLearned", "RoutesWithdrawn",
+        "Notification", "PeerState",
+    ]
+    assert parsed[0] == ev.PeerState("10.0.0.12", "connected", local="10.0.0.11", peer_as=64512)
+    learned = parsed[2]
+    assert learned.nexthop == "10.0.0.12"
+    assert learned.prefixes == ("192.168.2.0/26", "192.168.1.7/32")
+    assert learned.attributes.local_pref == 100
+    assert parsed[3] == ev.EndOfRib("10.0.0.12", "ipv4 unicast")
+    v6 = parsed[4]
+    assert v6.family == "ipv6 unicast" and v6.path_ids == ("0.0.0.1",)
+    assert v6.attributes.as_path == (65001, 64999)
+    assert v6.attributes.communities == ((65001, 100),)
+    assert v6.attributes.large_communities == ((65001, 1, 2),)
+    assert parsed[5] == ev.RoutesWithdrawn("10.0.0.12", "ipv4 unicast", ("192.168.1.7/32",))
+    assert parsed[6].code == 6 and parsed[6].direction == "receive"
+    assert parsed[7].state == "down" and parsed[7].reason == "notification received (6,2)"
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({"0": {"element": "as-sequence", "value": [1, 2, 3]}}, (1, 2, 3)),
+        ({"0": {"element": "as-sequence", "value": [1]}, "1": {"element": "as-set", "value": [7, 8]}}, (1, 7)),
+        ([65001, 65002], (65001, 65002)),  # ExaBGP 4.x flat list
+        ({}, ()),
+        ("garbage", ()),
+    ],
+    ids=["sequence", "set-counts-once", "4x-list", "empty", "garbage"],
+)
+def test_as_path_shapes(raw, expected):
+    assert ev._as_path(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("", []),
+        ("done", []),
+        ("error", []),
+        ("hello world", [ev.Unparsed("hello world", "not JSON")]),
+    ],
+    ids=["blank", "ack-done", "ack-error", "text"],
+)
+def test_non_json_lines(line, expected):
+    assert ev.parse_line(line) == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "{not json",
+        '{"type": "update", "neighbor": {"address": {"peer": "1.1.1.1"}, "message": {"update": '
+        '{"announce": {"ipv4 unicast": {"1.1.1.1": [{"no-nlri": 1}]}}}}}}',
+        '{"type": "notification", "neighbor": {"notification": {"code": "x"}}}',
+        '{"type": "update", "neighbor": "oops"}',
+    ],
+    ids=["truncated", "missing-nlri", "bad-code", "wrong-shape"],
+)
+def test_garbage_never_raises(line):
+    (event,) = ev.parse_line(line)
+    assert isinstance(event, ev.Unparsed)
+
+
+def test_unknown_types_are_ignored():
+    assert ev.parse_line('{"type": "keepalive", "neighbor": {"address": {"peer": "1.1.1.1"}}}') == []

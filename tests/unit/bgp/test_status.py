@@ -1,0 +1,38 @@
+import json
+
+from bgp.exabgp.events import Notification
+from bgp.status import PeerStatus, render_status, render_table, status_report
+from confgen.intent import MESH, PeerIntent
+
+PEER = PeerIntent(name="Mesh_10_0_0_12", address="10.0.0.12", family="ipv4", peer_as=64512, local_as=64512,
+                  local_address="10.0.0.11", kind=MESH, passive=True)
+
+
+def test_transitions():
+    s = PeerStatus.configured(PEER, 100.0)
+    assert (s.state, s.info) == ("start", "Passive")
+    s = s.connected(101.0)
+    assert s.info == "OpenSent"
+    s = s.up(102.0)
+    assert (s.state, s.info, s.since) == ("up", "Established", 102.0)
+    s = s.with_error(Notification("10.0.0.12", "receive", 6, 2, "Administrative Shutdown"), 103.0)
+    s = s.down("", 103.0)
+    assert (s.state, s.info) == ("start", "Passive Received: Administrative Shutdown")
+    s = s.up(104.0)
+    assert s.info == "Established"
+
+
+def test_table_matches_calicoctl_shape():
+    report = status_report("node1", [PeerStatus.configured(PEER, 0).up(0)], [])
+    text = render_status(json.loads(json.dumps(report)), now=0)
+    lines = text.splitlines()
+    assert lines[2] == "IPv4 BGP status"
+    assert lines[4] == "| PEER ADDRESS |     PEER TYPE     | STATE |  SINCE   |    INFO     |"
+    assert "| 10.0.0.12    | node-to-node mesh | up    |" in lines[6]
+    assert "No IPv6 peers found." in text
+
+
+def test_cells_wrap_at_30_chars():
+    table = render_table(["a", "info"], [["x", "Active Socket: Connection refused by the far end"]])
+    assert "| x | Active Socket: Connection |" in table.splitlines()
+    assert "|   | refused by the far end    |" in table.splitlines()
