@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shlex
 import signal
 import sys
 import time
@@ -59,7 +58,9 @@ class NodeConfig:
 
 
 def api_run_line(socket_path: Path) -> str:
-    return f"{shlex.quote(sys.executable)} -m bgp.exabgp.bridge {shlex.quote(str(socket_path))}"
+    # ExaBGP splits the run line on spaces and confgen refuses quotes, so paths are used as they are; the
+    # renderer rejects a path it cannot place safely with a clear error.
+    return f"{sys.executable} -m bgp.exabgp.bridge {socket_path}"
 
 
 class NodeDaemon:

@@ -30,27 +30,41 @@ def test_chunking():
 
 
 def test_families_are_not_mixed():
-    changes = {"2001:db8::/64": Advertisement("fd00::11"), "10.0.0.0/24": Advertisement(NH),
-               "2001:db8:1::/64": None}
+    changes = {
+        "2001:db8::/64": Advertisement("fd00::11"),
+        "10.0.0.0/24": Advertisement(NH),
+        "2001:db8:1::/64": None,
+    }
     lines = peer_commands("fd00::12", changes)
     assert lines[0] == "neighbor fd00::12 withdraw attributes next-hop fd00::11 nlri 2001:db8:1::/64"
     assert len(lines) == 3
 
 
 def test_attributes_rendering():
-    adv = Advertisement(NH, as_path=(65001,), local_pref=200, med=5, large_communities=((1, 2, 3),),
-                        originator_id="10.0.0.13", cluster_list=("1.1.1.1",))
+    adv = Advertisement(
+        NH,
+        as_path=(65001,),
+        local_pref=200,
+        med=5,
+        large_communities=((1, 2, 3),),
+        originator_id="10.0.0.13",
+        cluster_list=("1.1.1.1",),
+    )
     assert adv.attribute_text() == (
         "next-hop 10.0.0.11 origin igp as-path [ 65001 ] local-preference 200 med 5 "
         "large-community [ 1:2:3 ] originator-id 10.0.0.13 cluster-list [ 1.1.1.1 ]"
     )
 
 
-@pytest.mark.parametrize("peer, prefix, nexthop", [
-    ("10.0.0.12; shutdown", "10.0.0.0/24", NH),
-    ("10.0.0.12", "10.0.0.0/24\nshutdown", NH),
-    ("10.0.0.12", "10.0.0.0/24", "10.0.0.11 nlri 0.0.0.0/0"),
-], ids=["peer", "prefix", "nexthop"])
+@pytest.mark.parametrize(
+    "peer, prefix, nexthop",
+    [
+        ("10.0.0.12; shutdown", "10.0.0.0/24", NH),
+        ("10.0.0.12", "10.0.0.0/24\nshutdown", NH),
+        ("10.0.0.12", "10.0.0.0/24", "10.0.0.11 nlri 0.0.0.0/0"),
+    ],
+    ids=["peer", "prefix", "nexthop"],
+)
 def test_injection_refused(peer, prefix, nexthop):
     with pytest.raises(ValueError):
         peer_commands(peer, {prefix: Advertisement(nexthop)})

@@ -11,8 +11,14 @@ def test_recorded_session_stream():
     parsed = [e for line in (DATA / "session.jsonl").read_text().splitlines() for e in ev.parse_line(line)]
     kinds = [type(e).__name__ for e in parsed]
     assert kinds == [
-        "PeerState", "PeerState", "RoutesLearned", "EndOfRib", "RoutesLearned", "RoutesWithdrawn",
-        "Notification", "PeerState",
+        "PeerState",
+        "PeerState",
+        "RoutesLearned",
+        "EndOfRib",
+        "RoutesLearned",
+        "RoutesWithdrawn",
+        "Notification",
+        "PeerState",
     ]
     assert parsed[0] == ev.PeerState("10.0.0.12", "connected", local="10.0.0.11", peer_as=64512)
     learned = parsed[2]
@@ -34,7 +40,10 @@ def test_recorded_session_stream():
     "raw, expected",
     [
         ({"0": {"element": "as-sequence", "value": [1, 2, 3]}}, (1, 2, 3)),
-        ({"0": {"element": "as-sequence", "value": [1]}, "1": {"element": "as-set", "value": [7, 8]}}, (1, 7)),
+        (
+            {"0": {"element": "as-sequence", "value": [1]}, "1": {"element": "as-set", "value": [7, 8]}},
+            (1, 7),
+        ),
         ([65001, 65002], (65001, 65002)),  # ExaBGP 4.x flat list
         ({}, ()),
         ("garbage", ()),

@@ -6,10 +6,12 @@ from bgp.rib import AdjRibIn, Path, select
 P = "192.168.2.0/26"
 
 
-def path(peer, *, lp=None, as_path=(), origin="igp", med=None, ebgp=False, nexthop=None, originator="",
-         cluster=()):
-    attrs = PathAttributes(origin=origin, as_path=as_path, med=med, local_pref=lp, originator_id=originator,
-                           cluster_list=cluster)
+def path(
+    peer, *, lp=None, as_path=(), origin="igp", med=None, ebgp=False, nexthop=None, originator="", cluster=()
+):
+    attrs = PathAttributes(
+        origin=origin, as_path=as_path, med=med, local_pref=lp, originator_id=originator, cluster_list=cluster
+    )
     return Path(prefix=P, peer=peer, nexthop=nexthop or peer, attributes=attrs, ebgp=ebgp)
 
 
@@ -23,15 +25,32 @@ def path(peer, *, lp=None, as_path=(), origin="igp", med=None, ebgp=False, nexth
         ([path("10.0.0.12"), path("10.0.0.13", ebgp=True)], "10.0.0.13", ["10.0.0.13"]),
         # Equal up to the router-id step: ECMP over both, lowest router id first.
         ([path("10.0.0.13"), path("10.0.0.12")], "10.0.0.12", ["10.0.0.12", "10.0.0.13"]),
-        ([path("10.0.0.12", originator="10.0.0.99"), path("10.0.0.13")], "10.0.0.13",
-         ["10.0.0.13", "10.0.0.12"]),
-        ([path("10.0.0.12", originator="10.0.0.5", cluster=("1.1.1.1", "2.2.2.2")),
-          path("10.0.0.13", originator="10.0.0.5", cluster=("1.1.1.1",))], "10.0.0.13",
-         ["10.0.0.13", "10.0.0.12"]),
+        (
+            [path("10.0.0.12", originator="10.0.0.99"), path("10.0.0.13")],
+            "10.0.0.13",
+            ["10.0.0.13", "10.0.0.12"],
+        ),
+        (
+            [
+                path("10.0.0.12", originator="10.0.0.5", cluster=("1.1.1.1", "2.2.2.2")),
+                path("10.0.0.13", originator="10.0.0.5", cluster=("1.1.1.1",)),
+            ],
+            "10.0.0.13",
+            ["10.0.0.13", "10.0.0.12"],
+        ),
         ([], None, []),
     ],
-    ids=["local-pref", "as-path", "origin", "med", "ebgp-over-ibgp", "ecmp", "originator-id", "cluster-len",
-         "empty"],
+    ids=[
+        "local-pref",
+        "as-path",
+        "origin",
+        "med",
+        "ebgp-over-ibgp",
+        "ecmp",
+        "originator-id",
+        "cluster-len",
+        "empty",
+    ],
 )
 def test_decision_process(paths, best, multipath):
     chosen, mp = select(paths)

@@ -4,8 +4,16 @@ from bgp.exabgp.events import Notification
 from bgp.status import PeerStatus, render_status, render_table, status_report
 from confgen.intent import MESH, PeerIntent
 
-PEER = PeerIntent(name="Mesh_10_0_0_12", address="10.0.0.12", family="ipv4", peer_as=64512, local_as=64512,
-                  local_address="10.0.0.11", kind=MESH, passive=True)
+PEER = PeerIntent(
+    name="Mesh_10_0_0_12",
+    address="10.0.0.12",
+    family="ipv4",
+    peer_as=64512,
+    local_as=64512,
+    local_address="10.0.0.11",
+    kind=MESH,
+    passive=True,
+)
 
 
 def test_transitions():

@@ -1,0 +1,114 @@
+"""Install a rendered config file: only when it changed, only after ExaBGP accepted it, atomically.
+
+Stage: last step of the config dataplane (render -> write -> the daemon's reload). confd's
+check_cmd/rename sequence, for ExaBGP.
+
+Owns: the destination file. Nothing else writes it.
+
+Complicating factors:
+- Identical bytes must be a true no-op (no write, no mtime change): the loop reloads ExaBGP only on
+  ``True``, and a reload that changes nothing still costs a re-parse and a helper re-spawn.
+- The candidate is validated where it will live (a temp file in the destination directory): the
+  ``rename`` is then atomic, and relative ``run`` paths resolve the same way for the check as for the
+  daemon. A rejected candidate never replaces the last good file; ExaBGP keeps running on that.
+- ``exabgp`` is looked up next to ``sys.executable`` first: the daemon runs from a venv whose ``bin`` is
+  often not on PATH, and the validator must be the same ExaBGP version that will read the file.
+- The validator is a child process; it gets a timeout and is killed if it hangs, so a wedged check
+  cannot stall the confgen loop forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class ConfigRejected(Exception):
+    """The validator refused the candidate config; the message carries its output."""
+
+
+def find_executable(name: str) -> str:
+    """``name`` next to the running interpreter (the venv), else from PATH, else ``name`` unchanged."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name) or name
+
+
+class ConfigWriter:
+    def __init__(
+        self,
+        dest: Path,
+        validate_cmd: Sequence[str] | None = ("exabgp", "validate"),
+        *,
+        mode: int = 0o644,
+        timeout: float = 30.0,
+    ) -> None:
+        self.dest = Path(dest)
+        if validate_cmd:
+            validate_cmd = (find_executable(validate_cmd[0]), *validate_cmd[1:])
+        self.validate_cmd = tuple(validate_cmd or ())  # () = no validation (tests of the writer only)
+        self.mode = mode
+        self.timeout = timeout
+
+    async def write(self, text: str) -> bool:
+        """Install ``text`` if it differs from the file; True when the file changed.
+
+        Raises ``ConfigRejected`` when the validator fails; the destination is then untouched.
+        """
+        data = text.encode()
+        with contextlib.suppress(FileNotFoundError):
+            if self.dest.read_bytes() == data:
+                return False
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self.dest.parent, prefix=f".{self.dest.name}.", suffix=".tmp")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as tmp_file:
+                tmp_file.write(data)
+                tmp_file.flush()
+                os.fchmod(tmp_file.fileno(), self.mode)
+                os.fsync(tmp_file.fileno())
+            if self.validate_cmd:
+                await self._validate(tmp)
+            os.replace(tmp, self.dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._fsync_dir()
+        return True
+
+    async def _validate(self, candidate: Path) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            *self.validate_cmd,
+            str(candidate),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=self.dest.parent,
+        )
+        try:
+            output, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
+        except BaseException:  # timeout or cancellation: do not leave the validator behind
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        if proc.returncode != 0:
+            text = output.decode(errors="replace").strip()
+            command = " ".join(self.validate_cmd)
+            raise ConfigRejected(f"{command} rejected the config (rc {proc.returncode}): {text}")
+
+    def _fsync_dir(self) -> None:
+        # The rename itself must survive a crash, or a reboot could bring back the old file.
+        dir_fd = os.open(self.dest.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -1,0 +1,308 @@
+"""etcd v3: a small client (the only aetcd user) and the syncer that keeps confgen's view current.
+
+Stage: the real datastore. ``EtcdSyncer.run`` lists Calico's keys, delivers a ``Snapshot``, then applies
+watch events and delivers a new snapshot per batch; ``EtcdClient`` is also what the labs and a later
+calicoctl-like CLI use to write resources.
+
+Owns: the etcd connection(s), the syncer's decoded key/value cache and the
+``calico_bgp_datastore_*`` metrics.
+
+Complicating factors:
+- One consistent starting point: all watched prefixes are read in a single read-only transaction, so
+  the first snapshot is one revision, and every watch starts at that revision + 1 (no gap, no overlap).
+- aetcd yields watch events one by one; the batch boundary is recovered by draining whatever is already
+  queued before delivering (one etcd watch response lands in the queue at once). The confgen loop
+  debounces on top of that.
+- Failures keep the last good snapshot: on a disconnect, a compaction, a timeout or any client error the
+  syncer logs, marks itself out of sync, backs off (0.25 s doubling to 5 s) and does a *full relist* on
+  a fresh client. Never delivering an empty snapshot matters: an empty view would mean "no peers, no
+  pools" and tear down every session of a healthy node during a datastore blip.
+- A fresh client per attempt sidesteps gRPC's own channel reconnect backoff (up to minutes), and the
+  backoff only resets after a connection stayed healthy for a while, so a datastore that accepts the
+  list but fails every watch is not hammered every 0.25 s.
+- A watch that cannot be created (etcd half up) must not hang: the client timeout also bounds watch
+  creation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import aetcd
+import aetcd.exceptions
+import aetcd.utils
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from confgen.datastore.base import (
+    CompactedError,
+    DatastoreError,
+    OnSnapshot,
+    build_snapshot,
+    decode_value,
+    watched_prefixes,
+)
+
+log = logging.getLogger(__name__)
+
+# Calico clusters with many nodes list megabytes of Node JSON; gRPC's default cap is 4 MiB.
+_GRPC_OPTIONS = {"grpc.max_receive_message_length": 64 * 1024 * 1024}
+
+WatchEvent = tuple[str, str, bytes, int]  # (kind 'put'|'delete', key, value, mod_revision)
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """("127.0.0.1", 2379) from "http://127.0.0.1:2379" (TLS is not supported yet)."""
+    parts = urlsplit(endpoint if "//" in endpoint else f"http://{endpoint}")
+    if parts.scheme != "http":
+        raise ValueError(f"unsupported etcd endpoint scheme in {endpoint!r} (only http:// for now)")
+    if not parts.hostname:
+        raise ValueError(f"no host in etcd endpoint {endpoint!r}")
+    return parts.hostname, parts.port or 2379
+
+
+def _translate(exc: BaseException) -> DatastoreError:
+    if isinstance(exc, aetcd.exceptions.RevisionCompactedError):
+        return CompactedError(str(exc))
+    return DatastoreError(f"{exc.__class__.__name__}: {exc}")
+
+
+class EtcdClient:
+    """Thin async etcd v3 client: str keys, bytes values, our own error types."""
+
+    def __init__(self, endpoints: list[str], timeout: float = 5.0) -> None:
+        if not endpoints:
+            raise ValueError("no etcd endpoints")
+        self.endpoints = [parse_endpoint(e) for e in endpoints]
+        self.timeout = timeout
+        self._client: aetcd.Client | None = None
+        self.endpoint: str = ""  # the one connected to
+
+    async def connect(self) -> None:
+        """Connect to the first endpoint that answers (a status call proves it, gRPC connects lazily)."""
+        failures = []
+        for host, port in self.endpoints:
+            client = aetcd.Client(host=host, port=port, timeout=self.timeout, options=_GRPC_OPTIONS)
+            try:
+                await client.connect()
+                await client.status()
+            except (TimeoutError, aetcd.exceptions.ClientError, OSError) as exc:
+                failures.append(f"{host}:{port}: {_translate(exc)}")
+                with contextlib.suppress(Exception):
+                    await client.close()
+                continue
+            self._client, self.endpoint = client, f"{host}:{port}"
+            return
+        raise DatastoreError("no etcd endpoint answered: " + "; ".join(failures))
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    @property
+    def _c(self) -> aetcd.Client:
+        if self._client is None:
+            raise DatastoreError("not connected")
+        return self._client
+
+    async def get_prefix(self, prefix: str) -> tuple[int, dict[str, bytes]]:
+        return await self.get_prefixes([prefix])
+
+    async def get_prefixes(self, prefixes: Iterable[str]) -> tuple[int, dict[str, bytes]]:
+        """Every key under any of ``prefixes``, read atomically in one transaction.
+
+        Returns (revision, {key: value}).
+        """
+        client = self._c
+        ranges = []
+        for prefix in prefixes:
+            raw = prefix.encode()
+            request = aetcd.rpc.RangeRequest(key=raw, range_end=aetcd.utils.prefix_range_end(raw))
+            ranges.append(aetcd.rpc.RequestOp(request_range=request))
+        try:
+            # A transaction with no compare always succeeds: all ranges are read at one revision.
+            response = await client.kvstub.Txn(
+                aetcd.rpc.TxnRequest(compare=[], success=ranges, failure=[]),
+                timeout=self.timeout,
+                metadata=client.metadata,
+            )
+        except Exception as exc:
+            raise _translate(exc) from exc
+        values: dict[str, bytes] = {}
+        for op in response.responses:
+            for kv in op.response_range.kvs:
+                values[kv.key.decode(errors="replace")] = kv.value
+        return response.header.revision, values
+
+    async def put(self, key: str, value: str | bytes) -> int:
+        """Write one key; returns the new revision."""
+        data = value.encode() if isinstance(value, str) else value
+        try:
+            result = await self._c.put(key.encode(), data)
+        except aetcd.exceptions.ClientError as exc:
+            raise _translate(exc) from exc
+        return result.header.revision
+
+    async def delete(self, key: str) -> bool:
+        try:
+            return await self._c.delete(key.encode()) is not None
+        except aetcd.exceptions.ClientError as exc:
+            raise _translate(exc) from exc
+
+    async def compact(self, revision: int) -> None:
+        """Discard history before ``revision`` (operators and tests; Calico's own compactor does this)."""
+        try:
+            await self._c.compact(revision, physical=True)
+        except aetcd.exceptions.ClientError as exc:
+            raise _translate(exc) from exc
+
+    async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+        """Events under ``prefix`` from ``start_revision`` on, until the caller stops or an error.
+
+        Raises ``CompactedError`` if that revision is already compacted, ``DatastoreError`` otherwise.
+        """
+        raw = prefix.encode()
+        try:
+            watch = await self._c.watch(
+                raw, range_end=aetcd.utils.prefix_range_end(raw), start_revision=start_revision
+            )
+        except aetcd.exceptions.ClientError as exc:
+            raise _translate(exc) from exc
+        try:
+            async for event in watch:
+                kind = "put" if event.kind == "PUT" else "delete"
+                yield kind, event.kv.key.decode(errors="replace"), event.kv.value, event.kv.mod_revision
+        except aetcd.exceptions.ClientError as exc:
+            raise _translate(exc) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await watch.cancel()
+
+
+class EtcdSyncer:
+    """Keeps a snapshot of one node's Calico keys current; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        client_factory: Callable[[], Any],
+        node: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        backoff_initial: float = 0.25,
+        backoff_max: float = 5.0,
+        healthy_after: float = 10.0,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._client_factory = client_factory  # () -> an unconnected EtcdClient (or a test double)
+        self.node = node
+        self._clock = clock
+        self._sleep = sleep
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._healthy_after = healthy_after
+        self.prefixes = watched_prefixes(node)
+        self.in_sync = False
+        self.revision = 0
+        self._cache: dict[str, Any] = {}
+
+        registry = registry if registry is not None else CollectorRegistry()
+        self._m_in_sync = Gauge(
+            "calico_bgp_datastore_in_sync",
+            "1 while the datastore view is complete and being watched.",
+            registry=registry,
+        )
+        self._m_resyncs = Counter(
+            "calico_bgp_datastore_resyncs", "Full relists of the watched prefixes.", registry=registry
+        )
+        self._m_errors = Counter(
+            "calico_bgp_datastore_errors",
+            "Datastore failures that forced a reconnect.",
+            ["reason"],
+            registry=registry,
+        )
+        self._m_events = Counter(
+            "calico_bgp_datastore_watch_events", "Watch events applied to the local view.", registry=registry
+        )
+
+    async def run(self, on_snapshot: OnSnapshot) -> None:
+        backoff = self._backoff_initial
+        while True:
+            started = self._clock()
+            client = self._client_factory()
+            try:
+                await self._sync(client, on_snapshot)
+            except (TimeoutError, DatastoreError, OSError) as exc:
+                reason = "compacted" if isinstance(exc, CompactedError) else "error"
+                log.warning("etcd sync lost (%s); last snapshot kept, resync in %.2fs", exc, backoff)
+            except Exception:  # a bug or an unexpected client failure: same recovery, louder
+                reason = "unexpected"
+                log.exception("etcd sync failed unexpectedly; last snapshot kept, resync in %.2fs", backoff)
+            finally:
+                self._set_in_sync(False)
+                await client.close()
+            self._m_errors.labels(reason).inc()
+            if self._clock() - started >= self._healthy_after:
+                backoff = self._backoff_initial
+            await self._sleep(backoff)
+            backoff = min(backoff * 2, self._backoff_max)
+
+    async def _sync(self, client: Any, on_snapshot: OnSnapshot) -> None:
+        await client.connect()
+        revision, values = await client.get_prefixes(self.prefixes)
+        self._cache = {key: decode_value(key, raw) for key, raw in values.items()}
+        self.revision = revision
+        self._m_resyncs.inc()
+        self._set_in_sync(True)
+        on_snapshot(build_snapshot(self.revision, self._cache, self.node))
+
+        queue: asyncio.Queue[WatchEvent | BaseException] = asyncio.Queue()
+        pumps = [
+            asyncio.create_task(self._pump(client, prefix, revision + 1, queue), name=f"etcd-watch {prefix}")
+            for prefix in self.prefixes
+        ]
+        try:
+            while True:
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                for item in batch:
+                    if isinstance(item, BaseException):
+                        raise item
+                    self._apply(item)
+                on_snapshot(build_snapshot(self.revision, self._cache, self.node))
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+    @staticmethod
+    async def _pump(client: Any, prefix: str, start: int, queue: asyncio.Queue[Any]) -> None:
+        try:
+            async for event in client.watch_prefix(prefix, start):
+                queue.put_nowait(event)
+            queue.put_nowait(DatastoreError(f"watch on {prefix} ended"))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            queue.put_nowait(exc)
+
+    def _apply(self, event: WatchEvent) -> None:
+        kind, key, value, mod_revision = event
+        if kind == "put":
+            self._cache[key] = decode_value(key, value)
+        else:
+            self._cache.pop(key, None)
+        self.revision = max(self.revision, mod_revision)
+        self._m_events.inc()
+
+    def _set_in_sync(self, value: bool) -> None:
+        self.in_sync = value
+        self._m_in_sync.set(1 if value else 0)

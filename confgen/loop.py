@@ -1,0 +1,221 @@
+"""The confgen loop: snapshots in, debounced intent + validated ExaBGP config out.
+
+Stage: drives the whole confgen pipeline (datastore -> calc -> render -> apply) and hands each new
+intent to the other dataplanes through ``on_intent``. ``bgp.daemon`` builds it, awaits
+``first_render()`` before starting ExaBGP, and supplies ``reload`` (SIGUSR1 to ExaBGP).
+
+Owns: the debounce window, the last intent handed out, the retry policy and the
+``calico_bgp_config_renders_total{result}`` metric.
+
+Complicating factors:
+- Datastores deliver bursts (a calicoctl apply of many resources, a relist after reconnect). Snapshots
+  are coalesced: processing waits until no snapshot arrived for ``debounce`` seconds, but never longer
+  than ``max_delay`` after the first one, so a steady trickle cannot starve the config.
+- ``on_intent`` runs only when the intent changed (``NodeIntent`` equality ignores warnings), and
+  ``reload`` only when the file's bytes changed, so a no-op datastore write costs one render and nothing
+  downstream.
+- Failures keep the last good state. A bad intent or a config the validator rejects will not improve by
+  retrying the same snapshot, so those wait for the next change; I/O errors (disk, validator timeout, a
+  failing callback) are retried with backoff. A reload that failed is remembered and retried even though
+  the file on disk is already current.
+- Nothing may start ExaBGP before a config exists: ``first_render()`` completes after the first
+  successful write (or a byte-identical file from the previous run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from confgen.apply import ConfigRejected, ConfigWriter
+from confgen.calc import intent_for
+from confgen.datastore.base import Datastore, Snapshot
+from confgen.intent import NodeIntent
+from confgen.render import RenderError, render
+
+log = logging.getLogger(__name__)
+
+OK, ERROR, UNCHANGED = "ok", "error", "unchanged"
+
+
+async def _call(callback: Callable[..., Awaitable[None] | None], *args: object) -> None:
+    result = callback(*args)
+    if inspect.isawaitable(result):
+        await result
+
+
+class _Retry(Exception):
+    """A transient failure: process the same snapshot again after a backoff."""
+
+
+class Confgen:
+    def __init__(
+        self,
+        datastore: Datastore,
+        node: str,
+        writer: ConfigWriter,
+        *,
+        api_run: str,
+        on_intent: Callable[[NodeIntent], Awaitable[None] | None],
+        reload: Callable[[], Awaitable[None] | None],
+        api_process: str = "calico-bgp-api",
+        router_id: str | None = None,
+        debounce: float = 0.1,
+        max_delay: float = 2.0,
+        retry_initial: float = 0.25,
+        retry_max: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._datastore = datastore
+        self.node = node
+        self._writer = writer
+        self._api_run = api_run
+        self._api_process = api_process
+        self._router_id = router_id
+        self._on_intent = on_intent
+        self._reload = reload
+        self._debounce = debounce
+        self._max_delay = max_delay
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._clock = clock
+        self._sleep = sleep
+
+        self._latest: Snapshot | None = None
+        self._pending = asyncio.Event()
+        self._window_start = 0.0
+        self._last_arrival = 0.0
+        self._first_render = asyncio.Event()
+        self._reload_pending = False
+        self._logged_warnings: tuple[str, ...] = ()
+        self.intent: NodeIntent | None = None  # the last intent handed to on_intent
+        self.config: str | None = None  # the last config text installed (or found identical)
+
+        registry = registry if registry is not None else CollectorRegistry()
+        self._renders = Counter(
+            "calico_bgp_config_renders",
+            "Config render attempts by outcome (ok = file replaced, unchanged = identical bytes).",
+            ["result"],
+            registry=registry,
+        )
+        for result in (OK, ERROR, UNCHANGED):
+            self._renders.labels(result)  # export zeroes, so rate() works from the start
+        self._warnings = Gauge(
+            "calico_bgp_config_warnings",
+            "Problems found in the last snapshot (invalid resources skipped).",
+            registry=registry,
+        )
+
+    async def first_render(self) -> None:
+        """Wait until a valid config file exists (the daemon starts ExaBGP only after this)."""
+        await self._first_render.wait()
+
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        now = self._clock()
+        if not self._pending.is_set():
+            self._window_start = now
+        self._last_arrival = now
+        self._latest = snapshot
+        self._pending.set()
+
+    async def run(self) -> None:
+        """Run until cancelled; a datastore that stops or fails ends the loop with its exception."""
+        feeder = asyncio.create_task(self._datastore.run(self._on_snapshot), name="confgen-datastore")
+        backoff = self._retry_initial
+        retry_in: float | None = None
+        try:
+            while True:
+                await self._wait_for_work(feeder, retry_in)
+                if self._pending.is_set():
+                    await self._debounced()
+                    self._pending.clear()
+                assert self._latest is not None
+                try:
+                    await self._process(self._latest)
+                except _Retry:
+                    retry_in, backoff = backoff, min(backoff * 2, self._retry_max)
+                else:
+                    retry_in, backoff = None, self._retry_initial
+        finally:
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder
+
+    async def _wait_for_work(self, feeder: asyncio.Task[None], retry_in: float | None) -> None:
+        waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(self._pending.wait()), feeder}
+        if retry_in is not None:
+            waiters.add(asyncio.ensure_future(self._sleep(retry_in)))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters - {feeder}:
+                waiter.cancel()
+        if feeder.done():
+            feeder.result()  # re-raise the datastore's failure
+            raise RuntimeError("the datastore stopped delivering snapshots")
+
+    async def _debounced(self) -> None:
+        while True:
+            deadline = min(self._last_arrival + self._debounce, self._window_start + self._max_delay)
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return
+            await self._sleep(remaining)
+
+    async def _process(self, snapshot: Snapshot) -> None:
+        try:
+            intent = intent_for(snapshot, self.node, router_id=self._router_id)
+        except Exception:
+            # A bug in the calculation, not bad data (bad data becomes warnings): keep the last config.
+            log.exception("computing the intent for revision %s failed", snapshot.revision)
+            self._renders.labels(ERROR).inc()
+            return
+        self._log_warnings(intent)
+
+        if intent != self.intent:
+            try:
+                await _call(self._on_intent, intent)
+            except Exception as exc:
+                log.exception("handing the new intent downstream failed")
+                raise _Retry from exc
+            self.intent = intent
+
+        try:
+            text = render(intent, api_run=self._api_run, api_process=self._api_process)
+            changed = await self._writer.write(text)
+        except (RenderError, ConfigRejected) as exc:
+            log.error("keeping the last good ExaBGP config: %s", exc)
+            self._renders.labels(ERROR).inc()
+            return
+        except Exception as exc:
+            log.exception("writing the ExaBGP config failed; will retry")
+            self._renders.labels(ERROR).inc()
+            raise _Retry from exc
+        self.config = text
+        self._renders.labels(OK if changed else UNCHANGED).inc()
+        self._first_render.set()
+
+        if changed or self._reload_pending:
+            self._reload_pending = True
+            try:
+                await _call(self._reload)
+            except Exception as exc:
+                log.exception("reloading ExaBGP failed; will retry")
+                raise _Retry from exc
+            self._reload_pending = False
+
+    def _log_warnings(self, intent: NodeIntent) -> None:
+        self._warnings.set(len(intent.warnings))
+        if intent.warnings != self._logged_warnings:
+            for warning in intent.warnings:
+                if warning not in self._logged_warnings:
+                    log.warning("%s", warning)
+            self._logged_warnings = intent.warnings

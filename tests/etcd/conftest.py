@@ -1,0 +1,94 @@
+"""A throwaway etcd for the datastore tests: Debian's /usr/bin/etcd on free loopback ports with a temp
+data dir. ``EtcdServer`` can be killed and started again on the same port and data dir (an outage that
+keeps the data). The fixture kills only the process it started and removes the data dir in all outcomes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class EtcdServer:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.client_port}"
+        self.log = data_dir.parent / f"{data_dir.name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        args = [
+            ETCD,
+            "--name", "confgen-test",
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.endpoint,
+            "--advertise-client-urls", self.endpoint,
+            "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"confgen-test={peer}",
+        ]  # fmt: skip
+        log = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{self.endpoint}/health", timeout=1) as response,
+            ):
+                if b'"health":"true"' in response.read():
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"etcd did not become healthy: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: connections drop the way they do when a datastore host dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+
+@pytest.fixture
+def etcd_server():
+    base = Path(tempfile.mkdtemp(prefix="confgen-etcd-"))
+    server = EtcdServer(base / "data")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,184 @@
+import json
+
+import pytest
+
+from bgp.speaker import Speaker
+from confgen.intent import NodeIntent, PeerIntent, PoolIntent
+from routes.model import BLACKHOLE, Nexthop, Route
+
+ME = "10.0.0.11"
+PEERS = ("10.0.0.12", "10.0.0.13")
+
+
+class FakeTable:
+    def __init__(self):
+        self.desired: list[Route] = []
+        self.applies = 0
+
+    def set_desired(self, routes):
+        self.desired = sorted(routes)
+
+    async def apply(self):
+        self.applies += 1
+
+    def by_dst(self):
+        return {r.dst: r for r in self.desired}
+
+
+def intent(blocks=("192.168.1.0/26",), ipip="Never", peers=PEERS):
+    return NodeIntent(
+        node="node1",
+        router_id=ME,
+        local_as=64512,
+        ipv4_address=ME,
+        ipv4_network="10.0.0.0/24",
+        peers=tuple(
+            PeerIntent(
+                name=f"Mesh_{p.replace('.', '_')}",
+                address=p,
+                family="ipv4",
+                peer_as=64512,
+                local_as=64512,
+                local_address=ME,
+                passive=p > ME,
+            )
+            for p in peers
+        ),
+        pools=(PoolIntent("192.168.0.0/16", ipip_mode=ipip),),
+        local_blocks=tuple(blocks),
+    )
+
+
+def state(peer, st):
+    return json.dumps(
+        {
+            "type": "state",
+            "neighbor": {
+                "address": {"local": ME, "peer": peer},
+                "asn": {"local": 64512, "peer": 64512},
+                "state": st,
+            },
+        }
+    )
+
+
+def update(peer, nexthop, announce=(), withdraw=()):
+    body = {}
+    if announce:
+        body["attribute"] = {"origin": "igp", "local-preference": 100}
+        body["announce"] = {"ipv4 unicast": {nexthop: [{"nlri": p} for p in announce]}}
+    if withdraw:
+        body["withdraw"] = {"ipv4 unicast": [{"nlri": p} for p in withdraw]}
+    return json.dumps(
+        {"type": "update", "neighbor": {"address": {"local": ME, "peer": peer}, "message": {"update": body}}}
+    )
+
+
+@pytest.fixture
+def rig():
+    sent: list[str] = []
+
+    async def send(lines):
+        sent.extend(lines)
+
+    table = FakeTable()
+    return Speaker(send=send, route_table=table, clock=lambda: 1000.0), sent, table
+
+
+def nlri_of(lines, verb):
+    return sorted({p for line in lines if f" {verb} " in line for p in line.split(" nlri ")[1].split()})
+
+
+async def test_exports_blocks_and_borrowed_ips_only(rig):
+    speaker, sent, _ = rig
+    speaker.set_intent(intent())
+    speaker.set_workload_routes({"192.168.1.5/32", "192.168.2.9/32", "10.99.0.1/32"})
+    await speaker.flush()
+    # Block announced, its /32 not; the borrowed /32 announced; outside every pool not.
+    for peer in PEERS:
+        lines = [line for line in sent if line.startswith(f"neighbor {peer} ")]
+        assert nlri_of(lines, "announce") == ["192.168.1.0/26", "192.168.2.9/32"]
+        assert all(f"next-hop {ME}" in line for line in lines)
+
+
+async def test_withdraw_when_borrowed_ip_goes_and_burst_is_one_command_per_prefix(rig):
+    speaker, sent, _ = rig
+    speaker.set_intent(intent())
+    speaker.set_workload_routes({"192.168.2.9/32"})
+    await speaker.flush()
+    sent.clear()
+    # A flap inside one batch: only the final state goes out.
+    speaker.set_workload_routes(set())
+    speaker.set_workload_routes({"192.168.2.9/32"})
+    speaker.set_workload_routes(set())
+    await speaker.flush()
+    assert len(sent) == 2
+    assert nlri_of(sent, "withdraw") == ["192.168.2.9/32"] and nlri_of(sent, "announce") == []
+    sent.clear()
+    await speaker.flush()
+    assert sent == []  # nothing changed, nothing sent
+
+
+async def test_learned_routes_reach_the_kernel_and_leave_with_the_session(rig):
+    speaker, _, table = rig
+    speaker.set_intent(intent())
+    speaker.handle_line(state("10.0.0.12", "up"))
+    speaker.handle_line(update("10.0.0.12", "10.0.0.12", announce=["192.168.2.0/26", "192.168.1.0/26"]))
+    await speaker.flush()
+    routes = table.by_dst()
+    assert routes["192.168.1.0/26"].type == BLACKHOLE  # our own block: never via a peer
+    assert routes["192.168.2.0/26"].nexthops == (Nexthop("10.0.0.12"),)
+    speaker.handle_line(state("10.0.0.12", "down"))
+    await speaker.flush()
+    assert set(table.by_dst()) == {"192.168.1.0/26"}
+
+
+async def test_ipip_always_uses_tunl0_onlink(rig):
+    speaker, _, table = rig
+    speaker.set_intent(intent(ipip="Always"))
+    speaker.handle_line(update("10.0.0.13", "10.0.0.13", announce=["192.168.3.0/26"]))
+    await speaker.flush()
+    assert table.by_dst()["192.168.3.0/26"].nexthops == (Nexthop("10.0.0.13", "tunl0", onlink=True),)
+
+
+async def test_equal_paths_become_one_multipath_route(rig):
+    speaker, _, table = rig
+    speaker.set_intent(intent())
+    for peer in PEERS:
+        speaker.handle_line(update(peer, peer, announce=["192.168.50.0/26"]))
+    await speaker.flush()
+    assert table.by_dst()["192.168.50.0/26"].nexthops == (Nexthop("10.0.0.12"), Nexthop("10.0.0.13"))
+    speaker.handle_line(update("10.0.0.12", "10.0.0.12", withdraw=["192.168.50.0/26"]))
+    await speaker.flush()
+    assert table.by_dst()["192.168.50.0/26"].nexthops == (Nexthop("10.0.0.13"),)
+
+
+async def test_session_up_and_exabgp_restart_resend_everything(rig):
+    speaker, sent, _ = rig
+    speaker.set_intent(intent())
+    await speaker.flush()
+    sent.clear()
+    speaker.handle_line(state("10.0.0.12", "up"))
+    await speaker.flush()
+    assert nlri_of(sent, "announce") == ["192.168.1.0/26"]
+    assert all(line.startswith("neighbor 10.0.0.12 ") for line in sent)
+    sent.clear()
+    speaker.exabgp_restarted()
+    await speaker.flush()
+    assert sorted(line.split()[1] for line in sent) == list(PEERS)
+
+
+async def test_removed_peer_is_forgotten_and_garbage_is_counted(rig):
+    speaker, _, table = rig
+    speaker.set_intent(intent())
+    speaker.handle_line(update("10.0.0.13", "10.0.0.13", announce=["192.168.3.0/26"]))
+    speaker.handle_line("{garbage")
+    assert speaker.unparsed_lines == 1
+    speaker.set_intent(intent(peers=("10.0.0.12",)))
+    await speaker.flush()
+    assert "192.168.3.0/26" not in table.by_dst()
+    assert [p.address for p in speaker.peer_statuses()] == ["10.0.0.12"]
+    # Events from a neighbour we no longer configure are ignored.
+    speaker.handle_line(update("10.0.0.13", "10.0.0.13", announce=["192.168.4.0/26"]))
+    await speaker.flush()
+    assert "192.168.4.0/26" not in table.by_dst()

@@ -1,0 +1,380 @@
+"""Resource parsing and validation: defaults, canonical forms, and exact error messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from confgen.datastore.base import Snapshot
+from confgen.model import (
+    BGPConfiguration,
+    BlockAffinity,
+    IPPool,
+    Node,
+    ValidationError,
+    parse_as_number,
+    parse_bgp_configuration,
+    parse_block_affinity,
+    parse_ip_pool,
+    parse_node,
+    parse_snapshot,
+)
+
+
+def spec(**fields):
+    return {"kind": "x", "metadata": {"name": "x"}, "spec": fields}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (64512, 64512),
+        ("64512", 64512),
+        ("1.10", 65546),
+        ("0.1", 1),
+        ("65535.65535", 2**32 - 1),
+        (4294967295, 4294967295),
+        ("4200000000", 4200000000),
+        (0, None),
+        (-1, None),
+        (4294967296, None),
+        ("65536.0", None),
+        ("1.65536", None),
+        ("1.2.3", None),
+        ("", None),
+        (" 64512", None),
+        ("64512\n", None),
+        (64512.0, None),
+        (True, None),
+        (None, None),
+        ([64512], None),
+    ],
+)
+def test_parse_as_number(value, expected):
+    assert parse_as_number(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({}, BGPConfiguration("default")),
+        ({"spec": {}}, BGPConfiguration("default")),
+        (
+            spec(asNumber="1.10", nodeToNodeMeshEnabled=False, listenPort=1790, logSeverityScreen="debug"),
+            BGPConfiguration("default", 65546, False, 1790, "Debug"),
+        ),
+        (spec(asNumber=65001, nodeToNodeMeshEnabled=True), BGPConfiguration("default", 65001, True)),
+        (spec(asNumber=None, listenPort=None), BGPConfiguration("default")),
+    ],
+    ids=["empty", "empty-spec", "all-fields", "number", "nulls"],
+)
+def test_bgp_configuration(raw, expected):
+    assert parse_bgp_configuration("default", raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({}, Node("n1")),
+        ({"spec": {"bgp": {}}}, Node("n1")),
+        (
+            spec(bgp={"ipv4Address": "10.0.0.11/24"}),
+            Node("n1", ipv4_address="10.0.0.11", ipv4_network="10.0.0.0/24"),
+        ),
+        (
+            spec(bgp={"ipv4Address": "10.0.0.11"}),
+            Node("n1", ipv4_address="10.0.0.11", ipv4_network="10.0.0.11/32"),
+        ),
+        (
+            spec(bgp={"ipv6Address": "FD00:0::11/64", "asNumber": "65001"}),
+            Node("n1", ipv6_address="fd00::11", ipv6_network="fd00::/64", as_number=65001),
+        ),
+        (
+            spec(bgp={"ipv4Address": "10.0.0.11/24", "routeReflectorClusterID": "224.0.0.1"}),
+            Node("n1", "10.0.0.11", "10.0.0.0/24", route_reflector_cluster_id="224.0.0.1"),
+        ),
+    ],
+    ids=["no-spec", "no-addresses", "v4-cidr", "v4-bare", "v6-normalised", "rr"],
+)
+def test_node(raw, expected):
+    assert parse_node("n1", raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (spec(cidr="192.168.0.0/16"), IPPool("p", "192.168.0.0/16", block_size=26)),
+        (spec(cidr="192.168.0.1/16"), IPPool("p", "192.168.0.0/16", block_size=26)),
+        (spec(cidr="fd00:10:65::/48"), IPPool("p", "fd00:10:65::/48", block_size=122)),
+        (
+            spec(
+                cidr="10.65.0.0/16",
+                ipipMode="CrossSubnet",
+                disableBGPExport=True,
+                disabled=True,
+                blockSize=28,
+            ),
+            IPPool("p", "10.65.0.0/16", "CrossSubnet", "Never", True, True, 28),
+        ),
+        (
+            spec(cidr="10.65.0.0/16", vxlanMode="Always", ipipMode=""),
+            IPPool("p", "10.65.0.0/16", vxlan_mode="Always"),
+        ),
+        (spec(cidr="10.65.0.0/26", blockSize=26), IPPool("p", "10.65.0.0/26", block_size=26)),
+    ],
+    ids=["plain", "host-bits-normalised", "v6-default-block", "all-fields", "vxlan", "pool-is-one-block"],
+)
+def test_ip_pool(raw, expected):
+    assert parse_ip_pool("p", raw) == expected
+
+
+HOSTILE = ['10.0.0.1"; }', "10.0.0.1\nneighbor 6.6.6.6 {", "10.0.0.1;", "{", "'", "\x00", "#", "10.0.0.1 # x"]
+
+
+@pytest.mark.parametrize(
+    ("parser", "name", "raw", "message"),
+    [
+        (
+            parse_ip_pool,
+            "pool-a",
+            spec(cidr="10.0.0.300/24"),
+            "IPPool pool-a: spec.cidr '10.0.0.300/24' is not an IP network",
+        ),
+        (parse_ip_pool, "pool-a", spec(), "IPPool pool-a: spec.cidr is required"),
+        (parse_ip_pool, "pool-a", spec(cidr=42), "IPPool pool-a: spec.cidr 42 is not an IP network"),
+        (
+            parse_ip_pool,
+            "pool-a",
+            spec(cidr="10.0.0.0/8", ipipMode="always"),
+            "IPPool pool-a: spec.ipipMode 'always' is not one of Never, Always, CrossSubnet",
+        ),
+        (
+            parse_ip_pool,
+            "pool-a",
+            spec(cidr="fd00::/48", ipipMode="Always"),
+            "IPPool pool-a: spec.ipipMode 'Always' is not allowed on an IPv6 pool",
+        ),
+        (
+            parse_ip_pool,
+            "pool-a",
+            spec(cidr="10.0.0.0/8", ipipMode="Always", vxlanMode="Always"),
+            "IPPool pool-a: spec.vxlanMode cannot be enabled together with spec.ipipMode",
+        ),
+        (
+            parse_ip_pool,
+            "pool-a",
+            spec(cidr="10.0.0.0/8", blockSize=19),
+            "IPPool pool-a: spec.blockSize 19 is out of range 20-32",
+        ),
+        (
+            parse_ip_pool,
+            "pool-a",
+            spec(cidr="10.0.0.0/28", blockSize=26),
+            "IPPool pool-a: spec.blockSize 26 is larger than the pool 10.0.0.0/28",
+        ),
+        (
+            parse_ip_pool,
+            "pool-a",
+            spec(cidr="10.0.0.0/8", blockSize="26"),
+            "IPPool pool-a: spec.blockSize '26' is not an integer",
+        ),
+        (
+            parse_ip_pool,
+            "pool-a",
+            spec(cidr="10.0.0.0/8", disabled="yes"),
+            "IPPool pool-a: spec.disabled 'yes' is not a boolean",
+        ),
+        (parse_ip_pool, "pool-a", {"spec": "cidr"}, "IPPool pool-a: spec 'cidr' is not an object"),
+        (parse_ip_pool, "pool-a", ["not", "an", "object"], "IPPool pool-a: is not a JSON object"),
+        (
+            parse_ip_pool,
+            "Pool_A",
+            spec(cidr="10.0.0.0/8"),
+            "IPPool Pool_A: metadata.name is not a valid resource name (DNS-1123 subdomain)",
+        ),
+        (
+            parse_ip_pool,
+            'a"; }',
+            spec(cidr="10.0.0.0/8"),
+            "IPPool 'a\"; }': metadata.name is not a valid resource name (DNS-1123 subdomain)",
+        ),
+        (
+            parse_node,
+            "n1",
+            spec(bgp={"ipv4Address": "fd00::1/64"}),
+            "Node n1: spec.bgp.ipv4Address 'fd00::1/64' is not an IPv4 address",
+        ),
+        (
+            parse_node,
+            "n1",
+            spec(bgp={"ipv6Address": "10.0.0.1"}),
+            "Node n1: spec.bgp.ipv6Address '10.0.0.1' is not an IPv6 address",
+        ),
+        (
+            parse_node,
+            "n1",
+            spec(bgp={"ipv4Address": "10.0.0.1/33"}),
+            "Node n1: spec.bgp.ipv4Address '10.0.0.1/33' is not an IP address or address/prefix",
+        ),
+        (
+            parse_node,
+            "n1",
+            spec(bgp={"ipv4Address": "10.0.0.1", "asNumber": "65536.1"}),
+            "Node n1: spec.bgp.asNumber '65536.1' is not an AS number (1-4294967295 or asdot X.Y)",
+        ),
+        (
+            parse_node,
+            "n1",
+            spec(bgp={"routeReflectorClusterID": "rr-1"}),
+            "Node n1: spec.bgp.routeReflectorClusterID 'rr-1' is not an IPv4-formatted cluster id",
+        ),
+        (parse_node, "n1", spec(bgp="10.0.0.1"), "Node n1: spec.bgp '10.0.0.1' is not an object"),
+        (
+            parse_bgp_configuration,
+            "default",
+            spec(asNumber="as64512"),
+            "BGPConfiguration default: spec.asNumber 'as64512' is not an AS number "
+            "(1-4294967295 or asdot X.Y)",
+        ),
+        (
+            parse_bgp_configuration,
+            "default",
+            spec(nodeToNodeMeshEnabled="false"),
+            "BGPConfiguration default: spec.nodeToNodeMeshEnabled 'false' is not a boolean",
+        ),
+        (
+            parse_bgp_configuration,
+            "default",
+            spec(listenPort=0),
+            "BGPConfiguration default: spec.listenPort 0 is out of range 1-65535",
+        ),
+        (
+            parse_bgp_configuration,
+            "default",
+            spec(listenPort=65536),
+            "BGPConfiguration default: spec.listenPort 65536 is out of range 1-65535",
+        ),
+        (
+            parse_bgp_configuration,
+            "default",
+            spec(logSeverityScreen="Loud"),
+            "BGPConfiguration default: spec.logSeverityScreen 'Loud' is not one of "
+            "Trace, Debug, Info, Warning, Error, Fatal",
+        ),
+    ],
+)
+def test_invalid_resources(parser, name, raw, message):
+    with pytest.raises(ValidationError) as info:
+        parser(name, raw)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("hostile", HOSTILE, ids=[f"hostile-{i}" for i in range(len(HOSTILE))])
+@pytest.mark.parametrize(
+    ("parser", "build"),
+    [
+        (parse_node, lambda v: spec(bgp={"ipv4Address": v})),
+        (parse_node, lambda v: spec(bgp={"ipv6Address": v})),
+        (parse_node, lambda v: spec(bgp={"asNumber": v})),
+        (parse_node, lambda v: spec(bgp={"routeReflectorClusterID": v})),
+        (parse_ip_pool, lambda v: spec(cidr=v)),
+        (parse_ip_pool, lambda v: spec(cidr="10.0.0.0/8", ipipMode=v)),
+        (parse_bgp_configuration, lambda v: spec(asNumber=v)),
+        (parse_bgp_configuration, lambda v: spec(logSeverityScreen=v)),
+    ],
+    ids=["ipv4Address", "ipv6Address", "node-as", "rr-id", "cidr", "ipipMode", "global-as", "severity"],
+)
+def test_hostile_strings_are_rejected_with_a_printable_message(parser, build, hostile):
+    with pytest.raises(ValidationError) as info:
+        parser("victim", build(hostile))
+    message = str(info.value)
+    assert message.startswith(
+        ("Node victim: spec.", "IPPool victim: spec.", "BGPConfiguration victim: spec.")
+    )
+    assert "\n" not in message and "\x00" not in message  # shown with repr(), safe for logs
+
+
+def test_long_values_are_cut_in_messages():
+    with pytest.raises(ValidationError) as info:
+        parse_ip_pool("p", spec(cidr="x" * 10_000))
+    assert len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected", "confirmed"),
+    [
+        ({}, BlockAffinity("10.65.1.0/26"), True),
+        ({"state": "confirmed", "deleted": False}, BlockAffinity("10.65.1.0/26", "confirmed"), True),
+        ({"state": "pending"}, BlockAffinity("10.65.1.0/26", "pending"), False),
+        ({"state": "pendingDeletion"}, BlockAffinity("10.65.1.0/26", "pendingDeletion"), False),
+        ({"state": "confirmed", "deleted": True}, BlockAffinity("10.65.1.0/26", "confirmed", True), False),
+    ],
+    ids=["legacy-empty", "confirmed", "pending", "pending-deletion", "deleted"],
+)
+def test_block_affinity(raw, expected, confirmed):
+    affinity = parse_block_affinity("10.65.1.0/26", raw)
+    assert affinity == expected
+    assert affinity.confirmed is confirmed
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            {"state": "claimed"},
+            "BlockAffinity 10.65.1.0/26: state 'claimed' is not one of confirmed, pending, pendingDeletion",
+        ),
+        ({"deleted": "no"}, "BlockAffinity 10.65.1.0/26: deleted 'no' is not a boolean"),
+    ],
+    ids=["state", "deleted"],
+)
+def test_invalid_block_affinity(raw, message):
+    with pytest.raises(ValidationError, match="^" + message.replace(".", r"\.") + "$"):
+        parse_block_affinity("10.65.1.0/26", raw)
+
+
+def test_parse_snapshot_skips_invalid_resources_and_reports_them():
+    snapshot = Snapshot(
+        revision=7,
+        resources={
+            "BGPConfiguration": {"default": spec(asNumber="bogus"), "node.n1": spec(listenPort=1790)},
+            "Node": {"n1": spec(bgp={"ipv4Address": "10.0.0.1/24"}), "n2": spec(bgp={"ipv4Address": "nope"})},
+            "IPPool": {"good": spec(cidr="10.65.0.0/16"), "bad": spec(cidr="10.0.0.300/24")},
+            "BGPPeer": {"later": spec(peerIP="not parsed yet")},
+        },
+        affinities={"10.65.1.0/26": {"state": "confirmed"}, "10.65.2.0/26": {"state": "weird"}},
+        errors=(
+            "/calico/resources/v3/projectcalico.org/nodes/n3: value is not valid JSON (JSONDecodeError)",
+        ),
+    )
+    model, warnings = parse_snapshot(snapshot)
+    assert sorted(model.nodes) == ["n1"]
+    assert sorted(model.ip_pools) == ["good"]
+    assert sorted(model.block_affinities) == ["10.65.1.0/26"]
+    assert model.as_number == 64512  # the invalid default config falls back to Calico's defaults
+    assert model.mesh_enabled is True
+    assert model.listen_port == 179
+    assert model.listen_port_of("n1") == 1790
+    assert model.listen_port_of("n2") == 179
+    assert warnings == [
+        "/calico/resources/v3/projectcalico.org/nodes/n3: value is not valid JSON (JSONDecodeError)",
+        "BGPConfiguration default: spec.asNumber 'bogus' is not an AS number (1-4294967295 or asdot X.Y)",
+        "Node n2: spec.bgp.ipv4Address 'nope' is not an IP address or address/prefix",
+        "IPPool bad: spec.cidr '10.0.0.300/24' is not an IP network",
+        "BlockAffinity 10.65.2.0/26: state 'weird' is not one of confirmed, pending, pendingDeletion",
+    ]
+
+
+def test_global_defaults_and_overrides():
+    empty, _ = parse_snapshot(Snapshot(revision=1))
+    assert (empty.as_number, empty.mesh_enabled, empty.listen_port) == (64512, True, 179)
+    snapshot = Snapshot(
+        revision=1,
+        resources={
+            "BGPConfiguration": {
+                "default": spec(asNumber=65000, nodeToNodeMeshEnabled=False, listenPort=1790)
+            }
+        },
+    )
+    model, warnings = parse_snapshot(snapshot)
+    assert (model.as_number, model.mesh_enabled, model.listen_port) == (65000, False, 1790)
+    assert warnings == []
