@@ -91,7 +91,9 @@ class NodeDaemon:
             reload=self.supervisor.reload,
             registry=self.registry,
         )
-        self.watcher = WorkloadRouteWatcher(self.netlink, on_change=self.speaker.set_workload_routes)
+        self.watcher = WorkloadRouteWatcher(
+            self.netlink, on_change=self.speaker.set_workload_routes, observers=[self._kernel_event]
+        )
         self.control = ControlServer(run_dir / "ctl.sock", {"status": self._status})
         self._intent: NodeIntent | None = None
         self._started = time.monotonic()
@@ -107,6 +109,10 @@ class NodeDaemon:
         bind = [a for a in (intent.ipv4_address, intent.ipv6_address) if a]
         self.supervisor.set_environment(exabgp_environment(bind, intent.listen_port))
 
+    def _kernel_event(self, event) -> None:
+        if self.table.observe(event):
+            self.speaker.kernel_changed()
+
     def _status(self) -> dict:
         warnings = list(self._intent.warnings) if self._intent else ["no configuration rendered yet"]
         if not self.syncer.in_sync:
@@ -118,14 +124,22 @@ class NodeDaemon:
     async def _resync_loop(self) -> None:
         """Periodic full read-back of our kernel routes; also ends the start-up sweep hold."""
         while True:
-            await asyncio.sleep(min(self.config.resync_interval, 5.0))
-            if self.table.holding_deletes and self._ready_to_sweep():
-                log.info("all sessions synchronised (or hold time over): sweeping stale routes")
-                self.table.hold_deletes(False)
-                await self.table.apply()
-            if time.monotonic() - self._last_resync >= self.config.resync_interval:
-                self._last_resync = time.monotonic()
-                await self.table.resync()
+            await asyncio.sleep(1.0)
+            try:
+                if self.table.holding_deletes and self._ready_to_sweep():
+                    log.info("all sessions synchronised (or hold time over): sweeping stale routes")
+                    self.table.hold_deletes(False)
+                    self.speaker.kernel_changed()
+                retry_at = self.table.next_retry()
+                if retry_at is not None and retry_at <= time.monotonic():
+                    self.speaker.kernel_changed()
+                if time.monotonic() - self._last_resync >= self.config.resync_interval:
+                    self._last_resync = time.monotonic()
+                    result = await self.table.resync()
+                    if result.repaired:
+                        log.warning("route resync repaired %d routes", result.repaired)
+            except OSError as exc:
+                log.warning("kernel route resync failed: %s", exc)
 
     def _ready_to_sweep(self) -> bool:
         if time.monotonic() - self._started >= self.config.sweep_hold:
@@ -138,7 +152,6 @@ class NodeDaemon:
         config.run_dir.mkdir(parents=True, exist_ok=True)
         config.run_dir.chmod(0o700)
         self._last_resync = time.monotonic()
-        self.table.hold_deletes(True)
         await self.control.start()
         await self.channel.start()
         if config.metrics_port:

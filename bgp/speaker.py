@@ -103,6 +103,11 @@ class Speaker:
             self._workloads = prefixes
             self._dirty.set()
 
+    def kernel_changed(self) -> None:
+        """Someone changed or removed a route of ours, or a device came back: program the table again."""
+        self._kernel_dirty = True
+        self._dirty.set()
+
     def exabgp_restarted(self) -> None:
         """A new ExaBGP holds nothing we sent: everything is re-sent and every session starts over."""
         self._sent.clear()

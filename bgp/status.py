@@ -30,7 +30,7 @@ from confgen.intent import PeerIntent
 @dataclass(frozen=True)
 class PeerStatus:
     address: str
-    family: str  # "IPv4" | "IPv6"
+    family: str  # "ipv4" | "ipv6"
     type: str  # node-to-node mesh | global | node specific
     name: str
     passive: bool
@@ -44,7 +44,7 @@ class PeerStatus:
     def configured(cls, peer: PeerIntent, now: float) -> PeerStatus:
         return cls(
             address=peer.address,
-            family="IPv6" if peer.family == "ipv6" else "IPv4",
+            family=peer.family,
             type=peer.kind,
             name=peer.name,
             passive=peer.passive,
@@ -150,8 +150,8 @@ def render_table(headers: list[str], rows: list[list[str]]) -> str:
 def render_status(report: dict, now: float | None = None) -> str:
     """The text of `calico-bgp status`, from the JSON report the daemon serves."""
     lines = ["calico-bgp process is running.", ""]
-    for family in ("IPv4", "IPv6"):
-        peers = [p for p in report.get("peers", []) if p["family"] == family]
+    for key, family in (("ipv4", "IPv4"), ("ipv6", "IPv6")):
+        peers = [p for p in report.get("peers", []) if p["family"] == key]
         lines.append(f"{family} BGP status")
         if not peers:
             lines.append(f"No {family} peers found.")

@@ -1,0 +1,389 @@
+"""rtnetlink wire codec for routes and links: ``struct``-packed requests, decoded dumps and notifications.
+
+Stage: the bottom of the kernel dataplane. ``routes.netlink.KernelNetlink`` moves these bytes through
+sockets; this module only turns ``routes.model.Route`` values into RTM_NEWROUTE / RTM_DELROUTE messages and
+kernel messages back into ``Route`` values. It does no I/O, so it is unit-tested byte for byte and
+cross-checked against pyroute2's independent decoder.
+
+Owns: the message layouts (nlmsghdr, rtmsg, rtattr, rtnexthop, ifinfomsg, nlmsgerr), the kernel's quirks
+that change how a route reads back, and the classic-BPF program that keeps our own route churn off the
+monitor socket.
+
+Complicating factors:
+- Speed. pyroute2 spends 250-300 us of Python per route message (perf-anchors.md); installing 100k routes
+  that way takes ~30 s. Packing with precompiled ``struct.Struct`` objects costs a few microseconds, which
+  leaves the kernel as the bottleneck. Decoding dumps the same way keeps a 100k-route read-back to about a
+  second instead of half a minute.
+- Read-back is not write-back. The kernel stores an IPv6 route written with metric 0 at metric 1024
+  (IP6_RT_PRIO_USER), stores the device it resolved for a gateway-only next hop, and dumps IPv6
+  blackholes with ``oif lo``. ``kernel_form`` applies the first rule to desired routes; the caller compares
+  next hops with a wildcard for an unspecified device (``routes.ownership.same_route``).
+- Deletes must never hit a route we do not own. RTM_DELROUTE carries our protocol and type, and both
+  IPv4 (fib_table_delete) and IPv6 (ip6_route_del) skip routes whose protocol differs. The delete leaves
+  next hops out so one request removes a whole multipath route, and uses scope NOWHERE (any scope), as
+  iproute2 does.
+- Text forms must match ``ipaddress``: IPv4 via ``inet_ntop`` (unambiguous), IPv6 through ``ipaddress``
+  so that compression follows the same rules as the normalised desired routes.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
+
+from routes.model import BLACKHOLE, UNICAST, Nexthop, Route
+
+AF_INET = socket.AF_INET
+AF_INET6 = socket.AF_INET6
+
+# netlink(7)
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_ACK = 0x4
+NLM_F_DUMP_INTR = 0x10
+NLM_F_REPLACE = 0x100
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+NLM_F_DUMP = 0x300
+NLM_F_ACK_TLVS = 0x200  # on NLMSG_ERROR: extended-ack TLVs follow
+NLMSGERR_ATTR_MSG = 1
+NETLINK_ADD_MEMBERSHIP = 1
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+NETLINK_GET_STRICT_CHK = 12
+SOL_NETLINK = 270
+
+# rtnetlink(7)
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+RTM_GETLINK = 18
+RTM_NEWROUTE = 24
+RTM_DELROUTE = 25
+RTM_GETROUTE = 26
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_ROUTE = 0x400
+RTA_DST = 1
+RTA_OIF = 4
+RTA_GATEWAY = 5
+RTA_PRIORITY = 6
+RTA_MULTIPATH = 9
+RTA_TABLE = 15
+RTN_UNICAST = 1
+RTN_BLACKHOLE = 6
+RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_LINK = 253
+RT_SCOPE_NOWHERE = 255
+RT_TABLE_UNSPEC = 0
+RT_TABLE_COMPAT = 252  # rtm_table value when the real id (> 255) is only in RTA_TABLE
+RTNH_F_ONLINK = 0x4
+RTM_F_CLONED = 0x200
+IFLA_IFNAME = 3
+IFF_UP = 0x1
+IP6_RT_PRIO_USER = 1024
+
+RTN_NAMES = {
+    1: UNICAST, 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast", 6: BLACKHOLE,
+    7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat", 11: "xresolve",
+}
+RTN_CODES = {name: code for code, name in RTN_NAMES.items()}
+
+NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
+RTATTR = struct.Struct("=HH")
+RTA_U32 = struct.Struct("=HHI")
+RTNEXTHOP = struct.Struct("=HBBi")  # len, flags, hops, ifindex
+IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+NLMSGERR = struct.Struct("=i")
+U32 = struct.Struct("=I")
+HDR_LEN = NLMSGHDR.size
+RTMSG_LEN = RTMSG.size
+
+
+def errno_text(code: int, detail: str = "") -> str:
+    """The error string ``Netlink.apply`` reports: ``"EEXIST: File exists"`` plus the kernel's extack text."""
+    text = f"{errno.errorcode.get(code, str(code))}: {os.strerror(code)}"
+    return f"{text} ({detail})" if detail else text
+
+
+def kernel_form(route: Route) -> Route:
+    """``route`` as the kernel will report it back (IPv6 metric 0 is stored as 1024), next hops sorted."""
+    hops = route.nexthops if len(route.nexthops) < 2 else tuple(sorted(set(route.nexthops)))
+    if route.priority == 0 and ":" in route.dst:
+        return replace(route, priority=IP6_RT_PRIO_USER, nexthops=hops)
+    return route if hops == route.nexthops else replace(route, nexthops=hops)
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    size = RTATTR.size + len(payload)
+    return RTATTR.pack(size, kind) + payload + b"\0" * (_align(size) - size)
+
+
+class EncodeError(ValueError):
+    """A route that cannot be expressed as a request (unknown device, bad address); carries an errno."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(errno_text(code, detail))
+        self.code = code
+
+
+def encode_route(
+    msg_type: int, flags: int, seq: int, route: Route, ifindex: Callable[[str], int | None]
+) -> bytes:
+    """One RTM_NEWROUTE / RTM_DELROUTE request for ``route``. ``ifindex`` maps device names to indices."""
+    family = route.family
+    addr, _, plen = route.dst.partition("/")
+    try:
+        dst = socket.inet_pton(family, addr)
+        dst_len = int(plen)
+    except (OSError, ValueError) as exc:
+        raise EncodeError(errno.EINVAL, f"bad destination {route.dst!r}") from exc
+    rtype = RTN_CODES.get(route.type)
+    if rtype is None:
+        raise EncodeError(errno.EINVAL, f"unsupported route type {route.type!r}")
+    table = route.table
+    parts = [RTA_U32.pack(8, RTA_TABLE, table)]
+    if dst_len:
+        parts.append(_attr(RTA_DST, dst))
+    if route.priority:
+        parts.append(RTA_U32.pack(8, RTA_PRIORITY, route.priority))
+    rtm_flags = 0
+    if msg_type == RTM_DELROUTE:
+        # Match by (table, dst, metric, protocol, type) only: whatever next hops the kernel holds, and
+        # never a route of another protocol.
+        scope = RT_SCOPE_NOWHERE
+    elif rtype != RTN_UNICAST:
+        scope = RT_SCOPE_UNIVERSE
+    else:
+        hops = route.nexthops
+        if not hops:
+            raise EncodeError(errno.EINVAL, f"unicast route {route.dst} without next hop")
+        scope = RT_SCOPE_UNIVERSE if any(h.gateway for h in hops) else RT_SCOPE_LINK
+        if len(hops) == 1:
+            hop = hops[0]
+            if hop.gateway:
+                parts.append(_attr(RTA_GATEWAY, _gateway(family, hop.gateway)))
+            if hop.ifname:
+                parts.append(RTA_U32.pack(8, RTA_OIF, _index(ifindex, hop.ifname)))
+            if hop.onlink:
+                rtm_flags = RTNH_F_ONLINK
+        else:
+            parts.append(_attr(RTA_MULTIPATH, b"".join(_rtnexthop(family, h, ifindex) for h in hops)))
+    body = b"".join(parts)
+    size = HDR_LEN + RTMSG_LEN + len(body)
+    return (
+        NLMSGHDR.pack(size, msg_type, flags, seq, 0)
+        + RTMSG.pack(
+            family, dst_len, 0, 0, table if table < 256 else RT_TABLE_COMPAT,
+            route.proto, scope, rtype, rtm_flags,
+        )
+        + body
+    )
+
+
+def _gateway(family: int, gateway: str) -> bytes:
+    try:
+        return socket.inet_pton(family, gateway)
+    except OSError as exc:
+        raise EncodeError(errno.EINVAL, f"bad gateway {gateway!r} for this family") from exc
+
+
+def _index(ifindex: Callable[[str], int | None], name: str) -> int:
+    index = ifindex(name)
+    if index is None:
+        raise EncodeError(errno.ENODEV, f"no device {name!r}")
+    return index
+
+
+def _rtnexthop(family: int, hop: Nexthop, ifindex: Callable[[str], int | None]) -> bytes:
+    attrs = _attr(RTA_GATEWAY, _gateway(family, hop.gateway)) if hop.gateway else b""
+    index = _index(ifindex, hop.ifname) if hop.ifname else 0
+    return RTNEXTHOP.pack(RTNEXTHOP.size + len(attrs), RTNH_F_ONLINK if hop.onlink else 0, 0, index) + attrs
+
+
+def encode_route_dump(family: int, seq: int, table: int, proto: int | None) -> bytes:
+    """RTM_GETROUTE dump request; with NETLINK_GET_STRICT_CHK the kernel filters by table and protocol."""
+    body = RTA_U32.pack(8, RTA_TABLE, table)
+    size = HDR_LEN + RTMSG_LEN + len(body)
+    return (
+        NLMSGHDR.pack(size, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+        + RTMSG.pack(family, 0, 0, 0, table if table < 256 else RT_TABLE_COMPAT, proto or 0, 0, 0, 0)
+        + body
+    )
+
+
+def iter_messages(data: bytes | memoryview) -> Iterator[tuple[int, int, int, int]]:
+    """(type, flags, seq, offset) of each netlink message in one datagram; offset points at the header."""
+    offset, end = 0, len(data)
+    while offset + HDR_LEN <= end:
+        size, kind, flags, seq, _ = NLMSGHDR.unpack_from(data, offset)
+        if size < HDR_LEN:
+            break
+        yield kind, flags, seq, offset
+        offset += _align(size)
+
+
+def decode_error(data: bytes | memoryview, offset: int) -> tuple[int, str]:
+    """(errno, extack message) of an NLMSG_ERROR at ``offset``; errno 0 is a positive ack."""
+    size, _, flags, _, _ = NLMSGHDR.unpack_from(data, offset)
+    (code,) = NLMSGERR.unpack_from(data, offset + HDR_LEN)
+    detail = ""
+    if flags & NLM_F_ACK_TLVS:
+        # With NETLINK_CAP_ACK the echoed request is just its header (16 bytes); TLVs follow it.
+        pos, end = offset + HDR_LEN + 4 + HDR_LEN, offset + size
+        while pos + RTATTR.size <= end:
+            alen, akind = RTATTR.unpack_from(data, pos)
+            if alen < RTATTR.size:
+                break
+            if akind == NLMSGERR_ATTR_MSG:
+                detail = bytes(data[pos + 4 : pos + alen]).rstrip(b"\0").decode(errors="replace")
+            pos += _align(alen)
+    return -code, detail
+
+
+def _ntop(family: int, raw: bytes) -> str:
+    if family == AF_INET:
+        return socket.inet_ntop(AF_INET, raw)
+    return ipaddress.IPv6Address(raw).compressed
+
+
+def decode_route(
+    data: bytes | memoryview, offset: int, names: Mapping[int, str], missing: set[int] | None = None
+) -> Route | None:
+    """The route in the RTM_NEWROUTE/RTM_DELROUTE message at ``offset``; None for cache clones and
+    families other than IPv4/IPv6. Devices are named through ``names``; unknown indices are added to
+    ``missing`` and read as ""."""
+    size = NLMSGHDR.unpack_from(data, offset)[0]
+    family, dst_len, _, _, table, proto, _, rtype, rtm_flags = RTMSG.unpack_from(data, offset + HDR_LEN)
+    if family not in (AF_INET, AF_INET6) or rtm_flags & RTM_F_CLONED:
+        return None
+    dst = b""
+    gateway = b""
+    oif = 0
+    priority = 0
+    multipath: tuple[Nexthop, ...] = ()
+    pos, end = offset + HDR_LEN + RTMSG_LEN, offset + size
+    while pos + 4 <= end:
+        alen, akind = RTATTR.unpack_from(data, pos)
+        if alen < 4:
+            break
+        if akind == RTA_DST:
+            dst = bytes(data[pos + 4 : pos + alen])
+        elif akind == RTA_GATEWAY:
+            gateway = bytes(data[pos + 4 : pos + alen])
+        elif akind == RTA_OIF:
+            oif = U32.unpack_from(data, pos + 4)[0]
+        elif akind == RTA_PRIORITY:
+            priority = U32.unpack_from(data, pos + 4)[0]
+        elif akind == RTA_TABLE:
+            table = U32.unpack_from(data, pos + 4)[0]
+        elif akind == RTA_MULTIPATH:
+            multipath = _decode_multipath(data, pos + 4, pos + alen, family, names, missing)
+        pos += _align(alen)
+    if not dst:
+        dst = b"\0" * (4 if family == AF_INET else 16)
+    kind = RTN_NAMES.get(rtype, str(rtype))
+    if kind != UNICAST:
+        hops: tuple[Nexthop, ...] = ()  # IPv6 blackholes read back with "dev lo"; that is not a next hop
+    elif multipath:
+        hops = tuple(sorted(multipath))
+    else:
+        hops = (
+            Nexthop(
+                _ntop(family, gateway) if gateway else "",
+                _name(names, oif, missing),
+                bool(rtm_flags & RTNH_F_ONLINK),
+            ),
+        )
+    return Route(f"{_ntop(family, dst)}/{dst_len}", kind, hops, table, proto, priority)
+
+
+def _name(names: Mapping[int, str], index: int, missing: set[int] | None) -> str:
+    if not index:
+        return ""
+    name = names.get(index)
+    if name is None:
+        if missing is not None:
+            missing.add(index)
+        return ""
+    return name
+
+
+def _decode_multipath(
+    data: bytes | memoryview, pos: int, end: int, family: int, names: Mapping[int, str],
+    missing: set[int] | None,
+) -> tuple[Nexthop, ...]:
+    hops = []
+    while pos + RTNEXTHOP.size <= end:
+        hlen, hflags, _, index = RTNEXTHOP.unpack_from(data, pos)
+        if hlen < RTNEXTHOP.size:
+            break
+        gateway = ""
+        apos, aend = pos + RTNEXTHOP.size, pos + hlen
+        while apos + 4 <= aend:
+            alen, akind = RTATTR.unpack_from(data, apos)
+            if alen < 4:
+                break
+            if akind == RTA_GATEWAY:
+                gateway = _ntop(family, bytes(data[apos + 4 : apos + alen]))
+            apos += _align(alen)
+        hops.append(Nexthop(gateway, _name(names, index, missing), bool(hflags & RTNH_F_ONLINK)))
+        pos += _align(hlen)
+    return tuple(hops)
+
+
+def decode_link(data: bytes | memoryview, offset: int) -> tuple[int, str, bool]:
+    """(ifindex, ifname, admin up) of the RTM_NEWLINK/RTM_DELLINK message at ``offset``."""
+    size = NLMSGHDR.unpack_from(data, offset)[0]
+    _, _, index, flags, _ = IFINFOMSG.unpack_from(data, offset + HDR_LEN)
+    name = ""
+    pos, end = offset + HDR_LEN + IFINFOMSG.size, offset + size
+    while pos + 4 <= end:
+        alen, akind = RTATTR.unpack_from(data, pos)
+        if alen < 4:
+            break
+        if akind == IFLA_IFNAME:
+            name = bytes(data[pos + 4 : pos + alen]).rstrip(b"\0").decode()
+            break
+        pos += _align(alen)
+    return index, name, bool(flags & IFF_UP)
+
+
+# Classic BPF (linux/filter.h) for SO_ATTACH_FILTER on the monitor socket.
+_BPF_LD_H_ABS = 0x28
+_BPF_LD_B_ABS = 0x30
+_BPF_JEQ_K = 0x15
+_BPF_RET_K = 0x06
+_SOCK_FILTER = struct.Struct("=HBBI")
+
+
+def _be16_view(value: int) -> int:
+    # BPF loads halfwords big-endian; nlmsg_type is host-endian, so compare against the swapped view.
+    return int.from_bytes(struct.pack("=H", value), "big")
+
+
+def exclude_proto_filter(proto: int) -> bytes:
+    """A BPF program dropping route notifications whose rtm_protocol is ``proto`` (our own writes), so a
+    100k-route apply does not flood and overflow the monitor socket. Everything else passes."""
+    proto_offset = HDR_LEN + 5  # rtmsg.rtm_protocol
+    program = [
+        (_BPF_LD_H_ABS, 0, 0, 4),  # A = nlmsg_type
+        (_BPF_JEQ_K, 1, 0, _be16_view(RTM_NEWROUTE)),  # route message -> check the protocol
+        (_BPF_JEQ_K, 0, 2, _be16_view(RTM_DELROUTE)),  # anything else -> accept
+        (_BPF_LD_B_ABS, 0, 0, proto_offset),  # A = rtm_protocol
+        (_BPF_JEQ_K, 1, 0, proto),
+        (_BPF_RET_K, 0, 0, 0xFFFFFFFF),  # accept whole message
+        (_BPF_RET_K, 0, 0, 0),  # drop
+    ]
+    return b"".join(_SOCK_FILTER.pack(*ins) for ins in program)

@@ -1,0 +1,196 @@
+"""FakeNetlink: an in-memory kernel routing table behind the ``routes.netlink.Netlink`` protocol.
+
+Stage: test seam for ``routes.table`` and ``routes.monitor`` (and for labs that run without root).
+
+Owns: a model of the kernel behaviour the package depends on, deliberately including the awkward parts:
+- routes are keyed (table, dst, metric); NLM_F_EXCL creates fail with EEXIST on a taken key, replaces
+  overwrite whatever holds the key (even a foreign route, as the real kernel does);
+- deletes only match the route's protocol and type (ESRCH otherwise);
+- IPv6 metric 0 is stored as 1024, and a gateway-only next hop reads back with the resolved device;
+- a downed or deleted device loses its IPv4 routes WITHOUT route notifications (IPv6 ones with them);
+- notifications go to every open watch, minus ``exclude_proto``; ``overflow()`` simulates ENOBUFS.
+Tests inject foreign routes (``add_foreign``), errors (``fail``) and inspect ``routes`` and ``calls``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+from routes.model import RT_TABLE_MAIN, Nexthop, Route
+from routes.netlink import ADD, DEL, LINK_DEL, LINK_DOWN, LINK_UP, LinkEvent, RouteEvent, WatchOverflow
+from routes.rtnetlink import AF_INET, IP6_RT_PRIO_USER, errno_text
+
+Key = tuple[int, str, int]
+
+
+class FakeNetlink:
+    def __init__(self, links: Iterable[str] = ("lo", "eth0", "tunl0"), default_device: str = "eth0") -> None:
+        self.routes: dict[Key, Route] = {}
+        self.links: dict[str, int] = {name: i for i, name in enumerate(links, start=1)}
+        self.down: set[str] = set()
+        self.default_device = default_device  # what a gateway-only next hop resolves to on read-back
+        self.failures: dict[str, str] = {}  # dst -> "ENAME: text" returned for every write of that dst
+        self.calls: list[tuple[str, Route]] = []  # ("replace" | "create" | "delete", route)
+        self.dumps = 0
+        self._watches: list[FakeWatch] = []
+
+    # -- Netlink protocol --------------------------------------------------------------------------
+
+    async def dump_routes(self, proto: int | None = None, table: int = RT_TABLE_MAIN) -> list[Route]:
+        self.dumps += 1
+        return [
+            r for (t, _, _), r in self.routes.items() if t == table and (proto is None or r.proto == proto)
+        ]
+
+    async def apply(
+        self, replaces: Sequence[Route], deletes: Sequence[Route], creates: Sequence[Route] = ()
+    ) -> list[tuple[Route, str]]:
+        errors: list[tuple[Route, str]] = []
+        for op, batch in (("replace", replaces), ("create", creates), ("delete", deletes)):
+            for route in batch:
+                self.calls.append((op, route))
+                text = self._delete(route) if op == "delete" else self._write(route, op == "create")
+                if text:
+                    errors.append((route, text))
+        return errors
+
+    async def link_index(self, name: str) -> int | None:
+        return self.links.get(name)
+
+    async def link_names(self) -> dict[int, str]:
+        return {i: n for n, i in self.links.items()}
+
+    def watch(self, *, exclude_proto: int | None = None) -> FakeWatch:
+        watch = FakeWatch(self, exclude_proto)
+        self._watches.append(watch)
+        return watch
+
+    def close(self) -> None:
+        for watch in list(self._watches):
+            watch.close()
+
+    # -- kernel model ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _key(route: Route) -> Key:
+        prio = route.priority or (IP6_RT_PRIO_USER if route.family != AF_INET else 0)
+        return (route.table, route.dst, prio)
+
+    def _write(self, route: Route, exclusive: bool) -> str:
+        if route.dst in self.failures:
+            return self.failures[route.dst]
+        key = self._key(route)
+        if exclusive and key in self.routes:
+            return errno_text(errno.EEXIST)
+        hops = []
+        for hop in route.nexthops:
+            device = hop.ifname or self.default_device
+            if device not in self.links:
+                return errno_text(errno.ENODEV)
+            if device in self.down:
+                return errno_text(errno.ENETDOWN)
+            hops.append(Nexthop(hop.gateway, device, hop.onlink))
+        stored = replace(route, priority=key[2], nexthops=tuple(sorted(hops)))
+        self.routes[key] = stored
+        self._emit(RouteEvent(ADD, stored, _device(stored)))
+        return ""
+
+    def _delete(self, route: Route) -> str:
+        key = self._key(route)
+        held = self.routes.get(key)
+        if held is None or held.proto != route.proto or held.type != route.type:
+            return errno_text(errno.ESRCH)
+        del self.routes[key]
+        self._emit(RouteEvent(DEL, held, _device(held)))
+        return ""
+
+    def add_foreign(self, route: Route) -> None:
+        """Another writer (Felix, the kernel, an admin) adds or replaces a route at its key."""
+        self._key_store(route)
+
+    def remove(self, route: Route) -> None:
+        """Another writer deletes the route at ``route``'s key, whoever owns it."""
+        held = self.routes.pop(self._key(route), None)
+        if held is not None:
+            self._emit(RouteEvent(DEL, held, _device(held)))
+
+    def _key_store(self, route: Route) -> None:
+        key = self._key(route)
+        stored = replace(route, priority=key[2])
+        self.routes[key] = stored
+        self._emit(RouteEvent(ADD, stored, _device(stored)))
+
+    def add_link(self, name: str) -> None:
+        self.links[name] = max(self.links.values(), default=0) + 1
+        self.down.discard(name)
+        self._emit(LinkEvent(LINK_UP, self.links[name], name))
+
+    def set_link(self, name: str, up: bool) -> None:
+        if up:
+            self.down.discard(name)
+            self._emit(LinkEvent(LINK_UP, self.links[name], name))
+        else:
+            self.down.add(name)
+            self._flush_device(name)
+            self._emit(LinkEvent(LINK_DOWN, self.links[name], name))
+
+    def delete_link(self, name: str) -> None:
+        self._flush_device(name)
+        index = self.links.pop(name)
+        self.down.discard(name)
+        self._emit(LinkEvent(LINK_DEL, index, name))
+
+    def _flush_device(self, name: str) -> None:
+        for key, route in list(self.routes.items()):
+            if any(h.ifname == name for h in route.nexthops):
+                del self.routes[key]
+                if route.family != AF_INET:  # IPv6 notifies; IPv4 does not
+                    self._emit(RouteEvent(DEL, route, name))
+
+    def overflow(self) -> None:
+        """The next read on every watch reports lost notifications."""
+        for watch in self._watches:
+            watch.lost = True
+            watch.queue.put_nowait(None)
+
+    def _emit(self, event: RouteEvent | LinkEvent) -> None:
+        for watch in self._watches:
+            if isinstance(event, RouteEvent) and event.route.proto == watch.exclude_proto:
+                continue
+            watch.queue.put_nowait(event)
+
+
+class FakeWatch:
+    def __init__(self, owner: FakeNetlink, exclude_proto: int | None) -> None:
+        self.owner = owner
+        self.exclude_proto = exclude_proto
+        self.queue: asyncio.Queue[RouteEvent | LinkEvent | None] = asyncio.Queue()
+        self.lost = False
+        self.closed = False
+
+    def __aiter__(self) -> FakeWatch:
+        return self
+
+    async def __anext__(self) -> RouteEvent | LinkEvent:
+        while True:
+            if self.lost:
+                self.lost = False
+                raise WatchOverflow("simulated ENOBUFS")
+            if self.closed:
+                raise StopAsyncIteration
+            event = await self.queue.get()
+            if event is not None:
+                return event
+
+    def close(self) -> None:
+        self.closed = True
+        self.queue.put_nowait(None)
+        if self in self.owner._watches:
+            self.owner._watches.remove(self)
+
+
+def _device(route: Route) -> str:
+    return route.nexthops[0].ifname if route.nexthops else ""

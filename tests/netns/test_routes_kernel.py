@@ -1,0 +1,204 @@
+"""routes against the real kernel, inside a throwaway network namespace.
+
+Every test gets a namespace named ``rt-<random>`` with: ``v0`` (10.9.0.1/24, fd00:9::1/64) whose peer
+``v1`` is also inside the namespace, a veth named ``tunl0`` (the kernel here has no ipip module; only
+the name matters for onlink routes) and a workload veth ``cali1a2b3c``. The sockets are opened in the
+namespace (``KernelNetlink(netns=...)``, through pyroute2's forked helper), so this process never
+enters it. Results are checked with ``ip -j``, an independent reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import subprocess
+
+import pytest
+
+from routes.model import BLACKHOLE, Nexthop, Route
+from routes.monitor import WorkloadRouteWatcher
+from routes.netlink import ADD, KernelNetlink, RouteEvent
+from routes.table import RouteTable
+
+pytestmark = pytest.mark.netns
+
+CALI = "cali1a2b3c"
+
+
+def ip(ns: str, *args: str) -> str:
+    return subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True, text=True).stdout
+
+
+def ip_json(ns: str, *args: str) -> list[dict]:
+    out = ip(ns, "-j", *args)
+    return json.loads(out) if out.strip() else []
+
+
+@pytest.fixture
+def ns():
+    name = f"rt-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for cmd in (
+            "link set lo up",
+            "link add v0 type veth peer name v1",
+            "link add tunl0 type veth peer name tunl0p",
+            f"link add {CALI} type veth peer name wl0",
+            "addr add 10.9.0.1/24 dev v0",
+            "-6 addr add fd00:9::1/64 dev v0 nodad",
+            "link set v0 up", "link set v1 up", "link set tunl0 up", "link set tunl0p up",
+            f"link set {CALI} up", "link set wl0 up",
+        ):
+            ip(name, *cmd.split())
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture
+def netlink(ns):
+    nl = KernelNetlink(netns=ns)
+    try:
+        yield nl
+    finally:
+        nl.close()
+
+
+def ours(ns: str, family: str = "-4") -> dict[str, dict]:
+    return {r["dst"]: r for r in ip_json(ns, family, "route", "show", "proto", "12")}
+
+
+def all_routes(ns: str) -> list[dict]:
+    return ip_json(ns, "route", "show", "table", "all") + ip_json(ns, "-6", "route", "show", "table", "all")
+
+
+def many(n: int, gw: str = "10.9.0.2") -> list[Route]:
+    hop = (Nexthop(gw),)
+    return [Route(f"10.{100 + i // 65536}.{i // 256 % 256}.{i % 256}/32", nexthops=hop) for i in range(n)]
+
+
+async def test_ten_thousand_routes_in_one_apply_then_read_back(ns, netlink):
+    table = RouteTable(netlink, hold_deletes=False)
+    table.set_desired(many(10_000))
+    result = await table.apply()
+    assert result.replaced == 10_000 and not result.errors
+    listed = ours(ns)
+    assert len(listed) == 10_000
+    assert {r["gateway"] for r in listed.values()} == {"10.9.0.2"}
+    assert len(await netlink.dump_routes(12)) == 10_000
+    again = await table.resync()  # read back from the kernel: nothing to repair, nothing to write
+    assert (again.repaired, again.replaced, again.deleted) == (0, 0, 0)
+    table.set_desired(many(10_000, gw="10.9.0.3"))  # every next hop changes: replaces only
+    result = await table.apply()
+    assert (result.replaced, result.deleted) == (10_000, 0)
+    assert {r["gateway"] for r in ours(ns).values()} == {"10.9.0.3"}
+    table.set_desired([])
+    assert (await table.apply()).deleted == 10_000
+    assert ours(ns) == {}
+
+
+async def test_route_shapes(ns, netlink):
+    table = RouteTable(netlink, hold_deletes=False)
+    shapes = [
+        Route("10.50.0.0/26", nexthops=(Nexthop("10.9.0.2"), Nexthop("10.9.0.3"))),
+        Route("10.51.0.0/26", BLACKHOLE),
+        Route("10.52.0.0/26", nexthops=(Nexthop("172.16.0.12", "tunl0", onlink=True),)),
+        Route("fd10::/64", nexthops=(Nexthop("fd00:9::2"), Nexthop("fd00:9::3"))),
+        Route("fd11::/64", BLACKHOLE),
+        Route("fd12::/64", nexthops=(Nexthop("fd00:9::2"),)),
+    ]
+    table.set_desired(shapes)
+    result = await table.apply()
+    assert not result.errors, result.errors
+    v4, v6 = ours(ns), ours(ns, "-6")
+    assert sorted(h["gateway"] for h in v4["10.50.0.0/26"]["nexthops"]) == ["10.9.0.2", "10.9.0.3"]
+    assert v4["10.51.0.0/26"]["type"] == "blackhole"
+    assert (v4["10.52.0.0/26"]["dev"], v4["10.52.0.0/26"]["gateway"]) == ("tunl0", "172.16.0.12")
+    assert "onlink" in v4["10.52.0.0/26"]["flags"]
+    assert sorted(h["gateway"] for h in v6["fd10::/64"]["nexthops"]) == ["fd00:9::2", "fd00:9::3"]
+    assert v6["fd11::/64"]["type"] == "blackhole"
+    assert v6["fd12::/64"]["gateway"] == "fd00:9::2" and v6["fd12::/64"]["metric"] == 1024
+    read = {r.dst: r for r in await netlink.dump_routes(12)}
+    assert read["10.52.0.0/26"].nexthops == (Nexthop("172.16.0.12", "tunl0", True),)
+    assert read["fd10::/64"].nexthops == (Nexthop("fd00:9::2", "v0"), Nexthop("fd00:9::3", "v0"))
+    again = await table.resync()  # every shape reads back as what we wrote
+    assert (again.repaired, again.replaced) == (0, 0)
+
+
+async def test_foreign_routes_survive(ns, netlink):
+    ip(ns, "route", "add", "10.244.5.7/32", "dev", CALI, "proto", "boot", "scope", "link")
+    ip(ns, "route", "add", "10.244.6.0/26", "via", "10.9.0.5", "proto", "80")
+    ip(ns, "route", "add", "10.244.7.0/26", "via", "10.9.0.5", "table", "100", "proto", "12")
+    ip(ns, "route", "add", "10.244.8.8/32", "dev", "v0", "proto", "3")
+    ip(ns, "route", "add", "10.244.9.0/26", "dev", CALI, "proto", "12")  # ours by number, Felix's by device
+    before = all_routes(ns)
+    table = RouteTable(netlink, hold_deletes=False)
+    colliding = ["10.244.5.7/32", "10.244.6.0/26", "10.244.7.0/26", "10.244.8.8/32", "10.244.9.0/26"]
+    table.set_desired([Route(d, nexthops=(Nexthop("10.9.0.2"),)) for d in colliding] + many(10))
+    result = await table.apply()
+    assert result.conflicts == ("10.244.5.7/32", "10.244.6.0/26", "10.244.8.8/32", "10.244.9.0/26")
+    assert not result.errors
+    assert set(ours(ns)) == {r.dst.removesuffix("/32") for r in many(10)} | {"10.244.7.0/26", "10.244.9.0/26"}
+    table.set_desired([])
+    await table.apply()
+    await table.resync()
+    assert all_routes(ns) == before
+
+
+async def test_kernel_filters_our_protocol_off_the_watch(ns, netlink):
+    watch = netlink.watch(exclude_proto=12)
+    try:
+        ip(ns, "route", "add", "10.60.0.0/24", "via", "10.9.0.2", "proto", "12")
+        ip(ns, "route", "add", "10.61.0.0/24", "via", "10.9.0.2", "proto", "80")
+        event = await asyncio.wait_for(anext(watch), 1)
+        assert isinstance(event, RouteEvent) and event.action == ADD
+        assert (event.route.dst, event.route.proto, event.ifname) == ("10.61.0.0/24", 80, "v0")
+    finally:
+        watch.close()
+
+
+async def test_watcher_follows_workload_routes_within_a_second(ns, netlink):
+    changes: asyncio.Queue[frozenset[str]] = asyncio.Queue()
+    ip(ns, "route", "add", "10.244.1.1/32", "dev", CALI, "proto", "boot", "scope", "link")
+    watcher = WorkloadRouteWatcher(netlink, changes.put_nowait, debounce=0.01)
+    task = asyncio.create_task(watcher.run())
+    try:
+        assert await asyncio.wait_for(changes.get(), 1) == {"10.244.1.1/32"}
+        ip(ns, "route", "add", "10.244.1.2/32", "dev", CALI, "proto", "boot", "scope", "link")
+        ip(ns, "-6", "route", "add", "fd00:244::2/128", "dev", CALI, "proto", "boot")
+        ip(ns, "route", "add", "10.244.1.3/32", "dev", "v0", "proto", "boot", "scope", "link")  # not cali
+        want = {"10.244.1.1/32", "10.244.1.2/32", "fd00:244::2/128"}
+        assert await asyncio.wait_for(_until(changes, want), 1) == want
+        ip(ns, "route", "del", "10.244.1.1/32", "dev", CALI)
+        want = {"10.244.1.2/32", "fd00:244::2/128"}
+        assert await asyncio.wait_for(_until(changes, want), 1) == want
+        ip(ns, "link", "del", CALI)  # pod gone: IPv4 routes vanish without RTM_DELROUTE
+        assert await asyncio.wait_for(_until(changes, set()), 1) == set()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _until(queue: asyncio.Queue[frozenset[str]], want: set[str]) -> frozenset[str]:
+    while (got := await queue.get()) != want:
+        pass
+    return got
+
+
+async def test_restart_adopts_previous_routes_and_sweeps_only_when_released(ns, netlink):
+    for n in range(4):  # left behind by the previous run (persist)
+        ip(ns, "route", "add", f"10.70.{n}.0/24", "via", "10.9.0.2", "proto", "12")
+    ip(ns, "-6", "route", "add", "fd70::/64", "via", "fd00:9::2", "proto", "12")
+    table = RouteTable(netlink)  # deletes held: restart safety
+    table.set_desired([Route("10.70.0.0/24", nexthops=(Nexthop("10.9.0.2"),)),
+                       Route("10.70.1.0/24", nexthops=(Nexthop("10.9.0.3"),)),
+                       Route("fd70::/64", nexthops=(Nexthop("fd00:9::2"),))])
+    result = await table.apply()
+    assert (result.replaced, result.deleted, result.held) == (1, 0, 2)  # only the changed next hop
+    assert len(ours(ns)) == 4 and set(ours(ns, "-6")) == {"fd70::/64"}
+    table.hold_deletes(False)
+    result = await table.apply()
+    assert result.deleted == 2
+    gateways = {d: r["gateway"] for d, r in ours(ns).items()}
+    assert gateways == {"10.70.0.0/24": "10.9.0.2", "10.70.1.0/24": "10.9.0.3"}

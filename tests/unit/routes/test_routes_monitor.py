@@ -1,0 +1,153 @@
+"""WorkloadRouteWatcher against FakeNetlink: initial dump, events, coalescing, link loss, overflow."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from routes.model import BLACKHOLE, RTPROT_BOOT, Nexthop, Route
+from routes.monitor import WorkloadRouteWatcher
+from routes.netlink import ADD, RouteEvent
+from routes.testing import FakeNetlink
+
+
+class Gate:
+    """Injectable sleep: the debounce ends only when the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.opened = asyncio.Event()
+        self.waits: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        await self.opened.wait()
+        self.opened.clear()
+
+
+def workload(ip: str, dev: str = "cali1", proto: int = RTPROT_BOOT, priority: int = 0) -> Route:
+    return Route(ip, nexthops=(Nexthop("", dev),), proto=proto, priority=priority)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def kernel() -> FakeNetlink:
+    return FakeNetlink(links=("lo", "eth0", "cali1", "cali2", "caliX"))
+
+
+@pytest.fixture
+async def running(kernel):
+    calls: list[frozenset[str]] = []
+    seen: list[object] = []
+    gate = Gate()
+    watcher = WorkloadRouteWatcher(kernel, calls.append, sleep=gate.sleep, observers=[seen.append])
+    task = asyncio.create_task(watcher.run())
+    await settle()
+    try:
+        yield watcher, calls, gate, seen
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_initial_dump_selects_workload_host_routes():
+    kernel = FakeNetlink(links=("lo", "eth0", "cali1", "cali2"))
+    for route in [
+        workload("10.244.1.5/32"),
+        workload("fd00:244::5/128", dev="cali2", proto=80, priority=1024),  # any protocol on cali*
+        workload("10.244.1.0/26"),  # not a host route
+        Route("10.244.1.6/32", nexthops=(Nexthop("", "eth0"),), proto=RTPROT_BOOT),  # not a cali device
+        Route("10.244.1.7/32", BLACKHOLE, proto=80),
+        Route("10.244.1.8/32", nexthops=(Nexthop("", "cali1"),), table=100),  # not the main table
+    ]:
+        kernel.add_foreign(route)
+    calls: list[frozenset[str]] = []
+    watcher = WorkloadRouteWatcher(kernel, calls.append, sleep=lambda _: asyncio.sleep(0))
+    task = asyncio.create_task(watcher.run())
+    await asyncio.wait_for(watcher.ready.wait(), 1)
+    task.cancel()
+    assert calls == [frozenset({"10.244.1.5/32", "fd00:244::5/128"})]
+    assert watcher.devices == {"10.244.1.5/32": "cali1", "fd00:244::5/128": "cali2"}
+
+
+async def test_empty_kernel_still_reports_once(running):
+    watcher, calls, gate, _ = running
+    gate.opened.set()
+    await settle()
+    assert calls == [frozenset()] and watcher.ready.is_set()
+
+
+async def test_burst_is_coalesced_into_one_call(running, kernel):
+    watcher, calls, gate, seen = running
+    gate.opened.set()
+    await settle()
+    for i in range(1, 50):
+        kernel.add_foreign(workload(f"10.244.1.{i}/32"))
+    await settle()
+    assert len(calls) == 1  # still debouncing
+    gate.opened.set()
+    await settle()
+    assert len(calls) == 2 and len(calls[1]) == 49
+    assert len(seen) == 49 and all(isinstance(e, RouteEvent) and e.action == ADD for e in seen)
+
+
+async def test_unchanged_set_is_not_reported_again(running, kernel):
+    watcher, calls, gate, _ = running
+    kernel.add_foreign(workload("10.244.1.5/32"))
+    kernel.remove(workload("10.244.1.5/32"))
+    await settle()
+    gate.opened.set()
+    await settle()
+    assert calls == [frozenset()]  # added and removed within one burst: nothing to say beyond the first call
+
+
+async def test_deleted_device_drops_its_ipv4_routes_without_route_events(running, kernel):
+    watcher, calls, gate, _ = running
+    kernel.add_foreign(workload("10.244.1.5/32", dev="cali1"))
+    kernel.add_foreign(workload("10.244.1.6/32", dev="cali2"))
+    await settle()
+    gate.opened.set()
+    await settle()
+    kernel.delete_link("cali1")  # the CNI deleted the veth: no RTM_DELROUTE for IPv4
+    await settle()
+    gate.opened.set()
+    await settle()
+    assert calls[-1] == frozenset({"10.244.1.6/32"})
+
+
+async def test_route_overwritten_by_a_non_workload_route_is_dropped(running, kernel):
+    watcher, calls, gate, _ = running
+    kernel.add_foreign(workload("10.244.1.5/32"))
+    await settle()
+    kernel.add_foreign(Route("10.244.1.5/32", nexthops=(Nexthop("192.0.2.7", "eth0"),), proto=80))
+    await settle()
+    gate.opened.set()
+    await settle()
+    assert watcher.prefixes == frozenset() and calls == [frozenset()]
+
+
+async def test_overflow_triggers_a_fresh_dump(running, kernel):
+    watcher, calls, gate, _ = running
+    gate.opened.set()
+    await settle()
+    dumps = kernel.dumps
+    # Changes whose notifications were lost: written straight into the model.
+    kernel.routes[(254, "10.244.1.9/32", 0)] = workload("10.244.1.9/32")
+    kernel.overflow()
+    await settle()
+    assert kernel.dumps == dumps + 1
+    gate.opened.set()
+    await settle()
+    assert calls[-1] == frozenset({"10.244.1.9/32"})
+
+
+async def test_own_protocol_is_excluded_from_the_watch(running, kernel):
+    watcher, calls, gate, seen = running
+    kernel.add_foreign(Route("10.245.0.0/26", nexthops=(Nexthop("192.0.2.7", "eth0"),)))  # proto 12
+    kernel.add_foreign(workload("10.244.1.5/32"))
+    await settle()
+    assert [e.route.proto for e in seen] == [RTPROT_BOOT]
