@@ -32,8 +32,12 @@ def _run_dir_option(f):
 
 
 @click.group()
-@click.option("--log-level", default="info", envvar="CALICO_BGP_LOG_LEVEL",
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option(
+    "--log-level",
+    default="info",
+    envvar="CALICO_BGP_LOG_LEVEL",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
 def cli(log_level: str) -> None:
     """calico-bgp: Calico's BGP layer (confd + BIRD) rebuilt on ExaBGP."""
     logging.basicConfig(
@@ -49,15 +53,34 @@ def node() -> None:
 
 
 @node.command("run")
-@click.option("--node", "node_name", envvar="NODENAME", default=socket.gethostname, show_default="hostname",
-              help="This node's name, as in its Calico Node resource (env NODENAME).")
-@click.option("--etcd-endpoints", envvar="ETCD_ENDPOINTS", default="http://127.0.0.1:2379", show_default=True,
-              help="Comma-separated etcd v3 endpoints (env ETCD_ENDPOINTS).")
+@click.option(
+    "--node",
+    "node_name",
+    envvar="NODENAME",
+    default=socket.gethostname,
+    show_default="hostname",
+    help="This node's name, as in its Calico Node resource (env NODENAME).",
+)
+@click.option(
+    "--etcd-endpoints",
+    envvar="ETCD_ENDPOINTS",
+    default="http://127.0.0.1:2379",
+    show_default=True,
+    help="Comma-separated etcd v3 endpoints (env ETCD_ENDPOINTS).",
+)
 @_run_dir_option
-@click.option("--metrics-port", envvar="CALICO_BGP_METRICS_PORT", default=9094, show_default=True, type=int,
-              help="Prometheus endpoint port; 0 disables it.")
+@click.option(
+    "--metrics-port",
+    envvar="CALICO_BGP_METRICS_PORT",
+    default=9094,
+    show_default=True,
+    type=int,
+    help="Prometheus endpoint port; 0 disables it.",
+)
 @click.option("--metrics-address", default="0.0.0.0", show_default=True)
-def node_run(node_name: str, etcd_endpoints: str, run_dir: Path, metrics_port: int, metrics_address: str) -> None:
+def node_run(
+    node_name: str, etcd_endpoints: str, run_dir: Path, metrics_port: int, metrics_address: str
+) -> None:
     """Run the node daemon: etcd watch, config rendering, ExaBGP, route programming."""
     from bgp.daemon import NodeConfig, run_node
 
@@ -66,8 +89,15 @@ def node_run(node_name: str, etcd_endpoints: str, run_dir: Path, metrics_port: i
         raise click.UsageError("--etcd-endpoints is empty")
     if os.geteuid() != 0:
         raise click.ClickException("calico-bgp node run must run as root (it programs kernel routes)")
-    run_node(NodeConfig(node=node_name, etcd_endpoints=endpoints, run_dir=run_dir,
-                        metrics_port=metrics_port, metrics_address=metrics_address))
+    run_node(
+        NodeConfig(
+            node=node_name,
+            etcd_endpoints=endpoints,
+            run_dir=run_dir,
+            metrics_port=metrics_port,
+            metrics_address=metrics_address,
+        )
+    )
 
 
 @cli.command()

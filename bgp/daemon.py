@@ -168,13 +168,15 @@ class NodeDaemon:
             loop.add_signal_handler(sig, stop.set)
         try:
             first = asyncio.create_task(self.confgen.first_render())
-            done, _ = await asyncio.wait([first, *tasks, asyncio.create_task(stop.wait())],
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                [first, *tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+            )
             if first in done and not stop.is_set():
                 log.info("first configuration rendered; starting ExaBGP")
                 tasks.append(asyncio.create_task(self.supervisor.run(), name="exabgp"))
-                done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())],
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+                )
             for task in done:
                 if task in tasks and task.exception() is not None:
                     log.error("task %s failed", task.get_name(), exc_info=task.exception())

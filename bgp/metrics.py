@@ -32,7 +32,8 @@ class SpeakerMetrics:
             "calico_bgp_prefixes_received", "Prefixes the peer sent us", labels, registry=registry
         )
         self.local_exports = Gauge(
-            "calico_bgp_local_exports", "Local prefixes (blocks, borrowed IPs) selected for export",
+            "calico_bgp_local_exports",
+            "Local prefixes (blocks, borrowed IPs) selected for export",
             registry=registry,
         )
         self.unparsed_lines = Counter(

@@ -9,9 +9,9 @@ Owns: per-peer Adj-RIB-Out as we told it to ExaBGP (``_sent``), the Adj-RIB-In, 
 Complicating factors:
 - Everything is batched: inputs only mark state dirty; ``run`` flushes in one pass, so a burst becomes one
   command per prefix (the ExaBGP 5.0.15 ordering bug, exabgp.md §2.4) and one kernel apply.
-- ExaBGP keeps the routes we gave a neighbour and re-sends them when the session comes back, so commands go out
-  whatever the session state. On session up we re-send the whole desired set anyway: ExaBGP drops what it already
-  holds, and this repairs a neighbour that ExaBGP (re)created since (reload, restart).
+- ExaBGP keeps the routes we gave a neighbour and re-sends them when the session comes back, so commands go
+  out whatever the session state. On session up we re-send the whole desired set anyway: ExaBGP drops what it
+  already holds, and this repairs a neighbour that ExaBGP (re)created since (reload, restart).
 - A session that goes down without graceful restart takes its routes out of the kernel at once.
 - Nodes that are not route reflectors never pass iBGP-learned routes to iBGP peers (RFC 4271 §9.2), so with a
   full mesh each node announces only its own routes.

@@ -136,7 +136,8 @@ def render_table(headers: list[str], rows: list[list[str]]) -> str:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], *(len(part) for part in cell))
     border = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    out = [border, "| " + " | ".join(_centre(h.upper(), w) for h, w in zip(headers, widths, strict=True)) + " |"]
+    heading = " | ".join(_centre(h.upper(), w) for h, w in zip(headers, widths, strict=True))
+    out = [border, f"| {heading} |"]
     out.append(border)
     for row in wrapped:
         height = max(len(cell) for cell in row)
@@ -157,7 +158,8 @@ def render_status(report: dict, now: float | None = None) -> str:
             lines.append(f"No {family} peers found.")
         else:
             rows = [
-                [p["address"], p["type"], p["state"], bird_since(p["since_ts"], now), p["info"]] for p in peers
+                [p["address"], p["type"], p["state"], bird_since(p["since_ts"], now), p["info"]]
+                for p in peers
             ]
             lines.append(render_table(["Peer address", "Peer type", "State", "Since", "Info"], rows))
         lines.append("")
@@ -198,7 +200,7 @@ class ControlServer:
             reply = handler() if handler else {"error": f"unknown request {request!r}"}
             writer.write((json.dumps(reply) + "\n").encode())
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()
@@ -217,7 +219,8 @@ def query(path: Path, request: str = "status", timeout: float = 5.0) -> dict:
     except FileNotFoundError as exc:
         raise DaemonNotRunning(f"calico-bgp is not running (no control socket at {path})") from exc
     except ConnectionRefusedError as exc:
-        raise DaemonNotRunning(f"calico-bgp is not running (control socket {path} refuses connections)") from exc
+        message = f"calico-bgp is not running (control socket {path} refuses connections)"
+        raise DaemonNotRunning(message) from exc
     except PermissionError as exc:
         raise DaemonNotRunning(f"permission denied on {path}: calico-bgp status must run as root") from exc
     with sock:
@@ -237,4 +240,3 @@ def status_report(node: str, peers: list[PeerStatus], warnings: list[str]) -> di
         "peers": [{**p.as_json(), "since_ts": p.since} for p in peers],
         "warnings": list(warnings),
     }
-

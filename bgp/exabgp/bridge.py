@@ -20,6 +20,7 @@ Complicating factors:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -80,10 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             sock.sendall(data)
         except OSError:
             break
-    try:
+    with contextlib.suppress(OSError):
         sock.close()
-    except OSError:
-        pass
     return 0
 
 

@@ -166,7 +166,7 @@ class ExaBGPSupervisor:
         proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("ExaBGP did not stop within %.0fs; killing it", timeout)
             proc.kill()
             await proc.wait()
