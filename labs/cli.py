@@ -1,0 +1,97 @@
+"""`calico-bgp lab ...`: one-command multi-node labs in network namespaces.
+
+Stage: user interface of the lab tooling; the lead mounts the ``lab`` group into ``bgp.cli``
+(``cli.add_command(labs.cli.lab)``); until then ``python -m labs`` runs it.
+
+Owns: argument parsing and turning ``labs.lab`` results into output and exit codes. Progress (one line per
+step), status tables and the reachability grid go to stdout; errors to stderr with exit code 1.
+
+Complicating factors:
+- ``down`` accepts a topology name or a lab name: by default a lab is named after its topology.
+- ``exec`` passes everything after ``--`` through untouched, including options of the inner command.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from labs import lab as labs_lab
+from labs import topology
+from labs.ops import LabError
+
+
+@click.group("lab")
+def lab() -> None:
+    """Multi-node labs in network namespaces, with real etcd and real calico-bgp daemons (needs root)."""
+
+
+@lab.command()
+@click.argument(
+    "topology_name", metavar="[TOPOLOGY]", default="mesh", type=click.Choice(sorted(topology.TOPOLOGIES))
+)
+@click.option("--nodes", type=click.IntRange(min=1), help="number of nodes (topology default if omitted)")
+@click.option("--name", help="lab name (default: the topology name); [a-z0-9_]")
+@click.option(
+    "--etcd-endpoints", help="comma-separated URLs of an existing loopback etcd (default: start one)"
+)
+@click.option("--timeout", type=float, default=labs_lab.SESSION_TIMEOUT, show_default=True,
+              help="seconds to wait for BGP sessions")  # fmt: skip
+def up(
+    topology_name: str, nodes: int | None, name: str | None, etcd_endpoints: str | None, timeout: float
+) -> None:
+    """Bring a lab up, wait for BGP sessions, and check pod-to-pod reachability."""
+    endpoints = [e.strip() for e in etcd_endpoints.split(",") if e.strip()] if etcd_endpoints else None
+    try:
+        ok = labs_lab.up(
+            topology_name, nodes, name=name, etcd_endpoints=endpoints, timeout=timeout, echo=click.echo
+        )
+    except (LabError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not ok:
+        click.echo("lab is up but not healthy (see above); `calico-bgp lab down` removes it", err=True)
+        sys.exit(1)
+
+
+@lab.command()
+@click.argument("name", metavar="[TOPOLOGY|NAME]", default="mesh")
+def down(name: str) -> None:
+    """Remove a lab: daemons, proxy, etcd (if the lab started it), namespaces, state."""
+    try:
+        labs_lab.down(name, echo=click.echo)
+    except (LabError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@lab.command()
+@click.argument("name", default="mesh")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def show(name: str, output: str) -> None:
+    """Show a lab's nodes and pods."""
+    try:
+        info = labs_lab.show(name)
+    except (LabError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if output == "json":
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"lab {info['name']}  etcd {','.join(info['etcd_endpoints'])}")
+    for n in info["nodes"]:
+        click.echo(f"  node {n['name']:<12} {n['ipv4']:<18} AS {n['asn']:<10} netns {n['netns']}")
+    for p in info["pods"]:
+        click.echo(f"  pod  {p['name']:<12} {p['ipv4']:<18} on {p['node']:<10} netns {p['netns']}")
+
+
+@lab.command(name="exec", context_settings={"ignore_unknown_options": True})
+@click.argument("node")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--lab", "lab_name", default="mesh", show_default=True, help="lab name")
+def exec_(node: str, argv: tuple[str, ...], lab_name: str) -> None:
+    """Run a command in NODE's namespace, e.g. `calico-bgp lab exec node1 -- calico-bgp status`."""
+    try:
+        code = labs_lab.exec(lab_name, node, list(argv))
+    except (LabError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)

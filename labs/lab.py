@@ -1,0 +1,288 @@
+"""Lab lifecycle: bring a topology up in network namespaces with real etcd and real daemons, tear it down.
+
+Stage: the top of the lab tooling (``labs.cli`` and the lab tests call it). It builds, from a
+``labs.topology.Topology``: an etcd (``labs.etcd``), a switch namespace with a bridge, one namespace per node
+cabled to it, the Calico resources in etcd, the etcd forwarder (``labs.proxy``), the pods (``labs.pods``) and
+one ``calico-bgp node run`` per node; then waits for the BGP sessions and checks pod-to-pod reachability.
+
+Owns: the order of those steps and the state file (``labs.state``) that records each resource before it is
+created. Runtime operations on a running lab (exec, pods, affinities, ping) live in ``labs.ops``.
+
+Complicating factors:
+- ``down`` must clean up after anything: a finished ``up``, a failed one, an interrupted one (state file
+  with resources that may or may not exist), or none at all (no state file). It therefore works from the
+  union of the state file and what it finds: namespaces by name prefix, processes inside them by
+  ``ip netns pids``, host-side helpers (etcd, proxy) by a marker in their command line.
+- Daemons, etcd and the proxy must outlive the ``lab up`` command: they run in their own sessions and their
+  PIDs are recorded; PIDs are only signalled while their command line still carries the lab's marker.
+- Nothing of the lab lives in the host namespace except etcd and the proxy on loopback.
+- With the user's etcd (``--etcd-endpoints``) the lab's keys are recorded and deleted again by ``down``;
+  a lab-owned etcd just goes away with its data directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from labs import etcd, netns, ops, pods, process, report, topology
+from labs.ops import LabError
+from labs.state import LabState, NodeState, check_name, lab_dir, marker, netns_name, netns_prefix
+
+BRIDGE = topology.SWITCH_BRIDGE
+NODE_IFNAME = "eth0"
+NODE_ETCD = "http://127.0.0.1:2379"  # what every node sees, through the proxy
+SESSION_TIMEOUT = 60.0
+DAEMON_STOP_TIMEOUT = 10.0
+
+Echo = Callable[[str], None]
+# What a failed build step can raise; each carries its own message (command, stderr, endpoint).
+BUILD_ERRORS = (
+    LabError,
+    netns.NetnsError,
+    etcd.EtcdUnavailable,
+    OSError,
+    ValueError,
+    subprocess.SubprocessError,
+)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def resolve(topology_name: str, nodes: int | None = None) -> topology.Topology:
+    try:
+        builder = topology.TOPOLOGIES[topology_name]
+    except KeyError:
+        raise LabError(
+            f"unknown topology {topology_name!r} (known: {', '.join(topology.TOPOLOGIES)})"
+        ) from None
+    return builder() if nodes is None else builder(nodes=nodes)
+
+
+def up(
+    topo: topology.Topology | str,
+    nodes: int | None = None,
+    *,
+    name: str | None = None,
+    etcd_endpoints: list[str] | None = None,
+    ipv6: bool = False,
+    timeout: float = SESSION_TIMEOUT,
+    etcd_timeout: float = 10.0,
+    echo: Echo = _quiet,
+) -> bool:
+    """Build the lab, wait for its sessions, check reachability. Returns False if any check failed; raises
+    LabError if the lab could not be built (``down`` cleans up either way)."""
+    if isinstance(topo, str):
+        topo = resolve(topo, nodes)
+    if ipv6:
+        raise LabError("IPv6 labs are not implemented yet")
+    lab = check_name(name or topo.name)
+    if LabState.load(lab) is not None or netns.list_netns(netns_prefix(lab)):
+        raise LabError(f"lab {lab!r} already exists; run `calico-bgp lab down {lab}` first")
+    state = LabState(name=lab, topology=topo.name)
+    state.save()
+    try:
+        _build(state, topo, etcd_endpoints, etcd_timeout, echo)
+    except BUILD_ERRORS as exc:
+        raise LabError(f"lab {lab}: {exc}\n(clean up with `calico-bgp lab down {lab}`)") from exc
+    return check(lab, topo, timeout=timeout, echo=echo)
+
+
+def _build(
+    state: LabState, topo: topology.Topology, endpoints: list[str] | None, etcd_timeout: float, echo: Echo
+) -> None:
+    logs = state.dir / "logs"
+    if endpoints:
+        state.etcd_endpoints = list(endpoints)
+        echo(f"etcd: using {','.join(endpoints)}")
+    else:
+        server = etcd.start(state.dir, logs / "etcd.log")
+        state.etcd_endpoints = [server.client_url]
+        state.etcd_pid, state.etcd_data_dir = server.pid, server.data_dir
+        echo(f"etcd: started {server.client_url} (pid {server.pid})")
+    state.save()
+
+    lan = netns_name(state.name, topology.SWITCH)
+    _record_netns(state, lan)
+    netns.add_netns(lan)
+    netns.add_bridge(lan, BRIDGE)
+    echo(f"switch: {lan} bridge {BRIDGE}")
+
+    for node in topo.nodes:
+        _add_node(state, topo, node)
+        echo(f"node {node.name}: {netns_name(state.name, node.name)} {NODE_IFNAME} {node.ipv4}")
+
+    items = topology.calico_resources(topo)
+    etcd.wait_healthy(state.etcd_endpoints, timeout=etcd_timeout)
+    state.etcd_keys = [key for key, _ in items]
+    state.save()
+    etcd.put_all(state.etcd_endpoints, items)
+    echo(f"etcd: wrote {len(items)} Calico resources")
+
+    _start_proxy(state, logs / "proxy.log")
+    echo(f"proxy: etcd at {NODE_ETCD} in every node namespace (pid {state.proxy_pid})")
+
+    for pod in topo.pods:
+        ops.add_pod(state.name, pod.node, pod.name, pod.ipv4, state=state)
+        echo(f"pod {pod.name}: {pod.ipv4} on {pod.node} ({pods.cali_ifname(pod.name)})")
+
+    for node in state.nodes:
+        _start_daemon(state, node)
+        echo(f"daemon {node.name}: pid {node.pid}, log {node.log}")
+
+
+def _record_netns(state: LabState, ns: str) -> None:
+    if ns not in state.namespaces:
+        state.namespaces.append(ns)
+    state.save()
+
+
+def _add_node(state: LabState, topo: topology.Topology, node: topology.LabNode) -> None:
+    ns = netns_name(state.name, node.name)
+    run_dir = state.dir / "run" / node.name
+    state.nodes.append(
+        NodeState(
+            name=node.name,
+            netns=ns,
+            ipv4=node.ipv4,
+            asn=topo.node_asn(node.name),
+            run_dir=str(run_dir),
+            log=str(state.dir / "logs" / f"{node.name}.log"),
+        )
+    )
+    _record_netns(state, ns)
+    netns.add_netns(ns)
+    lan = netns_name(state.name, topology.SWITCH)
+    # The switch port carries the node's name (<= 15 chars, checked by topology.validate).
+    netns.add_veth(lan, node.name, ns, NODE_IFNAME)
+    netns.set_master(lan, node.name, BRIDGE)
+    netns.link_up(lan, node.name)
+    netns.add_address(ns, NODE_IFNAME, node.ipv4)
+    netns.link_up(ns, NODE_IFNAME)
+    netns.set_sysctl(ns, "net.ipv4.ip_forward", 1)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _start_proxy(state: LabState, log: Path) -> None:
+    ready = state.dir / "proxy.ready"
+    ready.unlink(missing_ok=True)
+    state.proxy_ready = str(ready)
+    argv = [sys.executable, "-m", "labs.proxy", "--ready-file", str(ready)]
+    argv += [arg for n in state.nodes for arg in ("--netns", n.netns)]
+    argv += [arg for e in state.etcd_endpoints for arg in ("--target", e)]
+    state.proxy_pid = process.spawn(argv, log)
+    state.save()
+    deadline = time.monotonic() + 10.0
+    while not ready.exists():
+        if not process.alive(state.proxy_pid) or time.monotonic() > deadline:
+            raise LabError(f"etcd proxy did not come up:\n{process.tail(log)}")
+        time.sleep(0.05)
+
+
+def _start_daemon(state: LabState, node: NodeState) -> None:
+    argv = [ops.venv_tool("calico-bgp"), "node", "run", "--node", node.name]
+    argv += ["--etcd-endpoints", NODE_ETCD, "--run-dir", node.run_dir]
+    env = ops.node_env(node) | {"NODENAME": node.name, "ETCD_ENDPOINTS": NODE_ETCD}
+    node.pid = process.spawn(netns.exec_argv(node.netns, argv), Path(node.log), env=env)
+    state.save()
+
+
+def check(
+    lab: str, topo: topology.Topology, *, timeout: float = SESSION_TIMEOUT, echo: Echo = _quiet
+) -> bool:
+    """Wait for the sessions, print every node's status and the pod reachability grid; True if all good."""
+    state = ops.load(lab)
+    echo(f"sessions: waiting up to {timeout:.0f} s for every node's peers to be Established")
+    started = time.monotonic()
+    ready, reasons = ops.wait_sessions(
+        state, {n.name: topo.expected_peers(n.name) for n in state.nodes}, timeout
+    )
+    if ready:
+        echo(f"sessions: all Established after {time.monotonic() - started:.1f} s")
+    else:
+        for node, reason in sorted(reasons.items()):
+            echo(f"sessions: {node}: {reason}")
+    for node in state.nodes:
+        echo(f"--- {node.name} ({node.ipv4}) ---")
+        try:
+            result = ops.status(state, node, timeout=15)
+        except subprocess.TimeoutExpired:
+            echo("(calico-bgp status timed out)")
+            continue
+        echo((result.stdout + result.stderr).rstrip() or f"(no output, exit {result.returncode})")
+    reachable = ops.ping_matrix(state)
+    echo(report.render_matrix([(p.name, p.ipv4) for p in state.pods], reachable))
+    failed = sum(1 for ok in reachable.values() if not ok)
+    echo(f"reachability: {len(reachable) - failed}/{len(reachable)} pod pairs reached")
+    return ready and failed == 0
+
+
+def down(lab: str, echo: Echo = _quiet) -> None:
+    """Remove everything of the lab, whatever state it is in; idempotent."""
+    state = LabState.load(lab) or LabState(name=check_name(lab))
+    daemons = [(n.pid, n.run_dir) for n in state.nodes if n.pid]
+    for pid in process.stop_all(daemons, DAEMON_STOP_TIMEOUT):
+        echo(f"daemon pid {pid}: did not stop within {DAEMON_STOP_TIMEOUT:.0f} s, killed")
+    if state.proxy_pid:
+        process.stop(state.proxy_pid, state.proxy_ready)
+    if state.etcd_pid:
+        etcd.stop(state.etcd_pid, state.etcd_data_dir)
+    elif state.etcd_keys:
+        # The user's etcd outlives the lab: take our resources out so the next lab starts clean.
+        try:
+            etcd.delete_all(state.etcd_endpoints, state.etcd_keys)
+        except etcd.EtcdUnavailable as exc:
+            echo(f"etcd: could not remove the lab's keys ({exc}); continuing")
+    # Helpers whose PID never reached the state file (interrupted up), recognised by the lab's marker in
+    # their arguments; the program check spares anything else that merely names a lab file (a `tail -f`).
+    mark = marker(lab)
+    leftovers = [(pid, mark) for pid in process.find(mark) if _lab_program(process.argv(pid))]
+    process.stop_all(leftovers, timeout=5.0)
+
+    found = set(netns.list_netns(netns_prefix(lab)))
+    # Pods first, then nodes, then the switch: the reverse of creation, unknown leftovers before all.
+    order = sorted(found - set(state.namespaces)) + [n for n in reversed(state.namespaces) if n in found]
+    for ns in order:
+        for pid in netns.pids(ns):
+            process.kill(pid)
+    errors = []
+    for ns in order:
+        try:
+            netns.delete_netns(ns)
+        except netns.NetnsError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise LabError(f"lab {lab}: could not delete namespaces: {'; '.join(errors)}")
+    shutil.rmtree(lab_dir(lab), ignore_errors=True)
+    echo(f"lab {lab}: down ({len(order)} namespaces removed)")
+
+
+def _lab_program(argv: list[str]) -> bool:
+    programs = {os.path.basename(arg) for arg in argv[:2]}
+    return bool(programs & {os.path.basename(etcd.ETCD_BIN), "calico-bgp"}) or "labs.proxy" in argv
+
+
+def show(lab: str) -> dict[str, object]:
+    state = ops.load(lab)
+    return {
+        "name": state.name,
+        "etcd_endpoints": state.etcd_endpoints,
+        "nodes": [{"name": n.name, "netns": n.netns, "ipv4": n.ipv4, "asn": n.asn} for n in state.nodes],
+        "pods": [{"name": p.name, "node": p.node, "netns": p.netns, "ipv4": p.ipv4} for p in state.pods],
+    }
+
+
+# Re-exported so callers need one module for a running lab (`exec` is the lab verb, as on the command line).
+exec = ops.exec
+add_pod = ops.add_pod
+delete_pod = ops.delete_pod
+set_affinity = ops.set_affinity
+delete_affinity = ops.delete_affinity
+ping = ops.ping

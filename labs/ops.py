@@ -1,0 +1,168 @@
+"""Operations on a running lab: run commands on a node, add and remove pods and block affinities, ping.
+
+Stage: runtime half of the lab API (``labs.lab`` builds and removes labs; tests and the CLI act on them
+through these functions, re-exported by ``labs.lab``).
+
+Owns: the environment a command gets on a node (``CALICO_BGP_RUN_DIR`` of that node, the venv's bin dir
+first on PATH, so ``calico-bgp status`` just works), pod bookkeeping in the state file, affinity edits in
+etcd, and the session wait and ping matrix used at the end of ``up``.
+
+Complicating factors:
+- Every call re-reads the state file unless handed a state: the CLI and tests run in other processes than
+  the ``up`` that wrote it.
+- A pod is recorded before it is created, so ``down`` removes a half-created one.
+- While waiting for sessions, a daemon that died is reported at once with the end of its log instead of
+  after the full timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from labs import etcd, netns, pods, process, report, topology
+from labs.state import LabState, NodeState, PodState, lab_dir, netns_name
+
+PING_WORKERS = 8
+
+
+class LabError(RuntimeError):
+    """The lab could not be built or operated; the message says what failed and where to look."""
+
+
+def venv_bin() -> str:
+    return os.path.dirname(sys.executable)
+
+
+def venv_tool(name: str) -> str:
+    """A console script next to the running interpreter (the venv), else the one on PATH."""
+    path = os.path.join(venv_bin(), name)
+    return path if os.access(path, os.X_OK) else shutil.which(name) or path
+
+
+def load(lab: str) -> LabState:
+    state = LabState.load(lab)
+    if state is None:
+        raise LabError(f"lab {lab!r} is not up (no {lab_dir(lab) / 'state.json'})")
+    return state
+
+
+def node_env(node: NodeState) -> dict[str, str]:
+    env = dict(os.environ)
+    env["CALICO_BGP_RUN_DIR"] = node.run_dir
+    env["PATH"] = venv_bin() + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    return env
+
+
+def exec(lab: str, node: str, argv: Sequence[str]) -> int:
+    """Run argv in the node's namespace with the node's environment; output goes to ours. Exit code."""
+    state = load(lab)
+    target = _node(state, node)
+    return subprocess.run(netns.exec_argv(target.netns, argv), env=node_env(target), check=False).returncode
+
+
+def status(
+    state: LabState, node: NodeState, *args: str, timeout: float = 10.0
+) -> subprocess.CompletedProcess:
+    return netns.run_in(node.netns, ["calico-bgp", "status", *args], env=node_env(node), timeout=timeout)
+
+
+def add_pod(lab: str, node: str, name: str, ipv4: str, *, state: LabState | None = None) -> PodState:
+    state = state or load(lab)
+    target = _node(state, node)
+    if any(p.name == name for p in state.pods):
+        raise LabError(f"lab {lab}: pod {name!r} exists")
+    pod = PodState(name, node, netns_name(state.name, name), ipv4, pods.cali_ifname(name))
+    state.pods.append(pod)
+    if pod.netns not in state.namespaces:
+        state.namespaces.append(pod.netns)
+    state.save()
+    pods.create_pod(target.netns, pod.netns, name, ipv4)
+    return pod
+
+
+def delete_pod(lab: str, name: str) -> None:
+    state = load(lab)
+    pod = _pod(state, name)
+    pods.delete_pod(_node(state, pod.node).netns, pod.netns, pod.name)
+    state.pods.remove(pod)
+    state.namespaces = [ns for ns in state.namespaces if ns != pod.netns]
+    state.save()
+
+
+def set_affinity(lab: str, node: str, cidr: str) -> None:
+    state = load(lab)
+    key, value = topology.affinity(node, cidr)
+    if key not in state.etcd_keys:
+        state.etcd_keys.append(key)
+        state.save()
+    etcd.put_all(state.etcd_endpoints, [(key, value)])
+
+
+def delete_affinity(lab: str, node: str, cidr: str) -> bool:
+    key, _ = topology.affinity(node, cidr)
+    return etcd.delete(load(lab).etcd_endpoints, key)
+
+
+def ping(lab: str, from_pod: str, to_ip: str, *, state: LabState | None = None) -> bool:
+    pod = _pod(state or load(lab), from_pod)
+    try:
+        return netns.run_in(pod.netns, ["ping", "-c1", "-W1", "-q", to_ip], timeout=5).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def ping_matrix(state: LabState) -> dict[tuple[str, str], bool]:
+    """Every pod pings every other pod's IP once; keys are (from pod, to IP)."""
+    pairs = [(src.name, dst.ipv4) for src in state.pods for dst in state.pods if src.name != dst.name]
+    with ThreadPoolExecutor(PING_WORKERS) as pool:
+        results = pool.map(lambda pair: ping(state.name, *pair, state=state), pairs)
+        return dict(zip(pairs, results, strict=True))
+
+
+def wait_sessions(
+    state: LabState, expected: Mapping[str, Sequence[str]], timeout: float
+) -> tuple[bool, dict[str, str]]:
+    """Poll every node's status until all expected peers are Established; (ready, reason per node)."""
+    deadline = time.monotonic() + timeout
+    reasons = {n.name: "not checked yet" for n in state.nodes}
+    pending = {n.name for n in state.nodes}
+    while pending:
+        for node in state.nodes:
+            if node.name not in pending:
+                continue
+            if node.pid and not process.alive(node.pid):
+                reasons[node.name] = (
+                    f"daemon (pid {node.pid}) exited; end of {node.log}:\n{process.tail(node.log)}"
+                )
+                return False, reasons
+            try:
+                out = status(state, node, "-o", "json").stdout
+            except subprocess.TimeoutExpired:
+                out = ""
+            ok, reasons[node.name] = report.sessions_ready(out, expected.get(node.name, ()))
+            if ok:
+                pending.discard(node.name)
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    return not pending, reasons
+
+
+def _node(state: LabState, name: str) -> NodeState:
+    try:
+        return state.node(name)
+    except KeyError as exc:
+        raise LabError(str(exc.args[0])) from None
+
+
+def _pod(state: LabState, name: str) -> PodState:
+    try:
+        return state.pod(name)
+    except KeyError as exc:
+        raise LabError(str(exc.args[0])) from None

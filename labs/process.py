@@ -1,0 +1,124 @@
+"""Background processes of a lab: start them detached, find them again, stop them.
+
+Stage: lab lifecycle support (used by ``labs.lab`` and ``labs.etcd``).
+
+Owns: spawning detached children with their output in a log file, and stopping a recorded PID safely.
+
+Complicating factors:
+- The lab command exits while etcd, the proxy and the daemons keep running, so children get their own
+  session (a Ctrl-C in the terminal must not reach them) and outlive us; when we stop one of them that
+  is still our child (tests run up and down in one process), it must be reaped or it lingers as a zombie
+  that looks alive to ``kill(pid, 0)``.
+- PIDs are recycled. A PID from a state file is only signalled while its command line still contains a
+  marker only our process carries (a path inside the lab's state directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+
+def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> int:
+    """Start argv detached (own session, stdin closed, stdout+stderr appended to log); returns its PID."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+        )
+    # The Popen is dropped on purpose: the process outlives this one. If it dies while we still run, alive()
+    # or subprocess's own cleanup of dropped children reaps it.
+    return proc.pid
+
+
+def argv(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return []
+    return raw.decode(errors="replace").split("\0")[:-1]
+
+
+def cmdline(pid: int) -> str:
+    return " ".join(argv(pid))
+
+
+def alive(pid: int) -> bool:
+    """True while pid runs; a zombie counts as dead (and is reaped if it is our child)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    # Field 3, after the parenthesised command name (which may itself contain spaces or parentheses).
+    if stat[stat.rindex(")") + 2] in "ZX":
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        return False
+    return True
+
+
+def owned(pid: int, marker: str) -> bool:
+    return pid > 0 and pid != os.getpid() and alive(pid) and marker in cmdline(pid)
+
+
+def stop(pid: int, marker: str, timeout: float = 10.0) -> bool:
+    """SIGTERM pid if it is still ours, SIGKILL after timeout; returns whether it had to be killed."""
+    return bool(stop_all([(pid, marker)], timeout))
+
+
+def stop_all(targets: Iterable[tuple[int, str]], timeout: float = 10.0) -> list[int]:
+    """SIGTERM every (pid, marker) still ours at once, SIGKILL those left after timeout; returns those."""
+    pids = [pid for pid, marker in targets if owned(pid, marker)]
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = [pid for pid in pids if alive(pid)]
+        if not pids:
+            return []
+        time.sleep(0.05)
+    for pid in pids:
+        kill(pid)
+    return pids
+
+
+def kill(pid: int) -> None:
+    """SIGKILL a process found inside one of our namespaces (anything left there is ours by construction)."""
+    if pid != os.getpid():
+        _signal(pid, signal.SIGKILL)
+        for _ in range(100):
+            if not alive(pid):
+                return
+            time.sleep(0.02)
+
+
+def find(marker: str) -> list[int]:
+    """PIDs whose command line contains marker: the fallback when a state file never got a PID written."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid() and marker in cmdline(int(entry)):
+            found.append(int(entry))
+    return sorted(found)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def tail(log: str | Path, lines: int = 20) -> str:
+    """The end of a log file, for error messages."""
+    try:
+        return "\n".join(Path(log).read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"(no log at {log})"
