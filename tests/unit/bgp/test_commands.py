@@ -15,7 +15,8 @@ def test_one_line_per_attribute_set_and_one_command_per_prefix():
     lines = peer_commands("10.0.0.12", changes)
     assert lines == [
         "neighbor 10.0.0.12 withdraw attributes next-hop 10.0.0.11 nlri 192.168.9.9/32",
-        "neighbor 10.0.0.12 announce attributes next-hop 10.0.0.11 origin igp nlri 192.168.1.0/26 192.168.1.64/26",
+        "neighbor 10.0.0.12 announce attributes next-hop 10.0.0.11 origin igp "
+        "nlri 192.168.1.0/26 192.168.1.64/26",
         "neighbor 10.0.0.12 announce attributes next-hop 10.0.0.11 origin igp community [ 64512:100 ] "
         "nlri 192.168.7.0/26",
     ]
