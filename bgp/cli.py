@@ -119,6 +119,24 @@ def status(output: str, run_dir: Path) -> None:
         click.echo(render_status(report), nl=False)
 
 
+@cli.command()
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_run_dir_option
+def routes(output: str, run_dir: Path) -> None:
+    """Show the node's Loc-RIB: best paths, multipath, who announced them, and their kernel state."""
+    from bgp.routes_view import render_routes
+    from bgp.status import DaemonNotRunning, query
+
+    try:
+        report = query(run_dir / "ctl.sock", "routes")
+    except DaemonNotRunning as exc:
+        raise click.ClickException(str(exc)) from exc
+    if output == "json":
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(render_routes(report), nl=False)
+
+
 def _add_optional_groups() -> None:
     from labs.cli import lab
 

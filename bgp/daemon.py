@@ -92,9 +92,9 @@ class NodeDaemon:
             registry=self.registry,
         )
         self.watcher = WorkloadRouteWatcher(
-            self.netlink, on_change=self.speaker.set_workload_routes, observers=[self._kernel_event]
+            self.netlink, on_change=self._workloads_changed, observers=[self._kernel_event]
         )
-        self.control = ControlServer(run_dir / "ctl.sock", {"status": self._status})
+        self.control = ControlServer(run_dir / "ctl.sock", {"status": self._status, "routes": self._routes})
         self._intent: NodeIntent | None = None
         self._started = time.monotonic()
 
@@ -108,6 +108,12 @@ class NodeDaemon:
         self.speaker.set_intent(intent)
         bind = [a for a in (intent.ipv4_address, intent.ipv6_address) if a]
         self.supervisor.set_environment(exabgp_environment(bind, intent.listen_port))
+
+    def _workloads_changed(self, prefixes) -> None:
+        self.speaker.set_workload_routes(prefixes, self.watcher.devices)
+
+    def _routes(self) -> dict:
+        return {"node": self.config.node, "routes": self.speaker.routes_report()}
 
     def _kernel_event(self, event) -> None:
         if self.table.observe(event):

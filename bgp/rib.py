@@ -9,7 +9,9 @@ Owns: received paths, keyed by (peer, prefix); the best path and the multipath s
 Complicating factors:
 - RFC 4271 §9.1.2.2 ordering; multipath (ECMP) takes every path equal to the best up to, but not including,
   the router-id / peer-address tie-breaks, as BIRD's ``merge paths`` does for the kernel.
-- A session that ends without graceful restart takes all its paths with it at once (``drop_peer``).
+- A session that ends without graceful restart takes all its paths with it at once (``drop_peer``). With
+  graceful restart (RFC 4724) its paths are only marked stale (``mark_stale``): they keep forwarding until the
+  peer's End-of-RIB sweeps what it did not re-announce (``sweep_stale``) or its restart time runs out.
 """
 
 from __future__ import annotations
@@ -61,9 +63,13 @@ class AdjRibIn:
     def __init__(self) -> None:
         self._by_prefix: dict[str, dict[str, Path]] = defaultdict(dict)
         self._by_peer: dict[str, set[str]] = defaultdict(set)
+        self._stale: dict[str, set[str]] = {}
 
     def add(self, path: Path) -> bool:
-        """Store ``path``; returns True when it changed anything."""
+        """Store ``path``; returns True when it changed anything. A re-announced path is no longer stale."""
+        stale = self._stale.get(path.peer)
+        if stale:
+            stale.discard(path.prefix)
         current = self._by_prefix[path.prefix].get(path.peer)
         if current == path:
             return False
@@ -72,6 +78,9 @@ class AdjRibIn:
         return True
 
     def remove(self, peer: str, prefix: str) -> bool:
+        stale = self._stale.get(peer)
+        if stale:
+            stale.discard(prefix)
         paths = self._by_prefix.get(prefix)
         if not paths or peer not in paths:
             return False
@@ -84,6 +93,7 @@ class AdjRibIn:
     def drop_peer(self, peer: str) -> set[str]:
         """Forget every path from ``peer``; returns the affected prefixes."""
         prefixes = self._by_peer.pop(peer, set())
+        self._stale.pop(peer, None)
         for prefix in prefixes:
             paths = self._by_prefix.get(prefix)
             if paths is not None:
@@ -91,6 +101,32 @@ class AdjRibIn:
                 if not paths:
                     del self._by_prefix[prefix]
         return prefixes
+
+    def mark_stale(self, peer: str) -> int:
+        """Graceful restart: keep ``peer``'s paths but remember they await re-announcement."""
+        self._stale[peer] = set(self._by_peer.get(peer, ()))
+        return len(self._stale[peer])
+
+    def is_stale(self, peer: str, prefix: str) -> bool:
+        return prefix in self._stale.get(peer, ())
+
+    def stale_count(self, peer: str) -> int:
+        return len(self._stale.get(peer, ()))
+
+    def sweep_stale(self, peer: str, ipv6: bool | None = None) -> set[str]:
+        """Remove ``peer``'s paths still stale (of one family when ``ipv6`` is given)."""
+        stale = self._stale.get(peer)
+        if not stale:
+            return set()
+        doomed = {p for p in stale if ipv6 is None or (":" in p) == ipv6}
+        for prefix in doomed:
+            self.remove(peer, prefix)
+        if not self._stale.get(peer):
+            self._stale.pop(peer, None)
+        return doomed
+
+    def peer_prefixes(self, peer: str) -> set[str]:
+        return set(self._by_peer.get(peer, ()))
 
     def prefixes(self) -> list[str]:
         return list(self._by_prefix)

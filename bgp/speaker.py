@@ -1,31 +1,37 @@
-"""The route distributor: what we announce to each peer, what we learned, and what the kernel should hold.
+"""The route distributor: Adj-RIB-In -> Loc-RIB -> per-peer Adj-RIB-Out, and the kernel's desired routes.
 
 Stage: the heart of the announcements and kernel dataplanes. Inputs: the node intent (from confgen), the
 workload routes Felix wrote (from ``routes.monitor``), and ExaBGP's events (through the bridge). Outputs:
 API commands (through an injected ``send``) and the desired kernel routes (through an injected route table).
 
-Owns: per-peer Adj-RIB-Out as we told it to ExaBGP (``_sent``), the Adj-RIB-In, and peer session state.
+Owns: every path received (``AdjRibIn``), the selected paths (``_loc``), what we told ExaBGP per peer
+(``_sent``, our Adj-RIB-Out), session state, and graceful-restart bookkeeping.
 
 Complicating factors:
-- Everything is batched: inputs only mark state dirty; ``run`` flushes in one pass, so a burst becomes one
-  command per prefix (the ExaBGP 5.0.15 ordering bug, exabgp.md §2.4) and one kernel apply.
+- Everything is batched and incremental: inputs only record which prefixes changed; ``flush`` recomputes
+  just those, so a burst becomes one command per prefix (the ExaBGP 5.0.15 ordering bug, exabgp.md §2.4)
+  and one kernel apply, and 100k routes do not mean 100k recomputations per change.
 - ExaBGP keeps the routes we gave a neighbour and re-sends them when the session comes back, so commands go
-  out whatever the session state. On session up we re-send the whole desired set anyway: ExaBGP drops what it
-  already holds, and this repairs a neighbour that ExaBGP (re)created since (reload, restart).
-- A session that goes down without graceful restart takes its routes out of the kernel at once.
-- Nodes that are not route reflectors never pass iBGP-learned routes to iBGP peers (RFC 4271 §9.2), so with a
-  full mesh each node announces only its own routes.
+  out whatever the session state. On session up we re-send the whole desired set anyway (ExaBGP drops what it
+  already holds) and then End-of-RIB: the config sets ``manual-eor`` so that a peer that kept our routes
+  through our restart sweeps them only once our table is complete.
+- Graceful restart (RFC 4724), receive side: a peer that offered it keeps its paths (stale) for its restart
+  time when the session drops; its End-of-RIB sweeps what it did not re-announce. Without it, the paths go
+  at once. Timers are driven by ``tick(now)`` with an injectable clock.
+- ExaBGP's Adj-RIB-Out is audited against ours (``show adj-rib out json``) and any difference repaired.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from bgp.exabgp import events as ev
 from bgp.exabgp.commands import Advertisement, peer_commands
+from bgp.policy import Candidate, NodePolicy, net, within
 from bgp.rib import AdjRibIn, Path, select
 from bgp.status import PeerStatus
 from confgen.intent import NodeIntent, PeerIntent
@@ -34,6 +40,11 @@ from routes.model import Route
 from routes.resolve import KernelPool, kernel_routes
 
 log = logging.getLogger(__name__)
+
+# What we assume ExaBGP holds for a prefix found there that we never sent: differs from every real
+# advertisement, so the next flush withdraws it.
+UNKNOWN = Advertisement(nexthop="0.0.0.0", origin="incomplete")
+AUDIT_INTERVAL = 60.0
 
 
 def kernel_pools(intent: NodeIntent) -> tuple[KernelPool, ...]:
@@ -55,66 +66,100 @@ class Speaker:
         send: Callable[[list[str]], Awaitable[None]],
         route_table,
         metrics=None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wallclock: Callable[[], float] = time.time,
+        filters: Callable[[], Mapping] | None = None,
+        audit_interval: float = AUDIT_INTERVAL,
     ) -> None:
         self._send = send
         self._table = route_table
         self._metrics = metrics
         self._clock = clock
+        self._wallclock = wallclock
+        self._filters = filters or dict
+        self._audit_interval = audit_interval
         self._intent: NodeIntent | None = None
-        self._workloads: frozenset[str] = frozenset()
+        self._policy: NodePolicy | None = None
+        self._peers: dict[str, PeerIntent] = {}
+        self._workloads: dict[str, str] = {}  # prefix -> device
+        self._workloads_seen = False
+        self._local: dict[str, Candidate] = {}
         self._rib = AdjRibIn()
+        self._loc: dict[str, tuple[Path, tuple[Path, ...]]] = {}
         self._sent: dict[str, dict[str, Advertisement]] = {}
-        self._resend: set[str] = set()
         self._status: dict[str, PeerStatus] = {}
-        self._dirty = asyncio.Event()
-        self._kernel_dirty = True
+        self._offers: dict[str, ev.Open] = {}  # the peer's last OPEN
+        self._stale_until: dict[str, float] = {}
+        self._resend: set[str] = set()
+        self._eor_due: set[str] = set()
+        self._changed: set[str] = set()
+        self._full = True
+        self._wake = asyncio.Event()
+        self._audit_snapshot: dict[str, frozenset[str]] | None = None
+        self._audit_due = False
+        self._next_audit = clock() + audit_interval
         self.unparsed_lines = 0
+        self.audit_repairs = 0
 
-    # ----------------------------------------------------------------- inputs
+    # ------------------------------------------------------------------ inputs
 
     def set_intent(self, intent: NodeIntent) -> None:
-        old = self._intent
         self._intent = intent
+        self._policy = NodePolicy(intent, self._filters())
         wanted = {p.address: p for p in intent.peers}
         for address in list(self._status):
             if address not in wanted:
                 del self._status[address]
                 self._sent.pop(address, None)
-                if self._rib.drop_peer(address):
-                    self._kernel_dirty = True
+                self._offers.pop(address, None)
+                self._stale_until.pop(address, None)
+                self._rib.drop_peer(address)
         for address, peer in wanted.items():
             status = self._status.get(address)
-            if status is None:
-                self._status[address] = PeerStatus.configured(peer, self._clock())
-            else:
-                self._status[address] = status.reconfigured(peer)
-        if old is None or (old.pools, old.local_blocks, old.ipv4_network) != (
-            intent.pools,
-            intent.local_blocks,
-            intent.ipv4_network,
-        ):
-            self._kernel_dirty = True
-        self._dirty.set()
+            now = self._wallclock()
+            self._status[address] = (
+                PeerStatus.configured(peer, now) if status is None else status.reconfigured(peer)
+            )
+        self._peers = wanted
+        self._recompute_local()
+        self._full = True  # policy, pools or peers may have changed: everything is re-evaluated
+        self._wake.set()
 
-    def set_workload_routes(self, prefixes: Iterable[str]) -> None:
-        prefixes = frozenset(prefixes)
-        if prefixes != self._workloads:
-            self._workloads = prefixes
-            self._dirty.set()
+    def set_workload_routes(self, prefixes: Iterable[str], devices: Mapping[str, str] | None = None) -> None:
+        devices = devices or {}
+        workloads = {p: devices.get(p, "") for p in prefixes}
+        self._workloads_seen = True
+        if workloads != self._workloads:
+            self._workloads = workloads
+            self._recompute_local()
+        self._wake.set()
+
+    def _recompute_local(self) -> None:
+        intent = self._intent
+        if intent is None or self._policy is None:
+            return
+        prefixes = local_exports(self._workloads, intent.local_blocks, kernel_pools(intent))
+        local = {p: Candidate(p, None, self._workloads.get(p, "")) for p in prefixes}
+        for cidr in self._policy.service_ranges():
+            local.setdefault(cidr, Candidate(cidr))
+        changed = set(local.keys() ^ self._local.keys())
+        changed |= {p for p in local.keys() & self._local.keys() if local[p] != self._local[p]}
+        self._local = local
+        self._changed |= changed
 
     def kernel_changed(self) -> None:
         """Someone changed or removed a route of ours, or a device came back: program the table again."""
-        self._kernel_dirty = True
-        self._dirty.set()
+        self._full = True
+        self._wake.set()
 
     def exabgp_restarted(self) -> None:
         """A new ExaBGP holds nothing we sent: everything is re-sent and every session starts over."""
         self._sent.clear()
         for address, status in self._status.items():
-            if status.established:
+            if status.state != "start" or status.bgp_state == "OpenSent":
                 self._peer_down(address, "ExaBGP restarted")
-        self._dirty.set()
+        self._full = True
+        self._wake.set()
 
     def handle_line(self, line: str) -> None:
         for event in ev.parse_line(line):
@@ -125,9 +170,12 @@ class Speaker:
             self.unparsed_lines += 1
             log.warning("ignoring ExaBGP line (%s): %s", event.reason, event.line[:120])
             return
+        if isinstance(event, ev.AdjRibOutReport):
+            self._audit(event)
+            return
         peer = getattr(event, "peer", "")
         if peer not in self._status:
-            return  # a neighbour we no longer configure (reload in flight)
+            return  # a neighbour we no longer configure (reload in flight), or ExaBGP's own notices
         if isinstance(event, ev.PeerState):
             self._peer_state(event)
         elif isinstance(event, ev.RoutesLearned):
@@ -135,115 +183,231 @@ class Speaker:
         elif isinstance(event, ev.RoutesWithdrawn):
             for prefix in event.prefixes:
                 if self._rib.remove(peer, prefix):
-                    self._kernel_dirty = True
+                    self._changed.add(prefix)
+        elif isinstance(event, ev.EndOfRib):
+            swept = self._rib.sweep_stale(peer, ipv6=event.family.startswith("ipv6"))
+            self._changed |= swept
+            if not self._rib.stale_count(peer):
+                self._stale_until.pop(peer, None)
+        elif isinstance(event, ev.Open) and event.direction == "receive":
+            self._offers[peer] = event
         elif isinstance(event, ev.Notification):
-            self._status[peer] = self._status[peer].with_error(event, self._clock())
-        self._dirty.set()
+            self._status[peer] = self._status[peer].with_error(event, self._wallclock())
+        self._wake.set()
 
     def _peer_state(self, event: ev.PeerState) -> None:
         status = self._status[event.peer]
+        now = self._wallclock()
         if event.state == ev.STATE_UP:
-            self._status[event.peer] = status.up(self._clock())
+            self._status[event.peer] = status.up(now)
             self._resend.add(event.peer)
+            self._eor_due.add(event.peer)
         elif event.state == ev.STATE_DOWN:
             self._peer_down(event.peer, event.reason)
         elif event.state == ev.STATE_CONNECTED:
-            self._status[event.peer] = status.connected(self._clock())
+            self._status[event.peer] = status.connected(now)
+
+    def _graceful_restart_time(self, peer: str) -> int:
+        """The restart time both sides agreed on, 0 when graceful restart was not negotiated."""
+        offer = self._offers.get(peer)
+        intent = self._peers.get(peer)
+        if offer is None or offer.restart_time is None or intent is None or not intent.restart_time:
+            return 0
+        return offer.restart_time
 
     def _peer_down(self, peer: str, reason: str) -> None:
-        self._status[peer] = self._status[peer].down(reason, self._clock())
-        if self._rib.drop_peer(peer):
-            self._kernel_dirty = True
+        self._status[peer] = self._status[peer].down(reason, self._wallclock())
+        self._eor_due.discard(peer)
+        restart_time = self._graceful_restart_time(peer)
+        if restart_time and self._rib.count(peer):
+            stale = self._rib.mark_stale(peer)
+            self._stale_until[peer] = self._clock() + restart_time
+            log.info(
+                "%s went down with graceful restart: keeping %d paths for %ds", peer, stale, restart_time
+            )
+        else:
+            self._changed |= self._rib.drop_peer(peer)
 
     def _learned(self, event: ev.RoutesLearned) -> None:
-        peer = self._status[event.peer]
+        offer = self._offers.get(event.peer)
+        router_id = offer.router_id if offer else ""
+        ebgp = not self._peers[event.peer].ibgp
         for prefix in event.prefixes:
             path = Path(
                 prefix=prefix,
                 peer=event.peer,
                 nexthop=event.nexthop,
                 attributes=event.attributes,
-                ebgp=not peer.ibgp,
+                ebgp=ebgp,
+                peer_router_id=router_id,
             )
             if self._rib.add(path):
-                self._kernel_dirty = True
+                self._changed.add(prefix)
 
-    # ----------------------------------------------------------------- outputs
+    def tick(self, now: float | None = None) -> None:
+        """Run the timers: graceful-restart expiry and the Adj-RIB-Out audit."""
+        now = self._clock() if now is None else now
+        for peer, until in list(self._stale_until.items()):
+            if now >= until:
+                swept = self._rib.sweep_stale(peer)
+                log.info(
+                    "%s did not come back within its restart time: %d stale paths removed", peer, len(swept)
+                )
+                self._changed |= swept
+                del self._stale_until[peer]
+                self._wake.set()
+        if now >= self._next_audit:
+            self._next_audit = now + self._audit_interval
+            self._audit_due = True
+            self._wake.set()
 
-    def exports(self) -> tuple[str, ...]:
-        intent = self._intent
-        if intent is None:
-            return ()
-        return local_exports(self._workloads, intent.local_blocks, kernel_pools(intent))
+    # ------------------------------------------------------------------ the RIB
 
-    def desired_out(self, peer: PeerIntent, exports: tuple[str, ...]) -> dict[str, Advertisement]:
-        """Adj-RIB-Out for one peer: our own routes, next hop self."""
-        family_v6 = peer.family == "ipv6"
-        return {
-            prefix: Advertisement(nexthop=peer.local_address)
-            for prefix in exports
-            if (":" in prefix) == family_v6
-        }
+    def _select(self, prefix: str) -> None:
+        policy = self._policy
+        paths = [
+            p
+            for p in self._rib.paths(prefix)
+            if p.peer in self._peers and policy.accept_import(self._peers[p.peer], p)
+        ]
+        best, multipath = select(paths)
+        if best is None:
+            self._loc.pop(prefix, None)
+        else:
+            self._loc[prefix] = (best, multipath)
 
-    def learned_best(self) -> dict[str, tuple[str, ...]]:
-        """prefix -> next hops of the multipath set."""
-        out: dict[str, tuple[str, ...]] = {}
-        for prefix in self._rib.prefixes():
-            _, multipath = select(self._rib.paths(prefix))
-            if multipath:
-                out[prefix] = tuple(sorted({p.nexthop for p in multipath}))
+    def _export(self, peer: PeerIntent, prefix: str) -> Advertisement | None:
+        candidate = self._local.get(prefix)
+        source = None
+        if candidate is None:
+            selected = self._loc.get(prefix)
+            if selected is None:
+                return None
+            best = selected[0]
+            candidate = Candidate(prefix, best)
+            source = self._peers.get(best.peer)
+        return self._policy.export(peer, candidate, source)
+
+    def _kernel_learned(self, prefixes: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        out = {}
+        for prefix in prefixes:
+            selected = self._loc.get(prefix)
+            if selected is not None:
+                out[prefix] = tuple(sorted({p.nexthop for p in selected[1]}))
         return out
 
-    def desired_kernel(self) -> list[Route]:
+    def _kernel_routes(self, learned: Mapping[str, tuple[str, ...]]) -> list[Route]:
         intent = self._intent
-        if intent is None:
-            return []
         return kernel_routes(
-            self.learned_best(), intent.local_blocks, kernel_pools(intent), intent.ipv4_network or None
+            learned,
+            intent.local_blocks,
+            kernel_pools(intent),
+            intent.ipv4_network or "",
+            reject_cidrs=self._policy.service_ranges(),
         )
+
+    # ------------------------------------------------------------------ output
 
     async def flush(self) -> None:
         """Push every pending change out: API commands first, then the kernel."""
-        self._dirty.clear()
+        self._wake.clear()
         intent = self._intent
         if intent is None:
             return
-        exports = self.exports()
-        lines: list[str] = []
-        for peer in intent.peers:
-            desired = self.desired_out(peer, exports)
-            sent = self._sent.setdefault(peer.address, {})
-            if peer.address in self._resend:
-                sent.clear()
-            changes: dict[str, Advertisement | None] = {
-                prefix: adv for prefix, adv in desired.items() if sent.get(prefix) != adv
-            }
-            changes.update({prefix: None for prefix in sent if prefix not in desired})
-            if changes:
-                lines.extend(peer_commands(peer.address, changes))
-                self._sent[peer.address] = desired
-        self._resend.clear()
+        full = self._full
+        changed = self._changed
+        self._full, self._changed = False, set()
+        if full:
+            changed = set(self._rib.prefixes()) | set(self._loc) | set(self._local)
+            for sent in self._sent.values():
+                changed |= sent.keys()
+        for prefix in changed:
+            self._select(prefix)
+        lines = self._adj_rib_out_lines(changed)
         if lines:
             await self._send(lines)
-        if self._kernel_dirty:
-            self._kernel_dirty = False
-            self._table.set_desired(self.desired_kernel())
+        if full:
+            self._table.set_desired(self._kernel_routes(self._kernel_learned(self._loc)))
+        elif changed:
+            routes = {r.dst: r for r in self._kernel_routes(self._kernel_learned(changed))}
+            self._table.update(routes, (p for p in changed if p not in routes))
+        if full or changed:
             await self._table.apply()
+        if self._audit_due:
+            self._audit_due = False
+            self._audit_snapshot = {peer: frozenset(sent) for peer, sent in self._sent.items()}
+            await self._send(["show adj-rib out json"])
         if self._metrics is not None:
             self._metrics.observe_speaker(self)
 
+    def _adj_rib_out_lines(self, changed: set[str]) -> list[str]:
+        lines: list[str] = []
+        everything = None
+        for address, peer in self._peers.items():
+            sent = self._sent.setdefault(address, {})
+            prefixes = changed
+            if address in self._resend:
+                sent.clear()
+                if everything is None:
+                    everything = set(self._loc) | set(self._local)
+                prefixes = everything
+            changes: dict[str, Advertisement | None] = {}
+            for prefix in prefixes:
+                adv = self._export(peer, prefix)
+                if sent.get(prefix) != adv:
+                    changes[prefix] = adv
+                    if adv is None:
+                        sent.pop(prefix, None)
+                    else:
+                        sent[prefix] = adv
+            if changes:
+                lines.extend(peer_commands(address, changes))
+            if address in self._eor_due and self._workloads_seen:
+                self._eor_due.discard(address)
+                afi = "ipv6" if peer.family == "ipv6" else "ipv4"
+                lines.append(f"neighbor {address} announce eor {afi} unicast")
+        self._resend.clear()
+        return lines
+
+    def _audit(self, report: ev.AdjRibOutReport) -> None:
+        snapshot, self._audit_snapshot = self._audit_snapshot, None
+        if snapshot is None:
+            return
+        repairs = 0
+        for peer, held in report.routes.items():
+            if peer not in snapshot or peer not in self._sent:
+                continue
+            ours = snapshot[peer]
+            sent = self._sent[peer]
+            for prefix in ours - held:  # we announced it, ExaBGP lost it: announce again
+                sent.pop(prefix, None)
+                self._changed.add(prefix)
+                repairs += 1
+            for prefix in held - ours:  # ExaBGP announces what we never sent (or withdrew): withdraw it
+                sent[prefix] = UNKNOWN
+                self._changed.add(prefix)
+                repairs += 1
+        if repairs:
+            log.warning("Adj-RIB-Out audit: %d prefixes differed from ExaBGP's; repairing", repairs)
+            self.audit_repairs += repairs
+            self._wake.set()
+
     async def run(self) -> None:
         while True:
-            await self._dirty.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            self.tick()
+            if not self._wake.is_set():
+                continue
             try:
                 await self.flush()
             except Exception:
-                log.exception("speaker flush failed; retrying on the next change")
-                self._kernel_dirty = True
+                log.exception("speaker flush failed; retrying")
+                self._full = True
                 await asyncio.sleep(1.0)
-                self._dirty.set()
+                self._wake.set()
 
-    # ----------------------------------------------------------------- views
+    # ------------------------------------------------------------------ views
 
     def peer_statuses(self) -> list[PeerStatus]:
         return sorted(self._status.values(), key=lambda s: (s.family, s.address))
@@ -253,3 +417,59 @@ class Speaker:
 
     def received_count(self, peer: str | None = None) -> int:
         return self._rib.count(peer)
+
+    def exports(self) -> tuple[str, ...]:
+        return tuple(self._local)
+
+    def routes_report(self) -> list[dict]:
+        """The Loc-RIB for `calico-bgp routes`: every prefix we originate or selected, and its fate."""
+        table = self._table
+        desired = getattr(table, "desired", {})
+        conflicts = getattr(table, "conflicts", {})
+        refused = getattr(table, "refused", {})
+        rows = []
+        for prefix in sorted(set(self._loc) | set(self._local)):
+            row: dict = {"prefix": prefix}
+            announced_to = sorted(
+                a for a, sent in self._sent.items() if prefix in sent and sent[prefix] != UNKNOWN
+            )
+            row["announced_to"] = announced_to
+            if prefix in self._local:
+                row.update(origin="local", best=None, multipath=[])
+            else:
+                best, multipath = self._loc[prefix]
+                a = best.attributes
+                row.update(
+                    origin="bgp",
+                    best={
+                        "nexthop": best.nexthop,
+                        "learned_from": best.peer,
+                        "as_path": list(a.as_path),
+                        "local_pref": a.local_pref,
+                        "communities": [
+                            ":".join(map(str, c)) for c in (*a.communities, *a.large_communities)
+                        ],
+                        "stale": self._rib.is_stale(best.peer, prefix),
+                    },
+                    multipath=[p.nexthop for p in multipath],
+                )
+            if prefix in desired:
+                row["kernel"] = {"installed": prefix not in conflicts, "why": conflicts.get(prefix, "")}
+            else:
+                reason = refused.get(prefix) or self._not_installed_reason(prefix)
+                row["kernel"] = {"installed": False, "why": reason}
+            rows.append(row)
+        return rows
+
+    def _not_installed_reason(self, prefix: str) -> str:
+        if prefix in self._local:
+            return "originated here (workload route or service range)"
+        intent = self._intent
+        if intent is None:
+            return "no configuration"
+        if prefix in self._policy.service_ranges():
+            return "service range: kube-proxy handles it"
+        for pool in intent.pools:
+            if pool.vxlan_mode != "Never" and within(net(prefix), net(pool.cidr)):
+                return "VXLAN pool: Felix programs it"
+        return "not programmed by policy"

@@ -79,6 +79,26 @@ class Notification:
 
 
 @dataclass(frozen=True)
+class Open:
+    """An OPEN message; ``direction`` "receive" is the peer's."""
+
+    peer: str
+    direction: str
+    router_id: str
+    asn: int
+    hold_time: int
+    restart_time: int | None = None  # graceful-restart capability (RFC 4724), None when not offered
+    families: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AdjRibOutReport:
+    """ExaBGP's answer to ``show adj-rib out json``: peer -> prefixes it holds for that peer."""
+
+    routes: dict[str, frozenset[str]]
+
+
+@dataclass(frozen=True)
 class Unparsed:
     """A line we could not use; kept so the caller can count and log it."""
 
@@ -86,7 +106,9 @@ class Unparsed:
     reason: str
 
 
-Event = PeerState | RoutesLearned | RoutesWithdrawn | EndOfRib | Notification | Unparsed
+Event = (
+    PeerState | RoutesLearned | RoutesWithdrawn | EndOfRib | Notification | Open | AdjRibOutReport | Unparsed
+)
 
 
 def _as_path(raw) -> tuple[int, ...]:
@@ -159,8 +181,41 @@ def parse_line(line: str) -> list[Event]:
         return [Unparsed(text[:200], f"{type(exc).__name__}: {exc}")]
 
 
+def _adj_rib_out(message: dict) -> AdjRibOutReport:
+    routes = {}
+    for peer, body in message.items():
+        routes[str(peer)] = frozenset(str(r["prefix"]) for r in body.get("routes", ()))
+    return AdjRibOutReport(routes)
+
+
+def _open(peer: str, neighbor: dict) -> Open:
+    body = neighbor.get("open", {})
+    restart_time = None
+    families: tuple[str, ...] = ()
+    for capability in body.get("capabilities", {}).values():
+        if not isinstance(capability, dict):
+            continue
+        if capability.get("name") == "graceful restart":
+            restart_time = int(capability.get("time", 0))
+        elif capability.get("name") == "multiprotocol":
+            families = tuple(str(f).replace("/", " ") for f in capability.get("families", ()))
+    return Open(
+        peer=peer,
+        direction=str(neighbor.get("direction", "")),
+        router_id=str(body.get("router_id", "")),
+        asn=int(body.get("asn", 0)),
+        hold_time=int(body.get("hold_time", 0)),
+        restart_time=restart_time,
+        families=families,
+    )
+
+
 def _events(message: dict) -> Iterator[Event]:
     kind = message.get("type")
+    if kind is None and "exabgp" not in message:
+        # Replies to our own commands carry no envelope; the only one we send is `show adj-rib out json`.
+        yield _adj_rib_out(message)
+        return
     neighbor = message.get("neighbor", {})
     address = neighbor.get("address", {})
     peer = str(address.get("peer", ""))
@@ -188,4 +243,6 @@ def _events(message: dict) -> Iterator[Event]:
             subcode=int(note.get("subcode", 0)),
             message=str(note.get("message", "")),
         )
-    # Other types (open, keepalive, refresh, signal) carry nothing the speaker acts on.
+    elif kind == "open":
+        yield _open(peer, neighbor)
+    # Other types (keepalive, refresh, signal) carry nothing the speaker acts on.

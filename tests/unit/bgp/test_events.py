@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,27 @@ def test_garbage_never_raises(line):
 
 def test_unknown_types_are_ignored():
     assert ev.parse_line('{"type": "keepalive", "neighbor": {"address": {"peer": "1.1.1.1"}}}') == []
+
+
+def test_open_with_graceful_restart():
+    line = json.dumps({
+        "exabgp": "5.0.0", "type": "open",
+        "neighbor": {
+            "address": {"local": "10.9.0.1", "peer": "10.9.0.2"}, "direction": "receive",
+            "open": {"version": 4, "asn": 65001, "hold_time": 90, "router_id": "10.9.0.2", "capabilities": {
+                "1": {"name": "multiprotocol", "families": ["ipv4/unicast"]},
+                "64": {"name": "graceful restart", "time": 120,
+                       "address-family-flags": {"ipv4/unicast": ["restart"]}},
+            }},
+        },
+    })  # fmt: skip
+    (event,) = ev.parse_line(line)
+    assert event == ev.Open("10.9.0.2", "receive", "10.9.0.2", 65001, 90, 120, ("ipv4 unicast",))
+
+
+def test_adj_rib_out_reply():
+    (event,) = ev.parse_line(
+        '{"10.9.0.2": {"routes": [{"prefix": "192.168.1.0/26", "family": "ipv4 unicast"}]}}'
+    )
+    assert event == ev.AdjRibOutReport({"10.9.0.2": frozenset({"192.168.1.0/26"})})
+    assert ev.parse_line("{}") == [ev.AdjRibOutReport({})]

@@ -68,3 +68,20 @@ def test_adj_rib_in_add_remove_drop():
     assert not rib.remove("10.0.0.12", P)
     assert rib.drop_peer("10.0.0.13") == {P}
     assert rib.prefixes() == [] and rib.count() == 0
+
+
+def test_graceful_restart_stale_and_sweep():
+    rib = AdjRibIn()
+    rib.add(path("10.0.0.12"))
+    other = Path(prefix="192.168.9.0/26", peer="10.0.0.12", nexthop="10.0.0.12", attributes=PathAttributes())
+    v6 = Path(prefix="fd00:10::/122", peer="10.0.0.12", nexthop="fd00::12", attributes=PathAttributes())
+    rib.add(other)
+    rib.add(v6)
+    assert rib.mark_stale("10.0.0.12") == 3
+    assert rib.count() == 3  # stale paths keep forwarding
+    rib.add(path("10.0.0.12"))  # re-announced after the restart: fresh again
+    assert not rib.is_stale("10.0.0.12", P)
+    assert rib.sweep_stale("10.0.0.12", ipv6=False) == {"192.168.9.0/26"}  # End-of-RIB for IPv4
+    assert rib.stale_count("10.0.0.12") == 1
+    assert rib.sweep_stale("10.0.0.12") == {"fd00:10::/122"}
+    assert rib.peer_prefixes("10.0.0.12") == {P}

@@ -11,18 +11,27 @@ PEERS = ("10.0.0.12", "10.0.0.13")
 
 
 class FakeTable:
+    """The RouteTable interface the speaker uses, dict-backed."""
+
     def __init__(self):
-        self.desired: list[Route] = []
+        self.desired: dict[str, Route] = {}
+        self.conflicts: dict[str, str] = {}
+        self.refused: dict[str, str] = {}
         self.applies = 0
 
     def set_desired(self, routes):
-        self.desired = sorted(routes)
+        self.desired = {r.dst: r for r in routes}
+
+    def update(self, upserts, removes):
+        for dst in removes:
+            self.desired.pop(dst, None)
+        self.desired.update(upserts)
 
     async def apply(self):
         self.applies += 1
 
     def by_dst(self):
-        return {r.dst: r for r in self.desired}
+        return dict(self.desired)
 
 
 def intent(blocks=("192.168.1.0/26",), ipip="Never", peers=PEERS):
@@ -182,3 +191,145 @@ async def test_removed_peer_is_forgotten_and_garbage_is_counted(rig):
     speaker.handle_line(update("10.0.0.13", "10.0.0.13", announce=["192.168.4.0/26"]))
     await speaker.flush()
     assert "192.168.4.0/26" not in table.by_dst()
+
+
+def open_msg(peer, restart_time=120):
+    caps = {"64": {"name": "graceful restart", "time": restart_time}} if restart_time else {}
+    return json.dumps(
+        {
+            "exabgp": "5.0.0",
+            "type": "open",
+            "neighbor": {
+                "address": {"local": ME, "peer": peer},
+                "direction": "receive",
+                "open": {"asn": 64512, "hold_time": 90, "router_id": peer, "capabilities": caps},
+            },
+        }
+    )
+
+
+def eor(peer):
+    return json.dumps(
+        {
+            "exabgp": "5.0.0",
+            "type": "update",
+            "neighbor": {
+                "address": {"local": ME, "peer": peer},
+                "message": {"eor": {"afi": "ipv4", "safi": "unicast"}},
+            },
+        }
+    )
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def gr_rig():
+    sent: list[str] = []
+
+    async def send(lines):
+        sent.extend(lines)
+
+    clock = Clock()
+    table = FakeTable()
+    speaker = Speaker(send=send, route_table=table, clock=clock, wallclock=lambda: 1000.0)
+    speaker.set_intent(intent())
+    return speaker, sent, table, clock
+
+
+async def test_graceful_restart_keeps_stale_routes_until_end_of_rib(gr_rig):
+    speaker, _, table, _ = gr_rig
+    speaker.handle_line(open_msg("10.0.0.12"))
+    speaker.handle_line(state("10.0.0.12", "up"))
+    speaker.handle_line(update("10.0.0.12", "10.0.0.12", announce=["192.168.2.0/26", "192.168.22.0/26"]))
+    await speaker.flush()
+    speaker.handle_line(state("10.0.0.12", "down"))
+    await speaker.flush()
+    assert {"192.168.2.0/26", "192.168.22.0/26"} <= set(table.by_dst())  # still forwarding
+    speaker.handle_line(state("10.0.0.12", "up"))
+    speaker.handle_line(update("10.0.0.12", "10.0.0.12", announce=["192.168.2.0/26"]))
+    await speaker.flush()
+    assert "192.168.22.0/26" in table.by_dst()  # not swept before End-of-RIB
+    speaker.handle_line(eor("10.0.0.12"))
+    await speaker.flush()
+    assert "192.168.22.0/26" not in table.by_dst() and "192.168.2.0/26" in table.by_dst()
+
+
+async def test_graceful_restart_time_runs_out(gr_rig):
+    speaker, _, table, clock = gr_rig
+    speaker.handle_line(open_msg("10.0.0.12", restart_time=30))
+    speaker.handle_line(update("10.0.0.12", "10.0.0.12", announce=["192.168.2.0/26"]))
+    speaker.handle_line(state("10.0.0.12", "down"))
+    await speaker.flush()
+    clock.now = 29.0
+    speaker.tick()
+    await speaker.flush()
+    assert "192.168.2.0/26" in table.by_dst()
+    clock.now = 30.0
+    speaker.tick()
+    await speaker.flush()
+    assert "192.168.2.0/26" not in table.by_dst()
+
+
+async def test_without_graceful_restart_routes_go_at_once(gr_rig):
+    speaker, _, table, _ = gr_rig
+    speaker.handle_line(open_msg("10.0.0.12", restart_time=0))
+    speaker.handle_line(update("10.0.0.12", "10.0.0.12", announce=["192.168.2.0/26"]))
+    speaker.handle_line(state("10.0.0.12", "down"))
+    await speaker.flush()
+    assert "192.168.2.0/26" not in table.by_dst()
+
+
+async def test_end_of_rib_follows_the_full_table_once_workloads_are_known(gr_rig):
+    speaker, sent, _, _ = gr_rig
+    speaker.handle_line(state("10.0.0.12", "up"))
+    await speaker.flush()
+    assert not any("eor" in line for line in sent)  # the kernel view is not in yet: our table is incomplete
+    speaker.set_workload_routes({"192.168.2.9/32"})
+    await speaker.flush()
+    mine = [line for line in sent if line.startswith("neighbor 10.0.0.12 ")]
+    assert mine[-1] == "neighbor 10.0.0.12 announce eor ipv4 unicast"
+    assert "192.168.2.9/32" in " ".join(mine[:-1])
+
+
+async def test_adj_rib_out_audit_repairs_both_directions(gr_rig):
+    speaker, sent, _, clock = gr_rig
+    await speaker.flush()
+    clock.now = 61.0
+    speaker.tick()
+    await speaker.flush()
+    assert sent[-1] == "show adj-rib out json"
+    sent.clear()
+    # ExaBGP lost our block towards .12 and holds a stray prefix towards .13.
+    report = {
+        "10.0.0.12": {"routes": []},
+        "10.0.0.13": {
+            "routes": [
+                {"prefix": "192.168.1.0/26", "family": "ipv4 unicast"},
+                {"prefix": "192.168.77.0/26", "family": "ipv4 unicast"},
+            ]
+        },
+    }
+    speaker.handle_line(json.dumps(report))
+    assert speaker.audit_repairs == 2
+    await speaker.flush()
+    assert nlri_of([s for s in sent if "10.0.0.12" in s], "announce") == ["192.168.1.0/26"]
+    assert nlri_of([s for s in sent if "10.0.0.13" in s], "withdraw") == ["192.168.77.0/26"]
+
+
+async def test_routes_report(gr_rig):
+    speaker, _, _, _ = gr_rig
+    speaker.handle_line(update("10.0.0.12", "10.0.0.12", announce=["192.168.2.0/26"]))
+    await speaker.flush()
+    rows = {r["prefix"]: r for r in speaker.routes_report()}
+    assert rows["192.168.1.0/26"]["origin"] == "local"
+    assert rows["192.168.1.0/26"]["announced_to"] == list(PEERS)
+    learned_row = rows["192.168.2.0/26"]
+    assert learned_row["best"]["learned_from"] == "10.0.0.12"
+    assert learned_row["kernel"] == {"installed": True, "why": ""}

@@ -1,0 +1,276 @@
+"""Import and export policy: which paths we accept, which routes each peer gets, with which attributes.
+
+Stage: between the Loc-RIB and each peer's Adj-RIB-Out (export), and between ExaBGP's updates and the
+Adj-RIB-In (import). Pure.
+
+Owns, in evaluation order for export (calico-bgp.md §3.5, §3.7, §3.9, §3.10):
+1. BGP propagation rules: never back to the peer a path came from; iBGP-learned paths go to iBGP peers only
+   from a route reflector (RFC 4456: client paths to every peer, non-client paths to clients only); no
+   path to an eBGP peer whose AS is already in it.
+2. BGPFilter export rules (BGPPeer sessions only, never the mesh): the first matching rule decides; an
+   Accept bypasses Calico's policy entirely, a Reject overrides it; no match falls through.
+3. Calico's default policy (``calico_export_to_bgp_peers``): disableBGPExport pools rejected; the /32s
+   inside a local block rejected and the block itself accepted; service ranges accepted; reflectors also
+   re-export LoadBalancer and external IPs; anything inside an exportable pool accepted; everything else
+   (host subnets, a ToR's default route) rejected.
+4. Attributes: next hop per nextHopMode (self for our own routes and towards eBGP, unchanged when
+   reflecting), our AS prepended towards eBGP (ExaBGP 5.0.15 does not do it), ORIGINATOR_ID and
+   CLUSTER_LIST when reflecting, communities from prefixAdvertisements and filter operations.
+
+Complicating factors: with 100k routes the per-prefix work must be cheap, so the peer-independent part of
+the decision (``classify``) is computed once per prefix and only the peer-dependent rest runs per peer.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+from bgp.exabgp.commands import Advertisement
+from bgp.rib import Path
+from confgen.bgpfilter import BGPFilter, FilterRule
+from confgen.intent import MESH, NEXT_HOP_KEEP, NEXT_HOP_SELF, NodeIntent, PeerIntent
+
+ACCEPT = "accept"
+REJECT = "reject"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=1 << 18)
+def net(prefix: str) -> Network:
+    return ipaddress.ip_network(prefix, strict=False)
+
+
+def within(inner: Network, outer: Network) -> bool:
+    return inner.version == outer.version and inner.subnet_of(outer)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A route we could export: originated here (``path`` None) or the best path of the Loc-RIB."""
+
+    prefix: str
+    path: Path | None = None
+    ifname: str = ""  # the interface the route points at (workload /32s: cali*), for filters
+
+
+class NodePolicy:
+    """The node-wide part of the policy, built once per intent."""
+
+    def __init__(self, intent: NodeIntent, filters: Mapping[str, BGPFilter] | None = None) -> None:
+        self.intent = intent
+        self.filters = dict(filters or {})
+        pools = [(net(p.cidr), p.disable_bgp_export) for p in intent.pools]
+        self._suppressed = [n for n, off in pools if off]
+        self._exportable = [n for n, off in pools if not off]
+        self._blocks = [net(b) for b in intent.local_blocks]
+        self._services = [net(c) for c in self.service_ranges()]
+        self._reflected_services = [
+            net(c) for c in (*intent.service_loadbalancer_ips, *intent.service_external_ips)
+        ]
+        self._advertisements = [
+            (net(a.cidr), a.communities, a.large_communities) for a in intent.prefix_advertisements
+        ]
+
+    def service_ranges(self) -> tuple[str, ...]:
+        """Service CIDRs we originate (as BIRD's static blackholes): ranges, not single addresses."""
+        i = self.intent
+        out = []
+        for cidr in (*i.service_cluster_ips, *i.service_external_ips, *i.service_loadbalancer_ips):
+            n = net(cidr)
+            if n.prefixlen < n.max_prefixlen:
+                out.append(n.with_prefixlen)
+        return tuple(sorted(set(out)))
+
+    # ------------------------------------------------------------------ Calico's default export policy
+
+    def calico_export(self, candidate: Candidate, to_ibgp: bool) -> bool:
+        n = net(candidate.prefix)
+        if any(within(n, s) for s in self._suppressed):
+            return False
+        if to_ibgp and (candidate.ifname.endswith(".cali") or candidate.ifname.endswith(".calico")):
+            return False  # VXLAN / WireGuard devices: Felix programs those routes on every node
+        for block in self._blocks:
+            if within(n, block):
+                return n == block
+        if any(within(n, s) for s in self._services):
+            return True
+        if self.intent.rr_cluster_id and any(within(n, s) for s in self._reflected_services):
+            return True
+        return any(within(n, e) for e in self._exportable)
+
+    def communities(
+        self, prefix: str
+    ) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int, int], ...]]:
+        n = net(prefix)
+        std: set[tuple[int, int]] = set()
+        large: set[tuple[int, int, int]] = set()
+        for cidr, communities, large_communities in self._advertisements:
+            if within(n, cidr):
+                std.update(_community(c) for c in communities)
+                large.update(_community(c) for c in large_communities)
+        return tuple(sorted(std)), tuple(sorted(large))
+
+    # ------------------------------------------------------------------ per peer
+
+    def export(
+        self, peer: PeerIntent, candidate: Candidate, source: PeerIntent | None = None
+    ) -> Advertisement | None:
+        """What ``peer`` should get for ``candidate``, or None. ``source`` is the session the path came
+        from (None for our own routes)."""
+        if (":" in candidate.prefix) != (peer.family == "ipv6"):
+            return None
+        path = candidate.path
+        to_ibgp = peer.ibgp
+        if path is not None:
+            if path.peer == peer.address:
+                return None
+            from_ibgp = source is not None and source.ibgp
+            if from_ibgp and to_ibgp:
+                if not self.intent.rr_cluster_id:
+                    return None
+                if not (source.rr_client or peer.rr_client):
+                    return None
+            if not to_ibgp and peer.peer_as in path.attributes.as_path:
+                return None
+        verdict, operations = self._filter(peer, candidate, export=True)
+        if verdict == REJECT:
+            return None
+        if verdict != ACCEPT and not self.calico_export(candidate, to_ibgp):
+            return None
+        return self._attributes(peer, candidate, source, operations)
+
+    def accept_import(self, peer: PeerIntent, path: Path) -> bool:
+        """Loop prevention and BGPFilter import rules for a received path."""
+        a = path.attributes
+        intent = self.intent
+        if intent.rr_cluster_id and intent.rr_cluster_id in a.cluster_list:
+            return False
+        if a.originator_id and a.originator_id == intent.router_id:
+            return False
+        if a.as_path.count(peer.local_as) > peer.num_allow_local_as and not peer.ibgp:
+            return False
+        verdict, _ = self._filter(peer, Candidate(path.prefix, path), export=False)
+        return verdict != REJECT
+
+    # ------------------------------------------------------------------ helpers
+
+    def _filter(self, peer: PeerIntent, candidate: Candidate, *, export: bool):
+        if peer.kind == MESH or not peer.filters:
+            return None, ()
+        v6 = ":" in candidate.prefix
+        for name in peer.filters:
+            flt = self.filters.get(name)
+            if flt is None:
+                continue
+            if export:
+                rules = flt.export_v6 if v6 else flt.export_v4
+            else:
+                rules = flt.import_v6 if v6 else flt.import_v4
+            for rule in rules:
+                if _matches(rule, peer, candidate):
+                    return (ACCEPT if rule.action == "Accept" else REJECT), rule.operations
+        return None, ()
+
+    def _attributes(
+        self, peer: PeerIntent, candidate: Candidate, source: PeerIntent | None, operations
+    ) -> Advertisement:
+        path = candidate.path
+        std, large = self.communities(candidate.prefix)
+        local_as_path: tuple[int, ...] = ()
+        as_path: tuple[int, ...] = ()
+        local_pref = med = None
+        originator = ""
+        cluster: tuple[str, ...] = ()
+        origin = "igp"
+        nexthop = peer.local_address
+        if path is not None:
+            a = path.attributes
+            as_path = a.as_path
+            origin = a.origin
+            std = tuple(sorted(set(std) | {c for c in a.communities if len(c) == 2}))
+            large = tuple(sorted(set(large) | {c for c in a.large_communities if len(c) == 3}))
+            if peer.ibgp:
+                local_pref, med = a.local_pref, a.med
+            reflecting = peer.ibgp and source is not None and source.ibgp
+            if reflecting:
+                originator = a.originator_id or path.peer_router_id or path.peer
+                cluster = (self.intent.rr_cluster_id, *a.cluster_list)
+            keep = (reflecting or peer.ibgp) and peer.next_hop_mode != NEXT_HOP_SELF
+            keep = keep or peer.next_hop_mode == NEXT_HOP_KEEP
+            if keep and (":" in path.nexthop) == (peer.family == "ipv6"):
+                nexthop = path.nexthop
+        for op, value in operations:
+            if op == "addCommunity":
+                parts = tuple(int(x) for x in value.split(":"))
+                if len(parts) == 2:
+                    std = tuple(sorted(set(std) | {parts}))
+                else:
+                    large = tuple(sorted(set(large) | {parts}))
+            elif op == "prependASPath":
+                local_as_path = tuple(int(x) for x in value.split()) + local_as_path
+            elif op == "setPriority" and peer.ibgp:
+                local_pref = 2**31 - 1 - int(value)
+        # Our AS leads the path towards eBGP peers (ExaBGP 5.0.15 does not prepend it); filter prepends
+        # follow it, as BIRD's bgp_path.prepend() inside the export filter does.
+        own = (peer.local_as,) if not peer.ibgp else ()
+        as_path = (*own, *local_as_path, *as_path)
+        return Advertisement(
+            nexthop=nexthop,
+            origin=origin,
+            as_path=as_path,
+            local_pref=local_pref,
+            med=med,
+            communities=std,
+            large_communities=large,
+            originator_id=originator,
+            cluster_list=cluster,
+        )
+
+
+def _community(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(":"))
+
+
+def _matches(rule: FilterRule, peer: PeerIntent, candidate: Candidate) -> bool:
+    if rule.peer_type and (rule.peer_type == "iBGP") != peer.ibgp:
+        return False
+    if rule.cidr:
+        n, cidr = net(candidate.prefix), net(rule.cidr)
+        if rule.prefix_length is not None:
+            low, high = rule.prefix_length
+            inside = within(n, cidr) and low <= n.prefixlen <= high
+        else:
+            inside = within(n, cidr)
+        op = rule.match_operator
+        hit = {
+            "Equal": n == cidr,
+            "NotEqual": n != cidr,
+            "In": inside,
+            "NotIn": not inside,
+        }.get(op, False)
+        if not hit:
+            return False
+    if rule.source == "RemotePeers" and candidate.path is None:
+        return False
+    if rule.interface and not fnmatch.fnmatchcase(candidate.ifname, rule.interface):
+        return False
+    path = candidate.path
+    if rule.communities:
+        have = {":".join(map(str, c)) for c in (path.attributes.communities if path else ())}
+        have |= {":".join(map(str, c)) for c in (path.attributes.large_communities if path else ())}
+        if not set(rule.communities) <= have:
+            return False
+    if rule.as_path_prefix:
+        as_path = path.attributes.as_path if path else ()
+        if as_path[: len(rule.as_path_prefix)] != rule.as_path_prefix:
+            return False
+    if rule.priority is not None:
+        lp = path.attributes.local_pref if path and path.attributes.local_pref is not None else 100
+        if 2**31 - 1 - lp != rule.priority:
+            return False
+    return True
