@@ -11,12 +11,21 @@ deterministically (sorted tuples, never sets or dicts).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 # Peer types, spelled as `calicoctl node status` prints them.
 MESH = "node-to-node mesh"
 GLOBAL = "global"
 NODE_SPECIFIC = "node specific"
+
+# PeerIntent.next_hop_mode values (BGPPeer nextHopMode; keepOriginalNextHop on eBGP is folded into KEEP).
+NEXT_HOP_AUTO = "Auto"
+NEXT_HOP_SELF = "Self"
+NEXT_HOP_KEEP = "Keep"
+
+DEFAULT_RESTART_TIME = 120  # BIRD's graceful-restart time, which every Calico session template enables
 
 
 @dataclass(frozen=True, order=True)
@@ -35,6 +44,19 @@ class PeerIntent:
     calico_node: str = ""  # name of the Calico node behind the address, "" for external peers
     hold_time: int = 90
     password: str = ""  # already resolved; validated by confgen before it gets here
+    # --- added by issue 3 (all optional; the defaults are Calico's) ---
+    restart_time: int = DEFAULT_RESTART_TIME  # graceful-restart time we advertise (s); 0 = no GR capability
+    keepalive_time: int = 0  # BGPPeer keepaliveTime (s); 0 = not set (hold_time / 3 applies)
+    ttl_security: int = 0  # GTSM hop count (RFC 5082); 0 = off. Enforced by bgp.gtsm (nftables), not ExaBGP
+    source_address: str = "UseNodeIP"  # "UseNodeIP" | "None" (the kernel picks the source; local_address
+    #                                    stays the node address, for next-hop self)
+    next_hop_mode: str = NEXT_HOP_AUTO  # NEXT_HOP_AUTO | NEXT_HOP_SELF | NEXT_HOP_KEEP, for the export side
+    rr_client: bool = False  # we reflect routes to this peer (we have a cluster id, iBGP, peer not in it)
+    rr_cluster_id: str = ""  # our cluster id when rr_client, else ""
+    num_allow_local_as: int = 0  # BGPPeer numAllowedLocalASNumbers: our AS may appear this often on import
+    filters: tuple[str, ...] = ()  # BGPFilter names, in the BGPPeer's order (policy belongs to the RIB)
+    reachable_by: str = ""  # BGPPeer reachableBy: gateway for a static /32 (/128) to the peer, "" = none
+    resource: str = ""  # the BGPPeer this session comes from ("" for the node-to-node mesh)
 
     @property
     def ibgp(self) -> bool:
@@ -50,6 +72,16 @@ class PoolIntent:
     vxlan_mode: str = "Never"
     disable_bgp_export: bool = False
     disabled: bool = False
+
+
+@dataclass(frozen=True, order=True)
+class PrefixAdvertisement:
+    """BGPConfiguration prefixAdvertisements with community names resolved: communities to add to
+    exported routes inside ``cidr`` (standard ``aa:nn`` and large ``aa:nn:mm``, sorted, deduplicated)."""
+
+    cidr: str
+    communities: tuple[str, ...] = ()
+    large_communities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,7 +101,44 @@ class NodeIntent:
     local_blocks: tuple[str, ...] = ()  # confirmed block affinities of this node, sorted CIDR strings
     # Problems found in the snapshot (invalid resources skipped), for status and metrics.
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # --- added by issue 3 (all optional) ---
+    rr_cluster_id: str = ""  # set when this node is a route reflector
+    prefix_advertisements: tuple[PrefixAdvertisement, ...] = ()  # node.<name> config replaces default's
+    service_cluster_ips: tuple[str, ...] = ()  # BGPConfiguration serviceClusterIPs, normalised CIDRs
+    service_external_ips: tuple[str, ...] = ()
+    service_loadbalancer_ips: tuple[str, ...] = ()
+    bind_mode: str = "None"  # "None" (listen on every address) | "NodeIP" (only on the node's addresses)
+    log_severity: str = "Info"  # Trace | Debug | Info | Warning | Error | Fatal (node.<name> overrides)
 
     @property
     def families(self) -> tuple[str, ...]:
         return tuple(sorted({p.family for p in self.peers}))
+
+    @property
+    def listen_addresses(self) -> tuple[str, ...]:
+        """Where ExaBGP's listener should bind (``exabgp.tcp.bind``).
+
+        bindMode NodeIP: the node's addresses. Otherwise BIRD listens on every address; we do that for
+        IPv4 (``0.0.0.0``) but keep the node's own IPv6 address, because a ``::`` socket would also take
+        IPv4 connections as ``::ffff:a.b.c.d`` (no neighbour matches those) and collide with ``0.0.0.0``.
+        """
+        if self.bind_mode == "NodeIP":
+            return tuple(a for a in (self.ipv4_address, self.ipv6_address) if a)
+        ipv4 = ("0.0.0.0",) if self.ipv4_address else ()
+        return ipv4 + ((self.ipv6_address,) if self.ipv6_address else ())
+
+    @property
+    def gtsm_peers(self) -> tuple[PeerIntent, ...]:
+        """Sessions with TTL security, which ``bgp.gtsm`` enforces."""
+        return tuple(p for p in self.peers if p.ttl_security)
+
+
+def intent_document(intent: NodeIntent) -> dict[str, Any]:
+    """The intent as JSON-ready data with passwords redacted: the "policy" half of the golden files
+    (communities, service ranges, reflection, next-hop modes, filters never appear in exabgp.conf) and
+    what ``calico-bgp confgen render --intent`` prints."""
+    document = dataclasses.asdict(intent)
+    for peer in document["peers"]:
+        if peer["password"]:
+            peer["password"] = "<redacted>"
+    return document

@@ -4,22 +4,28 @@ Stage: drives the whole confgen pipeline (datastore -> calc -> render -> apply) 
 intent to the other dataplanes through ``on_intent``. ``bgp.daemon`` builds it, awaits
 ``first_render()`` before starting ExaBGP, and supplies ``reload`` (SIGUSR1 to ExaBGP).
 
-Owns: the debounce window, the last intent handed out, the retry policy and the
-``calico_bgp_config_renders_total{result}`` metric.
+Owns: the debounce window, the last intent handed out, the last valid model (whose resources stand in
+for ones that turn invalid), the secrets poll, the retry policy and the
+``calico_bgp_config_renders_total{result}`` / ``calico_bgp_invalid_resources{kind}`` metrics.
 
 Complicating factors:
 - Datastores deliver bursts (a calicoctl apply of many resources, a relist after reconnect). Snapshots
   are coalesced: processing waits until no snapshot arrived for ``debounce`` seconds, but never longer
   than ``max_delay`` after the first one, so a steady trickle cannot starve the config.
-- ``on_intent`` runs only when the intent changed (``NodeIntent`` equality ignores warnings), and
-  ``reload`` only when the file's bytes changed, so a no-op datastore write costs one render and nothing
-  downstream.
+- ``on_intent`` runs only when the intent or its warnings changed (``NodeIntent`` equality ignores
+  warnings, so consumers comparing intents see no change when only a warning came or went; status still
+  gets the new warnings), and ``reload`` only when the file's bytes changed, so a no-op datastore write
+  costs one render and nothing downstream.
 - Failures keep the last good state. A bad intent or a config the validator rejects will not improve by
   retrying the same snapshot, so those wait for the next change; I/O errors (disk, validator timeout, a
   failing callback) are retried with backoff. A reload that failed is remembered and retried even though
   the file on disk is already current.
 - Nothing may start ExaBGP before a config exists: ``first_render()`` completes after the first
   successful write (or a byte-identical file from the previous run).
+- Passwords live in files, not in the datastore: the loop reads the secrets the model references just
+  before each calculation (the calculation itself stays pure) and polls those files every
+  ``secrets_poll`` seconds; a change re-runs the calculation on the last snapshot (``trigger``), through
+  the same debounce as a datastore change.
 """
 
 from __future__ import annotations
@@ -34,10 +40,14 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from confgen.apply import ConfigRejected, ConfigWriter
-from confgen.calc import intent_for
+from confgen.calc import intent_from_model
 from confgen.datastore.base import Datastore, Snapshot
+from confgen.datastore.keys import PLURALS
 from confgen.intent import NodeIntent
+from confgen.model import Model, parse_snapshot
 from confgen.render import RenderError, render
+from confgen.secrets import Fingerprint, SecretStore
+from confgen.validate import SecretRef
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +83,8 @@ class Confgen:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         registry: CollectorRegistry | None = None,
+        secrets: SecretStore | None = None,
+        secrets_poll: float = 2.0,
     ) -> None:
         self._datastore = datastore
         self.node = node
@@ -88,8 +100,13 @@ class Confgen:
         self._retry_max = retry_max
         self._clock = clock
         self._sleep = sleep
+        self._secrets = secrets
+        self._secrets_poll = secrets_poll
 
         self._latest: Snapshot | None = None
+        self._model: Model | None = None  # the last model, for the "last valid version" rule
+        self._secret_refs: frozenset[SecretRef] = frozenset()
+        self._secret_fingerprint: Fingerprint = ()
         self._pending = asyncio.Event()
         self._window_start = 0.0
         self._last_arrival = 0.0
@@ -113,10 +130,25 @@ class Confgen:
             "Problems found in the last snapshot (invalid resources skipped).",
             registry=registry,
         )
+        self._invalid = Gauge(
+            "calico_bgp_invalid_resources",
+            "Resources that failed validation in the last snapshot (skipped, or their last valid "
+            "version kept in force).",
+            ["kind"],
+            registry=registry,
+        )
+        for kind in PLURALS:
+            self._invalid.labels(kind)
 
     async def first_render(self) -> None:
         """Wait until a valid config file exists (the daemon starts ExaBGP only after this)."""
         await self._first_render.wait()
+
+    def trigger(self) -> None:
+        """Recompute from the last snapshot (something outside the datastore changed: a secret file).
+        Goes through the debounce like a datastore change; a no-op before the first snapshot."""
+        if self._latest is not None:
+            self._on_snapshot(self._latest)
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
         now = self._clock()
@@ -129,6 +161,9 @@ class Confgen:
     async def run(self) -> None:
         """Run until cancelled; a datastore that stops or fails ends the loop with its exception."""
         feeder = asyncio.create_task(self._datastore.run(self._on_snapshot), name="confgen-datastore")
+        poller = None
+        if self._secrets is not None:
+            poller = asyncio.create_task(self._poll_secrets(), name="confgen-secrets")
         backoff = self._retry_initial
         retry_in: float | None = None
         try:
@@ -145,9 +180,27 @@ class Confgen:
                 else:
                     retry_in, backoff = None, self._retry_initial
         finally:
-            feeder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await feeder
+            for task in (feeder, poller):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    async def _poll_secrets(self) -> None:
+        assert self._secrets is not None
+        while True:
+            await self._sleep(self._secrets_poll)
+            if not self._secret_refs:
+                continue
+            try:
+                current = self._secrets.fingerprint(self._secret_refs)
+            except Exception:  # a bug; polling must survive it
+                log.exception("checking the secret files failed")
+                continue
+            if current != self._secret_fingerprint:
+                log.info("a BGP password secret changed; recomputing the configuration")
+                self._secret_fingerprint = current
+                self.trigger()
 
     async def _wait_for_work(self, feeder: asyncio.Task[None], retry_in: float | None) -> None:
         waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(self._pending.wait()), feeder}
@@ -172,7 +225,18 @@ class Confgen:
 
     async def _process(self, snapshot: Snapshot) -> None:
         try:
-            intent = intent_for(snapshot, self.node, router_id=self._router_id)
+            model, warnings = parse_snapshot(snapshot, self._model)
+            secrets: dict = {}
+            refs = model.secret_refs()
+            if self._secrets is not None:
+                secrets, self._secret_fingerprint = self._secrets.read_all(refs)
+            self._secret_refs = refs
+            intent = intent_from_model(
+                model, self.node, warnings=warnings, router_id=self._router_id, secrets=secrets
+            )
+            self._model = model
+            for kind in PLURALS:
+                self._invalid.labels(kind).set(len(model.invalid.get(kind, ())))
         except Exception:
             # A bug in the calculation, not bad data (bad data becomes warnings): keep the last config.
             log.exception("computing the intent for revision %s failed", snapshot.revision)
@@ -180,7 +244,7 @@ class Confgen:
             return
         self._log_warnings(intent)
 
-        if intent != self.intent:
+        if self.intent is None or intent != self.intent or intent.warnings != self.intent.warnings:
             try:
                 await _call(self._on_intent, intent)
             except Exception as exc:

@@ -1,20 +1,24 @@
 """Typed, validated Calico resources: raw snapshot dicts in, frozen model values (or precise errors) out.
 
 Stage: first half of the pure calculation. ``parse_snapshot`` turns a raw ``Snapshot`` into a ``Model``;
-``confgen.calc`` derives the node's intent from that model.
+``confgen.calc`` derives the node's intent from that model. BGPPeer, BGPFilter and BGPConfiguration have
+their own modules (``confgen.bgppeer``, ``confgen.bgpfilter``, ``confgen.bgpconfig``); field readers
+live in ``confgen.validate``.
 
-Owns: the resource value types (``BGPConfiguration``, ``Node``, ``IPPool``, ``BlockAffinity``), their
-parsing, Calico's defaults where a *resource* defines them, and the validation that keeps hostile or
-broken datastore content away from the rendered ExaBGP config.
+Owns: the value types of Node, IPPool and BlockAffinity, their parsing, Calico's defaults where a
+*resource* defines them, ``Model`` (cluster-wide defaults and per-node overrides), and the "last valid
+version" rule.
 
 Complicating factors:
 - The etcd datastore has no CRD defaulting: every default Calico's API server would fill in is applied
   here (block sizes, pool modes), and cluster-wide defaults (AS 64512, mesh on, port 179) are resolved by
   ``Model`` because a missing ``default`` BGPConfiguration must behave like an empty one.
 - One invalid resource must not take the node down. Each resource is parsed on its own; a failure
-  becomes a warning naming kind, name, field and problem, and the resource is skipped, the way confd
-  ignores what it cannot convert.
-- AS numbers arrive as JSON numbers, decimal strings or asdot strings (``"1.10"`` = 65546).
+  becomes a warning naming kind, name, field and problem. If this process has seen a valid version of the
+  same resource before (``last_good``), that version stays in force — a typo in the ``default``
+  BGPConfiguration must not turn the mesh back on cluster-wide; otherwise the resource is skipped.
+- A ``node.<name>`` BGPConfiguration is honoured only for listenPort, logSeverityScreen and
+  prefixAdvertisements (with its own communities), as in Calico; its other fields are ignored.
 - Node addresses are in CIDR form (``10.0.0.11/24``): the prefix length is the node's subnet, which
   CrossSubnet routing needs later. A bare IP means a /32.
 - Everything that may end up in the rendered config is parsed into a canonical form (``ipaddress``
@@ -24,55 +28,38 @@ Complicating factors:
 from __future__ import annotations
 
 import ipaddress
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from confgen.bgpconfig import BGPConfiguration, parse_bgp_configuration
+from confgen.bgpfilter import BGPFilter, parse_bgp_filter
+from confgen.bgppeer import BGPPeer, parse_bgp_peer
 from confgen.datastore.base import Snapshot
+from confgen.intent import PrefixAdvertisement
+from confgen.validate import Reader, SecretRef, ValidationError, parse_as_number, show
+
+__all__ = [
+    "BGPConfiguration",
+    "BlockAffinity",
+    "IPPool",
+    "Model",
+    "Node",
+    "ValidationError",
+    "parse_as_number",
+    "parse_bgp_configuration",
+    "parse_block_affinity",
+    "parse_ip_pool",
+    "parse_node",
+    "parse_snapshot",
+]
 
 DEFAULT_AS_NUMBER = 64512
 DEFAULT_LISTEN_PORT = 179
 DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
 BLOCK_SIZE_RANGE = {4: (20, 32), 6: (116, 128)}
 ENCAP_MODES = ("Never", "Always", "CrossSubnet")
-LOG_SEVERITIES = ("Trace", "Debug", "Info", "Warning", "Error", "Fatal")
 AFFINITY_STATES = ("confirmed", "pending", "pendingDeletion")
-MAX_AS_NUMBER = 2**32 - 1
-
-# Calico resource names are DNS-1123 subdomains; "node.<nodename>" BGPConfigurations fit the same rule.
-# (Always fullmatch: "$" would also match before a trailing newline.)
-_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
-_PLAIN_RE = re.compile(r"[A-Za-z0-9._:/-]{1,253}")  # printed bare in messages; anything else via repr()
-_ASPLAIN_RE = re.compile(r"[0-9]{1,10}")
-_ASDOT_RE = re.compile(r"([0-9]{1,5})\.([0-9]{1,5})")
-_MISSING = object()
-
-
-class ValidationError(ValueError):
-    """A resource that cannot be used. The message names kind, name, field and problem."""
-
-    def __init__(self, kind: str, name: str, field: str, problem: str) -> None:
-        self.kind, self.name, self.field, self.problem = kind, name, field, problem
-        shown = name if _PLAIN_RE.fullmatch(name) else _show(name)
-        super().__init__(f"{kind} {shown}: " + " ".join(part for part in (field, problem) if part))
-
-
-def _show(value: Any) -> str:
-    """repr() for messages, cut short: values come from a shared datastore and may be huge or hostile."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-@dataclass(frozen=True)
-class BGPConfiguration:
-    """One BGPConfiguration; ``None`` = not set (defaults are resolved by ``Model``)."""
-
-    name: str
-    as_number: int | None = None
-    node_to_node_mesh_enabled: bool | None = None
-    listen_port: int | None = None
-    log_severity_screen: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,9 +71,14 @@ class Node:
     ipv6_network: str = ""
     as_number: int | None = None  # None = use the cluster's
     route_reflector_cluster_id: str = ""
+    labels: tuple[tuple[str, str], ...] = ()  # metadata.labels, sorted (selectors match on them)
 
     def address(self, family: str) -> str:
         return self.ipv4_address if family == "ipv4" else self.ipv6_address
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
 
 
 @dataclass(frozen=True)
@@ -121,14 +113,23 @@ class Model:
     nodes: Mapping[str, Node]
     ip_pools: Mapping[str, IPPool]
     block_affinities: Mapping[str, BlockAffinity]  # this node's, by CIDR
+    bgp_peers: Mapping[str, BGPPeer] = field(default_factory=dict)
+    bgp_filters: Mapping[str, BGPFilter] = field(default_factory=dict)
+    invalid: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # {kind: names that failed}
 
     def _global(self) -> BGPConfiguration:
         return self.bgp_configurations.get("default") or BGPConfiguration("default")
+
+    def _per_node(self, node: str) -> BGPConfiguration | None:
+        return self.bgp_configurations.get(f"node.{node}")
 
     @property
     def as_number(self) -> int:
         value = self._global().as_number
         return DEFAULT_AS_NUMBER if value is None else value
+
+    def as_number_of(self, node: Node) -> int:
+        return node.as_number if node.as_number is not None else self.as_number
 
     @property
     def mesh_enabled(self) -> bool:
@@ -142,114 +143,56 @@ class Model:
 
     def listen_port_of(self, node: str) -> int:
         """A node's BGP port: its ``node.<name>`` BGPConfiguration may override the cluster's."""
-        per_node = self.bgp_configurations.get(f"node.{node}")
-        if per_node is not None and per_node.listen_port is not None:
-            return per_node.listen_port
-        return self.listen_port
+        return self.configured_listen_port(node) or DEFAULT_LISTEN_PORT
+
+    def configured_listen_port(self, node: str) -> int:
+        """The port a BGPConfiguration sets for ``node`` (its own, else the cluster's); 0 when none does.
+        Calico names a peering ``..._port_<p>`` only for a configured port."""
+        for config in (self._per_node(node), self._global()):
+            if config is not None and config.listen_port is not None:
+                return config.listen_port
+        return 0
+
+    def log_severity_of(self, node: str) -> str:
+        for config in (self._per_node(node), self._global()):
+            if config is not None and config.log_severity_screen is not None:
+                return config.log_severity_screen
+        return "Info"
+
+    def prefix_advertisements_of(self, node: str) -> tuple[PrefixAdvertisement, ...]:
+        """The node's own list replaces the cluster's entirely when it has one (confd's rule)."""
+        for config in (self._per_node(node), self._global()):
+            if config is not None and config.prefix_advertisements is not None:
+                return config.prefix_advertisements
+        return ()
+
+    @property
+    def bind_mode(self) -> str:
+        return self._global().bind_mode or "None"
+
+    @property
+    def node_mesh_password(self) -> SecretRef | None:
+        return self._global().node_mesh_password
+
+    @property
+    def node_mesh_restart_time(self) -> int | None:
+        return self._global().node_mesh_max_restart_time
+
+    @property
+    def service_ranges(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """(cluster IPs, external IPs, load-balancer IPs) CIDRs, from the ``default`` configuration."""
+        config = self._global()
+        return config.service_cluster_ips, config.service_external_ips, config.service_loadbalancer_ips
+
+    def secret_refs(self) -> frozenset[SecretRef]:
+        """Every secret a peering may need: the mesh password and all BGPPeer passwords."""
+        refs = {peer.password for peer in self.bgp_peers.values() if peer.password is not None}
+        if self.node_mesh_password is not None:
+            refs.add(self.node_mesh_password)
+        return frozenset(refs)
 
 
-class _Reader:
-    """Field access into one raw resource, raising ``ValidationError`` with the field's dotted path."""
-
-    def __init__(self, kind: str, name: str, raw: Any) -> None:
-        self.kind, self.name, self.raw = kind, name, raw
-        if not _NAME_RE.fullmatch(name):
-            raise self.error("metadata.name", "is not a valid resource name (DNS-1123 subdomain)")
-        if not isinstance(raw, dict):
-            raise self.error("", "is not a JSON object")
-
-    def error(self, field: str, problem: str) -> ValidationError:
-        return ValidationError(self.kind, self.name, field, problem)
-
-    def get(self, path: str, default: Any = _MISSING) -> Any:
-        node: Any = self.raw
-        walked = []
-        for part in path.split("."):
-            if node is None:
-                return default
-            if not isinstance(node, dict):
-                raise self.error(".".join(walked), f"{_show(node)} is not an object")
-            walked.append(part)
-            node = node.get(part)
-        return default if node is None else node
-
-    def boolean(self, path: str) -> bool | None:
-        value = self.get(path, None)
-        if value is not None and not isinstance(value, bool):
-            raise self.error(path, f"{_show(value)} is not a boolean")
-        return value
-
-    def integer(self, path: str, low: int, high: int) -> int | None:
-        value = self.get(path, None)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(path, f"{_show(value)} is not an integer")
-        if not low <= value <= high:
-            raise self.error(path, f"{value} is out of range {low}-{high}")
-        return value
-
-    def choice(self, path: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.get(path, "")
-        if value == "":
-            return default
-        if value not in choices:
-            raise self.error(path, f"{_show(value)} is not one of {', '.join(choices)}")
-        return value
-
-    def as_number(self, path: str) -> int | None:
-        value = self.get(path, None)
-        if value is None:
-            return None
-        parsed = parse_as_number(value)
-        if parsed is None:
-            raise self.error(path, f"{_show(value)} is not an AS number (1-{MAX_AS_NUMBER} or asdot X.Y)")
-        return parsed
-
-
-def parse_as_number(value: Any) -> int | None:
-    """An AS number from a JSON number, a decimal string or an asdot string; None if it is none of them.
-
-    >>> parse_as_number("1.10"), parse_as_number(64512), parse_as_number("4200000000")
-    (65546, 64512, 4200000000)
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        if _ASPLAIN_RE.fullmatch(value):
-            value = int(value)
-        elif match := _ASDOT_RE.fullmatch(value):
-            high, low = int(match[1]), int(match[2])
-            if high > 0xFFFF or low > 0xFFFF:
-                return None
-            value = (high << 16) | low
-        else:
-            return None
-    if not isinstance(value, int):
-        return None
-    # AS 0 is reserved (RFC 7607) and ExaBGP refuses it: treat it as invalid rather than render it.
-    return value if 1 <= value <= MAX_AS_NUMBER else None
-
-
-def parse_bgp_configuration(name: str, raw: Any) -> BGPConfiguration:
-    r = _Reader("BGPConfiguration", name, raw)
-    severity = r.get("spec.logSeverityScreen", None)
-    if severity is not None:
-        canonical = {level.lower(): level for level in LOG_SEVERITIES}.get(str(severity).lower())
-        if not isinstance(severity, str) or canonical is None:
-            choices = ", ".join(LOG_SEVERITIES)
-            raise r.error("spec.logSeverityScreen", f"{_show(severity)} is not one of {choices}")
-        severity = canonical
-    return BGPConfiguration(
-        name=name,
-        as_number=r.as_number("spec.asNumber"),
-        node_to_node_mesh_enabled=r.boolean("spec.nodeToNodeMeshEnabled"),
-        listen_port=r.integer("spec.listenPort", 1, 65535),
-        log_severity_screen=severity,
-    )
-
-
-def _node_address(r: _Reader, path: str, version: int) -> tuple[str, str]:
+def _node_address(r: Reader, path: str, version: int) -> tuple[str, str]:
     value = r.get(path, "")
     if value == "":
         return "", ""
@@ -258,14 +201,14 @@ def _node_address(r: _Reader, path: str, version: int) -> tuple[str, str]:
             raise ValueError
         interface = ipaddress.ip_interface(value)
     except ValueError:
-        raise r.error(path, f"{_show(value)} is not an IP address or address/prefix") from None
+        raise r.error(path, f"{show(value)} is not an IP address or address/prefix") from None
     if interface.version != version:
-        raise r.error(path, f"{_show(value)} is not an IPv{version} address")
+        raise r.error(path, f"{show(value)} is not an IPv{version} address")
     return str(interface.ip), interface.network.with_prefixlen
 
 
 def parse_node(name: str, raw: Any) -> Node:
-    r = _Reader("Node", name, raw)
+    r = Reader("Node", name, raw)
     ipv4_address, ipv4_network = _node_address(r, "spec.bgp.ipv4Address", 4)
     ipv6_address, ipv6_network = _node_address(r, "spec.bgp.ipv6Address", 6)
     cluster_id = r.get("spec.bgp.routeReflectorClusterID", "")
@@ -276,7 +219,7 @@ def parse_node(name: str, raw: Any) -> Node:
             cluster_id = str(ipaddress.IPv4Address(cluster_id))
         except ValueError:
             raise r.error(
-                "spec.bgp.routeReflectorClusterID", f"{_show(cluster_id)} is not an IPv4-formatted cluster id"
+                "spec.bgp.routeReflectorClusterID", f"{show(cluster_id)} is not an IPv4-formatted cluster id"
             ) from None
     return Node(
         name=name,
@@ -286,22 +229,17 @@ def parse_node(name: str, raw: Any) -> Node:
         ipv6_network=ipv6_network,
         as_number=r.as_number("spec.bgp.asNumber"),
         route_reflector_cluster_id=cluster_id,
+        labels=r.labels(),
     )
 
 
 def parse_ip_pool(name: str, raw: Any) -> IPPool:
-    r = _Reader("IPPool", name, raw)
+    r = Reader("IPPool", name, raw)
     cidr = r.get("spec.cidr", None)
     if cidr is None:
         raise r.error("spec.cidr", "is required")
-    try:
-        if not isinstance(cidr, str):
-            raise ValueError
-        # Not strict: calicoctl stores the network address anyway, and a stray host bit must not
-        # drop a whole pool.
-        network = ipaddress.ip_network(cidr, strict=False)
-    except ValueError:
-        raise r.error("spec.cidr", f"{_show(cidr)} is not an IP network") from None
+    # Not strict: calicoctl stores the network address anyway, and a stray host bit must not drop a pool.
+    network = ipaddress.ip_network(r.cidr("spec.cidr", cidr))
     ipip_mode = r.choice("spec.ipipMode", ENCAP_MODES, "Never")
     vxlan_mode = r.choice("spec.vxlanMode", ENCAP_MODES, "Never")
     if network.version == 6 and ipip_mode != "Never":
@@ -314,6 +252,7 @@ def parse_ip_pool(name: str, raw: Any) -> IPPool:
         block_size = DEFAULT_BLOCK_SIZE[network.version]
     if block_size < network.prefixlen:
         raise r.error("spec.blockSize", f"{block_size} is larger than the pool {network.with_prefixlen}")
+    r.selector("spec.nodeSelector")  # not used by BGP, but a broken selector is still a broken pool
     return IPPool(
         name=name,
         cidr=network.with_prefixlen,
@@ -332,32 +271,60 @@ def parse_block_affinity(cidr: str, raw: Any) -> BlockAffinity:
     state = raw.get("state") or ""
     if state not in ("",) + AFFINITY_STATES:
         choices = ", ".join(AFFINITY_STATES)
-        raise ValidationError("BlockAffinity", cidr, "state", f"{_show(state)} is not one of {choices}")
+        raise ValidationError("BlockAffinity", cidr, "state", f"{show(state)} is not one of {choices}")
     deleted = raw.get("deleted") or False
     if not isinstance(deleted, bool):
-        raise ValidationError("BlockAffinity", cidr, "deleted", f"{_show(deleted)} is not a boolean")
+        raise ValidationError("BlockAffinity", cidr, "deleted", f"{show(deleted)} is not a boolean")
     return BlockAffinity(cidr=cidr, state=state, deleted=deleted)
 
 
-_PARSERS = {
+# Every resource kind confgen reads, in the order warnings are reported. The resource CLI validates with
+# the same table.
+PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "BGPConfiguration": parse_bgp_configuration,
     "Node": parse_node,
     "IPPool": parse_ip_pool,
+    "BGPPeer": parse_bgp_peer,
+    "BGPFilter": parse_bgp_filter,
+}
+_MODEL_FIELDS = {
+    "BGPConfiguration": "bgp_configurations",
+    "Node": "nodes",
+    "IPPool": "ip_pools",
+    "BGPPeer": "bgp_peers",
+    "BGPFilter": "bgp_filters",
 }
 
 
-def parse_snapshot(snapshot: Snapshot) -> tuple[Model, list[str]]:
-    """Validate every resource confgen uses; invalid ones are skipped and reported as warnings."""
+def parse_snapshot(snapshot: Snapshot, last_good: Model | None = None) -> tuple[Model, list[str]]:
+    """Validate every resource confgen uses. An invalid one is reported as a warning and replaced by
+    its version in ``last_good`` (the previous model of this process) if there is one, else skipped."""
     warnings = list(snapshot.errors)
     parsed: dict[str, dict[str, Any]] = {}
-    for kind, parser in _PARSERS.items():
-        parsed[kind] = {}
+    invalid: dict[str, tuple[str, ...]] = {}
+    for kind, parser in PARSERS.items():
+        good: dict[str, Any] = {}
+        bad: list[str] = []
+        previous = getattr(last_good, _MODEL_FIELDS[kind]) if last_good is not None else {}
         raw_by_name = snapshot.resources.get(kind, {})
         for name in sorted(raw_by_name):
             try:
-                parsed[kind][name] = parser(name, raw_by_name[name])
+                good[name] = parser(name, raw_by_name[name])
             except ValidationError as exc:
-                warnings.append(str(exc))
+                bad.append(name)
+                if name in previous:
+                    good[name] = previous[name]
+                    warnings.append(f"{exc}; keeping its last valid version")
+                else:
+                    warnings.append(str(exc))
+        for broken_kind, name in snapshot.broken:
+            if broken_kind == kind:
+                bad.append(name)
+                if name in previous:
+                    good[name] = previous[name]
+                    warnings.append(f"{kind} {name}: keeping its last valid version")
+        parsed[kind] = good
+        invalid[kind] = tuple(sorted(bad))
     affinities = {}
     for cidr in sorted(snapshot.affinities):
         try:
@@ -369,5 +336,8 @@ def parse_snapshot(snapshot: Snapshot) -> tuple[Model, list[str]]:
         nodes=parsed["Node"],
         ip_pools=parsed["IPPool"],
         block_affinities=affinities,
+        bgp_peers=parsed["BGPPeer"],
+        bgp_filters=parsed["BGPFilter"],
+        invalid=invalid,
     )
     return model, warnings

@@ -18,16 +18,26 @@ Complicating factors:
   anything that could change the structure of the file raises ``RenderError`` instead of being escaped.
 - ExaBGP 5 needs ``local-as`` and ``peer-as`` explicitly, treats a bare ``passive;`` as true, and accepts
   a config with no neighbour at all as long as it has some section: the process block is always there.
+- Passwords are rendered base64-encoded (``md5-base64 true``): a TCP-MD5 key may legitimately contain
+  quotes, braces or semicolons, and in base64 no password can reach the tokenizer as syntax.
+- Hitless reloads: a neighbour block is a function of that session and the router id only, so editing
+  one BGPPeer changes one block and ExaBGP (SIGUSR1) resets only that neighbour. Settings that only
+  the speaker or the RIB use (filters, next-hop mode, route reflection) are not rendered at all.
+- TTL security: ``incoming-ttl`` is broken in ExaBGP 5.0.15 (between two ExaBGPs and on the global
+  listener), so GTSM is enforced by ``bgp.gtsm`` with nftables; ``outgoing-ttl 255`` is rendered as a
+  second line of defence for the packets ExaBGP sends itself.
 """
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 
 import jinja2
 
-from confgen.intent import NodeIntent, PeerIntent
+from confgen.intent import NEXT_HOP_AUTO, NEXT_HOP_KEEP, NEXT_HOP_SELF, NodeIntent, PeerIntent
+from confgen.validate import password_problem
 
 TEMPLATE = "exabgp.conf.j2"
 MAX_AS_NUMBER = 2**32 - 1
@@ -35,6 +45,8 @@ MAX_AS_NUMBER = 2**32 - 1
 # Structure characters of ExaBGP's config tokenizer, plus every control character (newline included).
 _UNSAFE = re.compile(r"[\"'{};#\\\[\],\x00-\x1f\x7f]")
 _PROCESS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_SESSION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
+MAX_RESTART_TIME = 4095
 
 
 class RenderError(ValueError):
@@ -49,8 +61,12 @@ def _checked(value: object) -> object:
     return value
 
 
+def _base64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.PackageLoader("confgen", "templates"),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -59,6 +75,8 @@ def _environment() -> jinja2.Environment:
         autoescape=False,  # not HTML: safety comes from _checked refusing, not from escaping
         finalize=_checked,
     )
+    environment.filters["base64"] = _base64
+    return environment
 
 
 def _check_ip(what: str, value: str, version: int | None = None) -> None:
@@ -83,8 +101,18 @@ def _check_peer(peer: PeerIntent) -> None:
         raise RenderError(f"peer {peer.name!r}: port {peer.port} is out of range")
     if peer.hold_time != 0 and not 3 <= peer.hold_time <= 65535:
         raise RenderError(f"peer {peer.name!r}: hold time {peer.hold_time} must be 0 or 3-65535")
-    if len(peer.password) > 80:
-        raise RenderError(f"peer {peer.name!r}: TCP-MD5 passwords are limited to 80 characters")
+    if peer.password and password_problem(peer.password):
+        raise RenderError(f"peer {peer.name!r}: the password {password_problem(peer.password)}")
+    if not _SESSION_NAME.fullmatch(peer.name):
+        raise RenderError(f"peer name {peer.name!r} is not a Calico session name")
+    if peer.source_address not in ("UseNodeIP", "None"):
+        raise RenderError(f"peer {peer.name!r}: unknown source address mode {peer.source_address!r}")
+    if not 0 <= peer.restart_time <= MAX_RESTART_TIME:
+        raise RenderError(f"peer {peer.name!r}: graceful-restart time {peer.restart_time} is out of range")
+    if not 0 <= peer.ttl_security <= 255:
+        raise RenderError(f"peer {peer.name!r}: TTL security hop count {peer.ttl_security} is out of range")
+    if peer.next_hop_mode not in (NEXT_HOP_AUTO, NEXT_HOP_SELF, NEXT_HOP_KEEP):
+        raise RenderError(f"peer {peer.name!r}: unknown next-hop mode {peer.next_hop_mode!r}")
 
 
 def _sort_key(peer: PeerIntent) -> tuple[str, ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
@@ -101,6 +129,9 @@ def render(intent: NodeIntent, *, api_run: str, api_process: str = "calico-bgp-a
         _check_peer(peer)
     if intent.peers:
         _check_ip("router id", intent.router_id, 4)
+    addresses = [p.address for p in intent.peers]
+    if len(set(addresses)) != len(addresses):
+        raise RenderError("two sessions with one address: ExaBGP holds one neighbour per address")
     peers = sorted(intent.peers, key=_sort_key)
     template = _environment().get_template(TEMPLATE)
     return template.render(intent=intent, peers=peers, api_run=api_run.strip(), api_process=api_process)

@@ -43,6 +43,8 @@ class Snapshot:
     resources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # {kind: {name: decoded JSON}}
     affinities: Mapping[str, Any] = field(default_factory=dict)  # this node's blocks: {cidr: decoded JSON}
     errors: tuple[str, ...] = ()  # keys whose value could not be decoded, "key: problem"
+    # (kind, name) of the resources among ``errors``: the model keeps their last valid version in force.
+    broken: tuple[tuple[str, str], ...] = ()
 
     def resource(self, kind: str, name: str) -> Any | None:
         return self.resources.get(kind, {}).get(name)
@@ -100,6 +102,7 @@ def build_snapshot(revision: int, decoded: Mapping[str, Any], node: str) -> Snap
     resources: dict[str, dict[str, Any]] = {kind: {} for kind in keys.PLURALS}
     affinities: dict[str, Any] = {}
     errors: list[str] = []
+    broken: list[tuple[str, str]] = []
     for key in sorted(decoded):
         value = decoded[key]
         parsed = keys.parse_resource_key(key)
@@ -112,9 +115,17 @@ def build_snapshot(revision: int, decoded: Mapping[str, Any], node: str) -> Snap
             target, name = affinities, affinity[1]
         if isinstance(value, Undecodable):
             errors.append(f"{key}: {value.problem}")
+            if parsed is not None:
+                broken.append(parsed)
             continue
         target[name] = value
-    return Snapshot(revision=revision, resources=resources, affinities=affinities, errors=tuple(errors))
+    return Snapshot(
+        revision=revision,
+        resources=resources,
+        affinities=affinities,
+        errors=tuple(errors),
+        broken=tuple(broken),
+    )
 
 
 def decode_all(items: Iterable[tuple[str, bytes]]) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """etcd v3: a small client (the only aetcd user) and the syncer that keeps confgen's view current.
 
 Stage: the real datastore. ``EtcdSyncer.run`` lists Calico's keys, delivers a ``Snapshot``, then applies
-watch events and delivers a new snapshot per batch; ``EtcdClient`` is also what the labs and a later
-calicoctl-like CLI use to write resources.
+watch events and delivers a new snapshot per batch; ``EtcdClient`` is also what the labs and the resource
+CLI (``calico-bgp apply/get/delete``) use to read and write resources.
 
 Owns: the etcd connection(s), the syncer's decoded key/value cache and the
 ``calico_bgp_datastore_*`` metrics.
@@ -120,26 +120,68 @@ class EtcdClient:
 
         Returns (revision, {key: value}).
         """
+        revision, values = await self._ranges([(p, True) for p in prefixes])
+        return revision, {key: value for key, (value, _) in values.items()}
+
+    async def get_with_revisions(
+        self, prefixes: Iterable[str] = (), keys: Iterable[str] = ()
+    ) -> tuple[int, dict[str, tuple[bytes, int]]]:
+        """Keys under ``prefixes`` plus the exact ``keys``, with each key's ``mod_revision``, in one
+        transaction (the resource CLI: ``resourceVersion`` and optimistic updates)."""
+        return await self._ranges([(p, True) for p in prefixes] + [(k, False) for k in keys])
+
+    async def _ranges(self, ranges: list[tuple[str, bool]]) -> tuple[int, dict[str, tuple[bytes, int]]]:
         client = self._c
-        ranges = []
-        for prefix in prefixes:
-            raw = prefix.encode()
-            request = aetcd.rpc.RangeRequest(key=raw, range_end=aetcd.utils.prefix_range_end(raw))
-            ranges.append(aetcd.rpc.RequestOp(request_range=request))
+        ops = []
+        for start, is_prefix in ranges:
+            raw = start.encode()
+            if is_prefix:
+                request = aetcd.rpc.RangeRequest(key=raw, range_end=aetcd.utils.prefix_range_end(raw))
+            else:
+                request = aetcd.rpc.RangeRequest(key=raw)
+            ops.append(aetcd.rpc.RequestOp(request_range=request))
         try:
             # A transaction with no compare always succeeds: all ranges are read at one revision.
             response = await client.kvstub.Txn(
-                aetcd.rpc.TxnRequest(compare=[], success=ranges, failure=[]),
+                aetcd.rpc.TxnRequest(compare=[], success=ops, failure=[]),
                 timeout=self.timeout,
                 metadata=client.metadata,
             )
         except Exception as exc:
             raise _translate(exc) from exc
-        values: dict[str, bytes] = {}
+        values: dict[str, tuple[bytes, int]] = {}
         for op in response.responses:
             for kv in op.response_range.kvs:
-                values[kv.key.decode(errors="replace")] = kv.value
+                values[kv.key.decode(errors="replace")] = (kv.value, kv.mod_revision)
         return response.header.revision, values
+
+    async def put_if_unchanged(self, items: dict[str, bytes], revisions: dict[str, int]) -> bool:
+        """Write every key of ``items`` in one transaction, but only if each still has the
+        ``mod_revision`` in ``revisions`` (0 = must not exist). False when another writer got there first."""
+        client = self._c
+        compare_op = aetcd.rpc.Compare
+        compare = [
+            compare_op(
+                key=key.encode(),
+                result=compare_op.EQUAL,
+                target=compare_op.MOD,
+                mod_revision=revisions.get(key, 0),
+            )
+            for key in items
+        ]
+        puts = [
+            aetcd.rpc.RequestOp(request_put=aetcd.rpc.PutRequest(key=key.encode(), value=value))
+            for key, value in items.items()
+        ]
+        try:
+            response = await client.kvstub.Txn(
+                aetcd.rpc.TxnRequest(compare=compare, success=puts, failure=[]),
+                timeout=self.timeout,
+                metadata=client.metadata,
+            )
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return bool(response.succeeded)
 
     async def put(self, key: str, value: str | bytes) -> int:
         """Write one key; returns the new revision."""

@@ -1,15 +1,20 @@
-"""Golden files: Calico resources (cases/<case>/input.yaml) -> the ExaBGP config confgen renders.
+"""Golden files: Calico resources (cases/<case>/input.yaml) -> the ExaBGP config and the intent confgen
+produces for one node.
 
 Each case goes through the same path as the daemon: the resources are stored under Calico's etcd keys
-in the in-memory datastore, decoded into a snapshot, turned into an intent and rendered. Regenerate
-with ``UPDATE_GOLDEN=1``; every expected file must also pass ``exabgp validate``.
+in the in-memory datastore, decoded into a snapshot, turned into an intent (with secrets read from a
+secrets directory laid out like Kubernetes secret volumes) and rendered. ``expected/exabgp.conf`` is the
+session config; ``expected/intent.json`` is the policy side the speaker and RIB consume (communities,
+service ranges, reflection, next-hop modes, filters; passwords redacted). Regenerate with
+``UPDATE_GOLDEN=1``; every expected config must also pass ``exabgp validate``.
 
 input.yaml: ``node`` (whose view), optional ``router_id``, ``resources`` (v3 resources as calicoctl
-takes them) and ``affinities`` ({node: {cidr: state}}).
+takes them), ``affinities`` ({node: {cidr: state}}) and ``secrets`` ({secret: {key: value}}).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -20,14 +25,17 @@ import yaml
 from confgen.apply import find_executable
 from confgen.calc import intent_for
 from confgen.datastore.memory import MemoryDatastore
+from confgen.intent import intent_document
+from confgen.model import parse_snapshot
 from confgen.render import render
+from confgen.secrets import SecretStore
 
 CASES_DIR = Path(__file__).parent / "cases"
 CASES = sorted(p for p in CASES_DIR.iterdir() if p.is_dir())
 API_RUN = "/usr/bin/env calico-bgp api"
 
 
-def render_case(case: Path) -> str:
+def render_case(case: Path, secrets_dir: Path) -> tuple[str, str]:
     spec = yaml.safe_load((case / "input.yaml").read_text())
     store = MemoryDatastore(spec["node"])
     for resource in spec.get("resources") or []:
@@ -35,20 +43,31 @@ def render_case(case: Path) -> str:
     for node, blocks in (spec.get("affinities") or {}).items():
         for cidr, state in blocks.items():
             store.put_affinity(node, cidr, state)
-    intent = intent_for(store.snapshot(), spec["node"], router_id=spec.get("router_id"))
+    for secret, values in (spec.get("secrets") or {}).items():
+        (secrets_dir / secret).mkdir(parents=True)
+        for key, value in values.items():
+            (secrets_dir / secret / key).write_text(value)
+    snapshot = store.snapshot()
+    model, _ = parse_snapshot(snapshot)
+    secrets, _ = SecretStore(secrets_dir).read_all(model.secret_refs())
+    intent = intent_for(snapshot, spec["node"], router_id=spec.get("router_id"), secrets=secrets)
     assert intent.warnings == (), intent.warnings  # a golden input is meant to be valid
-    return render(intent, api_run=API_RUN)
+    document = json.dumps(intent_document(intent), indent=2, sort_keys=True) + "\n"
+    return render(intent, api_run=API_RUN), document
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_golden(case):
-    expected = case / "expected" / "exabgp.conf"
-    rendered = render_case(case)
+def test_golden(case, tmp_path):
+    config, document = render_case(case, tmp_path / "secrets")
+    expected = case / "expected"
     if os.environ.get("UPDATE_GOLDEN") == "1":
-        expected.parent.mkdir(exist_ok=True)
-        expected.write_text(rendered)
-    assert expected.exists(), f"no golden file for {case.name}: run with UPDATE_GOLDEN=1"
-    assert rendered == expected.read_text()
+        expected.mkdir(exist_ok=True)
+        (expected / "exabgp.conf").write_text(config)
+        (expected / "intent.json").write_text(document)
+    for name in ("exabgp.conf", "intent.json"):
+        assert (expected / name).exists(), f"no golden {name} for {case.name}: run with UPDATE_GOLDEN=1"
+    assert config == (expected / "exabgp.conf").read_text()
+    assert document == (expected / "intent.json").read_text()
 
 
 @pytest.mark.exabgp

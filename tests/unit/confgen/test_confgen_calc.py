@@ -6,7 +6,7 @@ import pytest
 
 from confgen.calc import intent_for, mesh_name
 from confgen.datastore.base import Snapshot
-from confgen.intent import MESH, PeerIntent, PoolIntent
+from confgen.intent import MESH, NodeIntent, PeerIntent, PoolIntent, PrefixAdvertisement
 
 
 def node(name, v4="", v6="", asn=None, rr=None):
@@ -284,3 +284,57 @@ def test_intent_equality_ignores_warnings_only():
 )
 def test_mesh_name(address, name):
     assert mesh_name(address) == name
+
+
+def test_cluster_settings_reach_the_intent():
+    default = {
+        "bindMode": "NodeIP",
+        "logSeverityScreen": "Debug",
+        "serviceClusterIPs": [{"cidr": "10.96.0.0/12"}],
+        "serviceExternalIPs": [{"cidr": "192.0.2.0/24"}, {"cidr": "fd00:e::/64"}],
+        "serviceLoadBalancerIPs": [{"cidr": "198.51.100.0/24"}],
+        "communities": [{"name": "pods", "value": "64512:100"}],
+        "prefixAdvertisements": [{"cidr": "10.65.0.0/16", "communities": ["pods", "64512:1:1"]}],
+    }
+    configs = {"node.node3": {"spec": {"logSeverityScreen": "Error", "prefixAdvertisements": []}}}
+    intent = intent_for(snap(*THREE, default=default, configs=configs), "node1")
+    assert intent.prefix_advertisements == (
+        PrefixAdvertisement("10.65.0.0/16", ("64512:100",), ("64512:1:1",)),
+    )
+    assert intent.service_cluster_ips == ("10.96.0.0/12",)
+    assert intent.service_external_ips == ("192.0.2.0/24", "fd00:e::/64")
+    assert intent.service_loadbalancer_ips == ("198.51.100.0/24",)
+    assert (intent.bind_mode, intent.log_severity, intent.rr_cluster_id) == ("NodeIP", "Debug", "")
+    assert intent.listen_addresses == ("10.0.0.11",)
+    node3 = intent_for(snap(*THREE, default=default, configs=configs), "node3")
+    assert (node3.log_severity, node3.prefix_advertisements) == ("Error", ())
+
+
+@pytest.mark.parametrize(
+    ("bind_mode", "v4", "v6", "expected"),
+    [
+        ("None", "10.0.0.1", "", ("0.0.0.0",)),
+        ("None", "10.0.0.1", "fd00::1", ("0.0.0.0", "fd00::1")),
+        ("None", "", "fd00::1", ("fd00::1",)),
+        ("NodeIP", "10.0.0.1", "fd00::1", ("10.0.0.1", "fd00::1")),
+        ("NodeIP", "", "", ()),
+    ],
+)
+def test_listen_addresses(bind_mode, v4, v6, expected):
+    intent = NodeIntent(
+        node="n", router_id="", local_as=1, ipv4_address=v4, ipv6_address=v6, bind_mode=bind_mode
+    )
+    assert intent.listen_addresses == expected
+
+
+def test_a_missing_node_still_carries_the_cluster_settings():
+    intent = intent_for(snap(default={"logSeverityScreen": "Warning", "bindMode": "NodeIP"}), "ghost")
+    assert (intent.log_severity, intent.bind_mode, intent.peers) == ("Warning", "NodeIP", ())
+
+
+def test_intents_are_hashable_values():
+    intent = intent_for(snap(*THREE, default={"prefixAdvertisements": [{"cidr": "10.0.0.0/8"}]}), "node1")
+    assert hash(intent) == hash(
+        intent_for(snap(*THREE, default={"prefixAdvertisements": [{"cidr": "10.0.0.0/8"}]}), "node1")
+    )
+    assert intent.gtsm_peers == ()

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from confgen.apply import ConfigRejected
 from confgen.datastore.memory import MemoryDatastore
 from confgen.loop import Confgen
+from confgen.secrets import SecretStore
 
 API_RUN = "/usr/bin/env calico-bgp api"
 
@@ -44,7 +45,7 @@ class FakeWriter:
 
 
 class Harness:
-    def __init__(self, fake_time, *, api_run=API_RUN) -> None:
+    def __init__(self, fake_time, *, api_run=API_RUN, secrets=None) -> None:
         self.time = fake_time
         self.store = MemoryDatastore("node1")
         for i in (1, 2, 3):
@@ -65,6 +66,7 @@ class Harness:
             clock=fake_time.clock,
             sleep=fake_time.sleep,
             registry=self.registry,
+            secrets=secrets,
         )
 
     async def _on_intent(self, intent) -> None:
@@ -136,7 +138,9 @@ async def test_a_steady_trickle_cannot_starve_the_config(harness, fake_time):
 async def test_identical_config_neither_reloads_nor_republishes(harness, fake_time):
     await fake_time.advance(0.2)
     harness.store.put_resource(node("node2", "10.0.0.12"))  # same content, new revision
-    harness.store.put_resource({"kind": "BGPPeer", "metadata": {"name": "later"}, "spec": {}})  # not used yet
+    harness.store.put_resource(
+        {"kind": "BGPFilter", "metadata": {"name": "unused"}, "spec": {}}
+    )  # used by nobody
     await fake_time.advance(0.2)
     assert len(harness.writer.calls) == 2
     assert harness.reloads == 1 and len(harness.intents) == 1
@@ -232,3 +236,151 @@ async def test_a_failing_datastore_ends_the_loop(fake_time):
     )
     with pytest.raises(RuntimeError, match="boom"):
         await confgen.run()
+
+
+# ------------------------------------------------------------------ secrets, last valid version, metrics
+
+TOR = {
+    "kind": "BGPPeer",
+    "metadata": {"name": "tor"},
+    "spec": {
+        "peerIP": "10.0.0.254",
+        "asNumber": 65000,
+        "password": {"secretKeyRef": {"name": "bgp", "key": "tor"}},
+    },
+}
+
+
+@pytest.fixture
+async def secret_harness(fake_time, tmp_path):
+    (tmp_path / "bgp").mkdir()
+    h = Harness(fake_time, secrets=SecretStore(tmp_path))
+    h.secret_file = tmp_path / "bgp" / "tor"
+    task = asyncio.create_task(h.confgen.run())
+    await fake_time.settle()
+    try:
+        yield h
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _password(harness):
+    return {p.address: p.password for p in harness.intents[-1].peers}.get("10.0.0.254")
+
+
+async def test_a_rotated_password_is_picked_up_by_the_poll(secret_harness, fake_time):
+    h = secret_harness
+    h.secret_file.write_text("first")
+    h.store.put_resource(TOR)
+    await fake_time.advance(0.2)
+    assert _password(h) == "first" and h.reloads == 1
+    h.secret_file.write_text("second-and-longer")  # size differs: no reliance on mtime granularity
+    await fake_time.advance(1.0)
+    assert _password(h) == "first"  # not polled yet
+    await fake_time.advance(1.2)  # poll at 2 s, then the debounce
+    assert _password(h) == "second-and-longer" and h.reloads == 2
+    await fake_time.advance(10)
+    assert h.reloads == 2  # an unchanged file triggers nothing
+
+
+async def test_a_secret_that_appears_later_brings_its_session_up(secret_harness, fake_time):
+    h = secret_harness
+    h.store.put_resource(TOR)
+    await fake_time.advance(0.2)
+    assert _password(h) is None
+    assert h.intents[-1].warnings == (
+        f"BGPPeer tor: password secret bgp/tor: {h.secret_file} does not exist; its sessions are skipped",
+    )
+    h.secret_file.write_text("s3cret")
+    await fake_time.advance(2.2)
+    assert _password(h) == "s3cret" and h.intents[-1].warnings == ()
+
+
+async def test_trigger_recomputes_from_the_last_snapshot(harness, fake_time):
+    await fake_time.advance(0.2)
+    harness.confgen.trigger()
+    await fake_time.advance(0.2)
+    assert len(harness.writer.calls) == 2 and harness.reloads == 1  # same result: nothing downstream moved
+
+
+async def test_trigger_before_any_snapshot_is_a_no_op(fake_time):
+    h = Harness(fake_time)
+    h.confgen.trigger()  # not running yet, nothing to recompute
+    await fake_time.advance(1)
+    assert h.writer.calls == []
+
+
+async def test_an_invalid_edit_keeps_the_last_valid_version_in_force(harness, fake_time):
+    harness.store.put_resource(
+        {
+            "kind": "BGPConfiguration",
+            "metadata": {"name": "default"},
+            "spec": {"nodeToNodeMeshEnabled": False},
+        }
+    )
+    await fake_time.advance(0.2)
+    good = harness.writer.text
+    assert "neighbor" not in good.split("encoder json;", 1)[1]
+    harness.store.put_resource(
+        {
+            "kind": "BGPConfiguration",
+            "metadata": {"name": "default"},
+            "spec": {"nodeToNodeMeshEnabled": "off"},
+        }
+    )
+    await fake_time.advance(0.2)
+    assert harness.writer.text == good and harness.reloads == 1  # the mesh did not come back
+    assert harness.intents[-1].warnings == (
+        "BGPConfiguration default: spec.nodeToNodeMeshEnabled 'off' is not a boolean; "
+        "keeping its last valid version",
+    )
+    assert (
+        harness.registry.get_sample_value("calico_bgp_invalid_resources", {"kind": "BGPConfiguration"}) == 1
+    )
+    assert harness.registry.get_sample_value("calico_bgp_invalid_resources", {"kind": "BGPPeer"}) == 0
+    harness.store.put_resource(
+        {
+            "kind": "BGPConfiguration",
+            "metadata": {"name": "default"},
+            "spec": {"nodeToNodeMeshEnabled": False},
+        }
+    )
+    await fake_time.advance(0.2)
+    assert (
+        harness.registry.get_sample_value("calico_bgp_invalid_resources", {"kind": "BGPConfiguration"}) == 0
+    )
+
+
+async def test_editing_one_bgppeer_rewrites_only_its_neighbour_block(harness, fake_time):
+    for name, ip in (("tor-a", "10.0.0.251"), ("tor-b", "10.0.0.252"), ("tor-c", "10.0.0.253")):
+        harness.store.put_resource(
+            {"kind": "BGPPeer", "metadata": {"name": name}, "spec": {"peerIP": ip, "asNumber": 65000}}
+        )
+    await fake_time.advance(0.2)
+    before = harness.writer.text
+    harness.store.put_resource(
+        {
+            "kind": "BGPPeer",
+            "metadata": {"name": "tor-b"},
+            "spec": {"peerIP": "10.0.0.252", "asNumber": 65000, "keepaliveTime": "10s"},
+        }
+    )
+    await fake_time.advance(0.2)
+    changed = [
+        (old, new)
+        for old, new in zip(before.splitlines(), harness.writer.text.splitlines(), strict=True)
+        if old != new
+    ]
+    assert changed == [("    hold-time 90;", "    hold-time 30;")]
+    assert harness.writer.text.index("hold-time 30") > harness.writer.text.index("neighbor 10.0.0.252 {")
+
+
+async def test_a_new_warning_reaches_downstream_even_when_the_sessions_did_not_change(harness, fake_time):
+    await fake_time.advance(0.2)
+    harness.store.put_resource({"kind": "IPPool", "metadata": {"name": "bad"}, "spec": {"cidr": "nope"}})
+    await fake_time.advance(0.2)
+    assert len(harness.intents) == 2 and harness.intents[0] == harness.intents[1]
+    assert harness.intents[1].warnings == ("IPPool bad: spec.cidr 'nope' is not an IP network",)
+    assert harness.reloads == 1 and harness.confgen.intent.warnings == harness.intents[1].warnings

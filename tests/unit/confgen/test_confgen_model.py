@@ -18,6 +18,7 @@ from confgen.model import (
     parse_node,
     parse_snapshot,
 )
+from confgen.validate import SecretRef
 
 
 def spec(**fields):
@@ -270,26 +271,25 @@ def test_invalid_resources(parser, name, raw, message):
 
 @pytest.mark.parametrize("hostile", HOSTILE, ids=[f"hostile-{i}" for i in range(len(HOSTILE))])
 @pytest.mark.parametrize(
-    ("parser", "build"),
+    ("parser", "name", "build"),
     [
-        (parse_node, lambda v: spec(bgp={"ipv4Address": v})),
-        (parse_node, lambda v: spec(bgp={"ipv6Address": v})),
-        (parse_node, lambda v: spec(bgp={"asNumber": v})),
-        (parse_node, lambda v: spec(bgp={"routeReflectorClusterID": v})),
-        (parse_ip_pool, lambda v: spec(cidr=v)),
-        (parse_ip_pool, lambda v: spec(cidr="10.0.0.0/8", ipipMode=v)),
-        (parse_bgp_configuration, lambda v: spec(asNumber=v)),
-        (parse_bgp_configuration, lambda v: spec(logSeverityScreen=v)),
+        (parse_node, "victim", lambda v: spec(bgp={"ipv4Address": v})),
+        (parse_node, "victim", lambda v: spec(bgp={"ipv6Address": v})),
+        (parse_node, "victim", lambda v: spec(bgp={"asNumber": v})),
+        (parse_node, "victim", lambda v: spec(bgp={"routeReflectorClusterID": v})),
+        (parse_ip_pool, "victim", lambda v: spec(cidr=v)),
+        (parse_ip_pool, "victim", lambda v: spec(cidr="10.0.0.0/8", ipipMode=v)),
+        (parse_bgp_configuration, "default", lambda v: spec(asNumber=v)),
+        (parse_bgp_configuration, "default", lambda v: spec(logSeverityScreen=v)),
     ],
     ids=["ipv4Address", "ipv6Address", "node-as", "rr-id", "cidr", "ipipMode", "global-as", "severity"],
 )
-def test_hostile_strings_are_rejected_with_a_printable_message(parser, build, hostile):
+def test_hostile_strings_are_rejected_with_a_printable_message(parser, name, build, hostile):
     with pytest.raises(ValidationError) as info:
-        parser("victim", build(hostile))
+        parser(name, build(hostile))
     message = str(info.value)
-    assert message.startswith(
-        ("Node victim: spec.", "IPPool victim: spec.", "BGPConfiguration victim: spec.")
-    )
+    prefixes = ("Node victim: spec.", "IPPool victim: spec.", "BGPConfiguration default: spec.")
+    assert message.startswith(prefixes)
     assert "\n" not in message and "\x00" not in message  # shown with repr(), safe for logs
 
 
@@ -360,8 +360,16 @@ def test_parse_snapshot_skips_invalid_resources_and_reports_them():
         "BGPConfiguration default: spec.asNumber 'bogus' is not an AS number (1-4294967295 or asdot X.Y)",
         "Node n2: spec.bgp.ipv4Address 'nope' is not an IP address or address/prefix",
         "IPPool bad: spec.cidr '10.0.0.300/24' is not an IP network",
+        "BGPPeer later: spec.peerIP 'not parsed yet' is not an IP address (or ip:port, [ipv6]:port)",
         "BlockAffinity 10.65.2.0/26: state 'weird' is not one of confirmed, pending, pendingDeletion",
     ]
+    assert model.invalid == {
+        "BGPConfiguration": ("default",),
+        "Node": ("n2",),
+        "IPPool": ("bad",),
+        "BGPPeer": ("later",),
+        "BGPFilter": (),
+    }
 
 
 def test_global_defaults_and_overrides():
@@ -378,3 +386,109 @@ def test_global_defaults_and_overrides():
     model, warnings = parse_snapshot(snapshot)
     assert (model.as_number, model.mesh_enabled, model.listen_port) == (65000, False, 1790)
     assert warnings == []
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        ({"rack": "r1", "kubernetes.io/hostname": "node-1", "empty": ""},
+         (("empty", ""), ("kubernetes.io/hostname", "node-1"), ("rack", "r1"))),
+        ({}, ()),
+    ],
+)  # fmt: skip
+def test_node_labels(labels, expected):
+    raw = {"metadata": {"name": "n1", "labels": labels}, "spec": {}}
+    node = parse_node("n1", raw)
+    assert node.labels == expected
+    assert node.label_map == dict(expected)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ({"bad key": "x"}, "Node n1: metadata.labels key 'bad key' is not a valid label key"),
+        ({"rack": "r 1"}, "Node n1: metadata.labels.rack 'r 1' is not a valid label value"),
+        ({"rack": 1}, "Node n1: metadata.labels.rack 1 is not a valid label value"),
+        ({"-x/y": "1"}, "Node n1: metadata.labels key '-x/y' is not a valid label key"),
+        ("rack=r1", "Node n1: metadata.labels 'rack=r1' is not an object"),
+    ],
+)
+def test_invalid_labels(labels, message):
+    with pytest.raises(ValidationError) as info:
+        parse_node("n1", {"metadata": {"labels": labels}, "spec": {}})
+    assert str(info.value) == message
+
+
+def _snapshot(default_spec, peer_spec=None, broken=()):
+    resources = {"BGPConfiguration": {"default": {"spec": default_spec}}, "BGPPeer": {}}
+    if peer_spec is not None:
+        resources["BGPPeer"]["tor"] = {"spec": peer_spec}
+    return Snapshot(revision=1, resources=resources, broken=broken)
+
+
+def test_an_invalid_resource_keeps_its_last_valid_version():
+    good, warnings = parse_snapshot(
+        _snapshot({"nodeToNodeMeshEnabled": False, "asNumber": 65000}, {"peerIP": "10.0.0.1", "asNumber": 1})
+    )
+    assert warnings == [] and not good.mesh_enabled and "tor" in good.bgp_peers
+
+    # A typo in the default configuration must not turn the mesh back on across the cluster.
+    edited = _snapshot(
+        {"nodeToNodeMeshEnabled": "no", "asNumber": 65000}, {"peerIP": "10.0.0.300", "asNumber": 1}
+    )
+    model, warnings = parse_snapshot(edited, last_good=good)
+    assert not model.mesh_enabled and model.as_number == 65000
+    assert model.bgp_peers["tor"] == good.bgp_peers["tor"]
+    assert warnings == [
+        "BGPConfiguration default: spec.nodeToNodeMeshEnabled 'no' is not a boolean; "
+        "keeping its last valid version",
+        "BGPPeer tor: spec.peerIP '10.0.0.300' is not an IP address (or ip:port, [ipv6]:port); "
+        "keeping its last valid version",
+    ]
+    assert model.invalid["BGPConfiguration"] == ("default",) and model.invalid["BGPPeer"] == ("tor",)
+
+    # Without a previous version (a fresh start) the invalid resource is skipped.
+    fresh, _ = parse_snapshot(edited)
+    assert fresh.mesh_enabled and "tor" not in fresh.bgp_peers
+
+    # Deleting the resource really deletes it: there is nothing to keep.
+    deleted, warnings = parse_snapshot(_snapshot({"nodeToNodeMeshEnabled": False}), last_good=model)
+    assert "tor" not in deleted.bgp_peers and warnings == []
+
+
+def test_an_undecodable_resource_keeps_its_last_valid_version():
+    good, _ = parse_snapshot(_snapshot({}, {"peerIP": "10.0.0.1", "asNumber": 1}))
+    broken = Snapshot(
+        revision=2,
+        resources={"BGPPeer": {}},
+        errors=(
+            "/calico/resources/v3/projectcalico.org/bgppeers/tor: value is not valid JSON (JSONDecodeError)",
+        ),
+        broken=(("BGPPeer", "tor"),),
+    )
+    model, warnings = parse_snapshot(broken, last_good=good)
+    assert model.bgp_peers["tor"] == good.bgp_peers["tor"]
+    assert warnings[-1] == "BGPPeer tor: keeping its last valid version"
+    assert model.invalid["BGPPeer"] == ("tor",)
+
+
+def test_secret_refs_collects_mesh_and_peer_passwords():
+    snapshot = Snapshot(
+        revision=1,
+        resources={
+            "BGPConfiguration": {
+                "default": {"spec": {"nodeMeshPassword": {"secretKeyRef": {"name": "m", "key": "k"}}}}
+            },
+            "BGPPeer": {
+                "a": {
+                    "spec": {"peerSelector": "all()", "password": {"secretKeyRef": {"name": "s", "key": "a"}}}
+                },
+                "b": {
+                    "spec": {"peerSelector": "all()", "password": {"secretKeyRef": {"name": "s", "key": "a"}}}
+                },
+                "c": {"spec": {"peerSelector": "all()"}},
+            },
+        },
+    )
+    model, _ = parse_snapshot(snapshot)
+    assert model.secret_refs() == {SecretRef("m", "k"), SecretRef("s", "a")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import subprocess
 
@@ -45,6 +46,7 @@ def test_neighbour_block_has_every_setting():
         "    }\n"
         "    capability {\n"
         "        route-refresh;\n"
+        "        graceful-restart 120;\n"
         "    }\n"
         "    api {\n"
         "        processes [ calico-bgp-api ];\n"
@@ -63,13 +65,34 @@ def test_neighbour_block_has_every_setting():
 @pytest.mark.parametrize(
     ("changes", "present", "absent"),
     [
-        ({}, ["passive false;"], ["connect", "md5-password"]),
+        ({}, ["passive false;", "local-address 10.0.0.11;"], ["connect", "md5", "ttl"]),
         ({"port": 1790}, ["connect 1790;"], []),
         ({"peer_as": 65001, "local_as": 65000}, ["local-as 65000;", "peer-as 65001;"], []),
         ({"hold_time": 30}, ["hold-time 30;"], []),
-        ({"password": "s3cret"}, ['md5-password "s3cret";'], []),
+        ({"password": "s3cret"}, ['md5-password "czNjcmV0";', "md5-base64 true;"], []),
+        ({"restart_time": 300}, ["    graceful-restart 300;"], []),
+        ({"restart_time": 0}, [], ["graceful-restart"]),
+        ({"ttl_security": 1}, ["outgoing-ttl 255;"], ["incoming-ttl"]),
+        ({"source_address": "None"}, ["local-address auto;"], ["local-address 10.0.0.11"]),
+        # policy settings belong to the speaker/RIB: never in the config, so they never reset a session
+        (
+            {"filters": ("f",), "next_hop_mode": "Self", "rr_client": True, "rr_cluster_id": "224.0.0.1"},
+            [],
+            ["filter", "next-hop", "cluster", "reflector"],
+        ),
     ],
-    ids=["defaults", "port", "ebgp", "hold-time", "password"],
+    ids=[
+        "defaults",
+        "port",
+        "ebgp",
+        "hold-time",
+        "password",
+        "restart-time",
+        "no-graceful-restart",
+        "ttl-security",
+        "source-address-none",
+        "policy-not-rendered",
+    ],
 )
 def test_optional_settings(changes, present, absent):
     block = neighbor_block(render(intent(peer("10.0.0.12", **changes)), api_run=API_RUN), "10.0.0.12")
@@ -90,13 +113,12 @@ def test_output_is_sorted_and_deterministic():
     peers = [
         peer("fd00::2", local="fd00::1", family="ipv6"),
         peer("10.0.0.100"),
-        peer("10.0.0.9"),
-        peer("10.0.0.9", port=1790, name="Mesh_10_0_0_9_port_1790"),
+        peer("10.0.0.9", port=1790, name="Node_10_0_0_9_port_1790"),
     ]
     text = render(intent(*peers), api_run=API_RUN)
     assert render(intent(*reversed(peers)), api_run=API_RUN) == text
     order = [line.split()[1] for line in text.splitlines() if line.startswith("neighbor ")]
-    assert order == ["10.0.0.9", "10.0.0.9", "10.0.0.100", "fd00::2"]  # numeric within a family
+    assert order == ["10.0.0.9", "10.0.0.100", "fd00::2"]  # numeric within a family
     assert text.index("connect 1790") > text.index("neighbor 10.0.0.9 {")
 
 
@@ -115,11 +137,10 @@ HOSTILE = ['x"', "x'", "x{", "x}", "x;", "x#", "x\\", "x[", "x]", "x,", "x\ny", 
     [
         lambda bad: render(intent(), api_run="/bin/true " + bad),
         lambda bad: render(intent(peer("10.0.0.12", name=bad)), api_run=API_RUN),
-        lambda bad: render(intent(peer("10.0.0.12", password=bad)), api_run=API_RUN),
         lambda bad: render(intent(node=bad), api_run=API_RUN),
         lambda bad: render(intent(peer("10.0.0.12")), api_run=API_RUN, api_process=bad),
     ],
-    ids=["api-run", "description", "password", "node-name-comment", "process-name"],
+    ids=["api-run", "description", "node-name-comment", "process-name"],
 )
 def test_unsafe_strings_are_refused_not_escaped(build, bad):
     with pytest.raises(RenderError):
@@ -139,6 +160,12 @@ def test_unsafe_strings_are_refused_not_escaped(build, bad):
         peer("10.0.0.12", port=0),
         peer("10.0.0.12", hold_time=2),
         peer("10.0.0.12", password="p" * 81),
+        peer("10.0.0.12", password="line\nbreak"),
+        peer("10.0.0.12", name="Mesh 10"),
+        peer("10.0.0.12", source_address="Auto"),
+        peer("10.0.0.12", restart_time=4096),
+        peer("10.0.0.12", ttl_security=256),
+        peer("10.0.0.12", next_hop_mode="Maybe"),
     ],
     ids=[
         "bad-ip",
@@ -151,6 +178,12 @@ def test_unsafe_strings_are_refused_not_escaped(build, bad):
         "port",
         "hold",
         "md5-len",
+        "md5-newline",
+        "name",
+        "source-address",
+        "restart-time",
+        "ttl",
+        "next-hop-mode",
     ],
 )
 def test_invalid_peers_are_refused(bad):
@@ -178,6 +211,103 @@ def test_router_id_must_be_ipv4_when_there_are_peers():
     ids=["empty", "mesh", "dual-stack-port", "ebgp-4byte-md5"],
 )
 def test_exabgp_accepts_what_we_render(tmp_path, peers):
+    conf = tmp_path / "exabgp.conf"
+    conf.write_text(render(intent(*peers), api_run=API_RUN))
+    result = subprocess.run(
+        [find_executable("exabgp"), "validate", "-n", str(conf)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for p in peers:
+        assert f"neighbor  {p.address}" in result.stdout + result.stderr
+
+
+def test_two_sessions_with_one_address_are_refused():
+    with pytest.raises(RenderError, match="one neighbour per address"):
+        render(
+            intent(peer("10.0.0.12"), peer("10.0.0.12", port=1790, name="Node_10_0_0_12_port_1790")),
+            api_run=API_RUN,
+        )
+
+
+# TCP-MD5 keys may hold any printable character; in base64 none of them is config syntax.
+PRINTABLE_HOSTILE_PASSWORDS = [
+    '"',
+    "'",
+    "{",
+    "}",
+    ";",
+    "#",
+    "\\",
+    "[",
+    "]",
+    ",",
+    '"; } neighbor 6.6.6.6 {',
+    "x" * 80,
+]
+
+
+@pytest.mark.parametrize("password", PRINTABLE_HOSTILE_PASSWORDS)
+def test_passwords_with_syntax_characters_are_rendered_inert(password):
+    reference = render(intent(peer("10.0.0.12", password="plain")), api_run=API_RUN)
+    text = render(intent(peer("10.0.0.12", password=password)), api_run=API_RUN)
+    (line,) = [line for line in text.splitlines() if "md5-password" in line]
+    encoded = line.split('"')[1]
+    assert base64.b64decode(encoded).decode() == password
+    # Nothing but the encoded value differs from a harmless password's config.
+    assert text.replace(encoded, "X") == reference.replace(base64.b64encode(b"plain").decode(), "X")
+
+
+def _blocks(text):
+    """{address: neighbour block} of a rendered config."""
+    parts = text.split("\nneighbor ")[1:]
+    return {part.split(" ", 1)[0]: part for part in parts}
+
+
+CHANGES = [
+    {"peer_as": 65001},
+    {"local_as": 65002},
+    {"passive": True},
+    {"port": 1790},
+    {"hold_time": 30},
+    {"password": "s3cret"},
+    {"restart_time": 300},
+    {"ttl_security": 1},
+    {"source_address": "None"},
+    {"keepalive_time": 10, "hold_time": 30},
+    {"filters": ("f",), "next_hop_mode": "Keep", "num_allow_local_as": 1},
+]
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=[",".join(c) for c in CHANGES])
+def test_changing_one_session_changes_only_its_block(change):
+    peers = [peer(f"10.0.0.{i}") for i in range(10, 16)] + [peer("fd00::12", local="fd00::11", family="ipv6")]
+    before = _blocks(render(intent(*peers), api_run=API_RUN))
+    for index, victim in enumerate(peers):
+        edited = list(peers)
+        edited[index] = dataclasses.replace(victim, **change)
+        after = _blocks(render(intent(*edited), api_run=API_RUN))
+        assert after.keys() == before.keys()
+        assert {a for a in before if before[a] != after[a]} <= {victim.address}
+
+
+def test_adding_or_removing_a_session_leaves_the_others_alone():
+    peers = [peer(f"10.0.0.{i}") for i in range(10, 16)]
+    full = _blocks(render(intent(*peers), api_run=API_RUN))
+    for index in range(len(peers)):
+        fewer = _blocks(render(intent(*(peers[:index] + peers[index + 1 :])), api_run=API_RUN))
+        assert all(full[address] == block for address, block in fewer.items())
+
+
+@pytest.mark.exabgp
+def test_exabgp_accepts_every_session_feature(tmp_path):
+    peers = (
+        peer(
+            "10.0.0.12", password='q"uo{te};#[]\\', restart_time=300, ttl_security=1, port=1790, passive=True
+        ),
+        peer("10.0.0.13", source_address="None", restart_time=0, hold_time=3, keepalive_time=1),
+        peer("fd00::12", local="fd00::11", family="ipv6", password="x" * 80, ttl_security=2),
+        peer("10.0.0.14", peer_as=4200000000, local_as=65546),
+    )
     conf = tmp_path / "exabgp.conf"
     conf.write_text(render(intent(*peers), api_run=API_RUN))
     result = subprocess.run(
