@@ -1,0 +1,150 @@
+"""The ExaBGP side of the daemon without ExaBGP: the bridge process, the channel, and the supervisor,
+each against a stand-in (a pipe pair, a shell script) so they run anywhere in well under a second."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from bgp.exabgp import supervisor as sup
+from bgp.exabgp.channel import ApiChannel
+
+
+async def _start_bridge(sock: Path):
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bgp.exabgp.bridge",
+        str(sock),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_bridge_relays_both_ways_and_reconnects(tmp_path):
+    lines: list[str] = []
+    connects = 0
+
+    def on_connect():
+        nonlocal connects
+        connects += 1
+
+    channel = ApiChannel(tmp_path / "api.sock", on_line=lines.append, on_connect=on_connect)
+    await channel.start()
+    assert stat.S_IMODE(os.stat(tmp_path / "api.sock").st_mode) == 0o600
+    # Commands sent before any bridge connects are kept and delivered on connect.
+    await channel.send(["neighbor 10.0.0.12 announce eor ipv4 unicast"])
+    bridge = await _start_bridge(tmp_path / "api.sock")
+    assert (
+        await asyncio.wait_for(bridge.stdout.readline(), 5)
+        == b"neighbor 10.0.0.12 announce eor ipv4 unicast\n"
+    )
+    bridge.stdin.write(b'{"type": "state"}\n')
+    await bridge.stdin.drain()
+    for _ in range(100):
+        if lines:
+            break
+        await asyncio.sleep(0.02)
+    assert lines == ['{"type": "state"}\n'] and connects == 1
+    # ExaBGP respawns its API process: the new bridge replaces the old connection.
+    second = await _start_bridge(tmp_path / "api.sock")
+    await asyncio.wait_for(channel.connected.wait(), 5)
+    for _ in range(100):
+        if connects == 2:
+            break
+        await asyncio.sleep(0.02)
+    await channel.send(["show adj-rib out json"])
+    assert await asyncio.wait_for(second.stdout.readline(), 5) == b"show adj-rib out json\n"
+    for proc in (bridge, second):
+        proc.stdin.close()
+        await asyncio.wait_for(proc.wait(), 5)
+    await channel.close()
+
+
+async def test_bridge_gives_up_without_a_daemon(tmp_path, monkeypatch):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import sys; import bgp.exabgp.bridge as b; b.RECONNECT_FOR = 0.3; sys.exit(b.main(sys.argv[1:]))",
+        str(tmp_path / "nobody.sock"),
+        stdin=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert await asyncio.wait_for(proc.wait(), 10) == 1
+    assert b"cannot reach the daemon" in await proc.stderr.read()
+
+
+def test_backlog_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr("bgp.exabgp.channel.BACKLOG_LINES", 3)
+    channel = ApiChannel(tmp_path / "x.sock", on_line=lambda line: None)
+    asyncio.run(channel.send(["a", "b"]))
+    asyncio.run(channel.send(["c", "d"]))
+    assert channel.dropped == 1
+
+
+FAKE_EXABGP = """#!/bin/sh
+# Stands in for exabgp: records its arguments, environment and signals, then waits or exits.
+echo "start $* $exabgp_tcp_bind" >> {log}
+trap 'echo usr1 >> {log}' USR1
+trap 'echo term >> {log}; exit 0' TERM
+if [ -e {crash} ]; then rm {crash}; exit 3; fi
+while true; do sleep 0.05; done
+"""
+
+
+@pytest.fixture
+def fake_exabgp(tmp_path, monkeypatch):
+    log, crash = tmp_path / "calls.log", tmp_path / "crash-once"
+    script = tmp_path / "exabgp"
+    script.write_text(FAKE_EXABGP.format(log=log, crash=crash))
+    script.chmod(0o755)
+    monkeypatch.setattr(sup, "exabgp_executable", lambda: str(script))
+    return log, crash
+
+
+async def _until(predicate, timeout=5.0):
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+async def test_supervisor_reload_restart_and_stop(tmp_path, fake_exabgp):
+    log, crash = fake_exabgp
+    crash.touch()
+    starts = []
+    s = sup.ExaBGPSupervisor(
+        tmp_path / "exabgp.conf",
+        tmp_path / "exabgp.log",
+        environment={"exabgp_tcp_bind": "10.0.0.11"},
+        on_start=lambda: starts.append(1),
+        backoff_initial=0.05,
+    )
+    task = asyncio.create_task(s.run())
+    # First start crashes (exit 3); the supervisor starts it again after the backoff.
+    await _until(lambda: len(starts) == 2 and s.pid is not None)
+    await _until(lambda: log.exists() and log.read_text().count("start server") == 2)
+    await asyncio.sleep(0.2)  # let the shell install its traps
+    s.reload()
+    await _until(lambda: "usr1" in log.read_text())
+    # A new listen address needs a restart, not a reload.
+    assert s.set_environment({"exabgp_tcp_bind": "10.0.0.99"})
+    assert not s.set_environment({"exabgp_tcp_bind": "10.0.0.99"})
+    await _until(lambda: "10.0.0.99" in log.read_text())
+    await s.stop(timeout=5)
+    await asyncio.wait_for(task, 5)
+    assert log.read_text().count("term") >= 2 and s.pid is None
+
+
+def test_environment_is_explicit():
+    env = sup.exabgp_environment(["10.0.0.11", "fd00::11"], 179)
+    assert env["exabgp.tcp.bind"] == "10.0.0.11 fd00::11"
+    assert env["exabgp.daemon.user"] == "root" and env["exabgp.api.ack"] == "false"
+    assert signal.SIGUSR1  # reload is SIGUSR1; SIGHUP would stop ExaBGP
