@@ -150,8 +150,7 @@ class NodeDaemon:
     def _ready_to_sweep(self) -> bool:
         if time.monotonic() - self._started >= self.config.sweep_hold:
             return True
-        peers = self.speaker.peer_statuses()
-        return bool(self._intent) and all(p.established for p in peers)
+        return self.speaker.initial_sync_done()
 
     async def run(self) -> None:
         config = self.config

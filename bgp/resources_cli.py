@@ -31,7 +31,7 @@ from typing import Any
 import click
 import yaml
 
-from confgen.calc import intent_for
+from confgen.calc import intent_for, router_id_setting
 from confgen.datastore import keys
 from confgen.datastore.base import DatastoreError, build_snapshot, decode_all, watched_prefixes
 from confgen.datastore.etcd import EtcdClient
@@ -270,7 +270,8 @@ def render_command(
         model, _ = parse_snapshot(snapshot)
         secrets, _ = SecretStore(secrets_dir).read_all(model.secret_refs())
     try:
-        intent = intent_for(snapshot, node_name, router_id=router_id or None, secrets=secrets)
+        rid = router_id_setting(router_id, node_name)
+        intent = intent_for(snapshot, node_name, router_id=rid, secrets=secrets)
         text = render(intent, api_run=api_run_line(run_dir / "api.sock"))
     except (RenderError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -92,6 +92,7 @@ class Speaker:
         self._stale_until: dict[str, float] = {}
         self._resend: set[str] = set()
         self._eor_due: set[str] = set()
+        self._synced: set[str] = set()  # peers whose End-of-RIB we have seen since we started
         self._changed: set[str] = set()
         self._full = True
         self._wake = asyncio.Event()
@@ -110,6 +111,7 @@ class Speaker:
         for address in list(self._status):
             if address not in wanted:
                 del self._status[address]
+                self._synced.discard(address)
                 self._sent.pop(address, None)
                 self._offers.pop(address, None)
                 self._stale_until.pop(address, None)
@@ -185,6 +187,7 @@ class Speaker:
                 if self._rib.remove(peer, prefix):
                     self._changed.add(prefix)
         elif isinstance(event, ev.EndOfRib):
+            self._synced.add(peer)
             swept = self._rib.sweep_stale(peer, ipv6=event.family.startswith("ipv6"))
             self._changed |= swept
             if not self._rib.stale_count(peer):
@@ -408,6 +411,11 @@ class Speaker:
                 self._wake.set()
 
     # ------------------------------------------------------------------ views
+
+    def initial_sync_done(self) -> bool:
+        """Every configured peer has sent its table (End-of-RIB) since we started: routes adopted from a
+        previous run that nobody re-announced can now be swept."""
+        return self._intent is not None and self._synced >= self._status.keys()
 
     def peer_statuses(self) -> list[PeerStatus]:
         return sorted(self._status.values(), key=lambda s: (s.family, s.address))

@@ -333,3 +333,12 @@ async def test_routes_report(gr_rig):
     learned_row = rows["192.168.2.0/26"]
     assert learned_row["best"]["learned_from"] == "10.0.0.12"
     assert learned_row["kernel"] == {"installed": True, "why": ""}
+
+
+async def test_initial_sync_needs_every_peers_end_of_rib(gr_rig):
+    speaker, _, _, _ = gr_rig
+    assert not speaker.initial_sync_done()
+    speaker.handle_line(eor("10.0.0.12"))
+    assert not speaker.initial_sync_done()
+    speaker.handle_line(eor("10.0.0.13"))
+    assert speaker.initial_sync_done()
