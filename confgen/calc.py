@@ -20,16 +20,35 @@ Complicating factors:
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Mapping
 
+from confgen.bgpfilter import BGPFilter
 from confgen.datastore.base import Snapshot
-from confgen.intent import NodeIntent, PoolIntent
+from confgen.intent import NodeIntent, PeerIntent, PoolIntent
 from confgen.model import Model, parse_snapshot
 from confgen.peering import FAMILIES, Peering, session_name
 from confgen.validate import SecretError, SecretRef
 
-__all__ = ["FAMILIES", "intent_for", "intent_from_model", "mesh_name"]
+__all__ = ["FAMILIES", "intent_for", "intent_from_model", "mesh_name", "router_id_setting"]
+
+
+def router_id_setting(value: str | None, node_name: str) -> str | None:
+    """What ``CALICO_ROUTER_ID`` means: unset -> None (the node's IPv4 address), ``hash`` -> Calico's
+    hash of the node name, anything else -> that IPv4 literal (ValueError if it is not one).
+
+    >>> router_id_setting("hash", "node-1"), router_id_setting("192.0.2.1", "x"), router_id_setting("", "x")
+    ('53.151.27.230', '192.0.2.1', None)
+    """
+    if not value:
+        return None
+    if value == "hash":
+        # SHA-256 of the name, first four bytes; a first octet above 223 (multicast and reserved, which
+        # BGP refuses as an identifier, calico#5146) is moved down by 32.
+        first, *rest = hashlib.sha256(node_name.encode()).digest()[:4]
+        return ".".join(str(octet) for octet in (first - 32 if first > 223 else first, *rest))
+    return str(ipaddress.IPv4Address(value))
 
 
 def mesh_name(address: str) -> str:
@@ -103,6 +122,7 @@ def intent_from_model(
         peers = Peering(model, me, local_as, dict(secrets or {}), warnings).sessions()
 
     return NodeIntent(
+        bgp_filters=_filters(model, peers, warnings),
         router_id=router_id,
         local_as=local_as,
         ipv4_address=me.ipv4_address,
@@ -114,6 +134,21 @@ def intent_from_model(
         rr_cluster_id=me.route_reflector_cluster_id,
         **common,
     )
+
+
+def _filters(model: Model, peers: tuple[PeerIntent, ...], warnings: list[str]) -> tuple[BGPFilter, ...]:
+    """The BGPFilters the sessions name. A name with no BGPFilter at all is reported (confd silently
+    skips it, which hides typos); one that failed validation has been reported already."""
+    found: dict[str, BGPFilter] = {}
+    for peer in peers:
+        for name in peer.filters:
+            if name in model.bgp_filters:
+                found[name] = model.bgp_filters[name]
+            elif name not in model.invalid.get("BGPFilter", ()):
+                warning = f"BGPPeer {peer.resource}: spec.filters names {name}, which is no BGPFilter"
+                if warning not in warnings:
+                    warnings.append(warning)
+    return tuple(found[name] for name in sorted(found))
 
 
 def _pools(model: Model) -> tuple[PoolIntent, ...]:

@@ -15,6 +15,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from confgen.bgpfilter import BGPFilter
+
 # Peer types, spelled as `calicoctl node status` prints them.
 MESH = "node-to-node mesh"
 GLOBAL = "global"
@@ -48,8 +50,8 @@ class PeerIntent:
     restart_time: int = DEFAULT_RESTART_TIME  # graceful-restart time we advertise (s); 0 = no GR capability
     keepalive_time: int = 0  # BGPPeer keepaliveTime (s); 0 = not set (hold_time / 3 applies)
     ttl_security: int = 0  # GTSM hop count (RFC 5082); 0 = off. Enforced by bgp.gtsm (nftables), not ExaBGP
-    source_address: str = "UseNodeIP"  # "UseNodeIP" | "None" (the kernel picks the source; local_address
-    #                                    stays the node address, for next-hop self)
+    source_address: str = "UseNodeIP"  # BGPPeer sourceAddress "UseNodeIP" | "None". Informational: the
+    #   session is pinned to local_address either way (ExaBGP 5.0.15 breaks on "local-address auto")
     next_hop_mode: str = NEXT_HOP_AUTO  # NEXT_HOP_AUTO | NEXT_HOP_SELF | NEXT_HOP_KEEP, for the export side
     rr_client: bool = False  # we reflect routes to this peer (we have a cluster id, iBGP, peer not in it)
     rr_cluster_id: str = ""  # our cluster id when rr_client, else ""
@@ -109,6 +111,9 @@ class NodeIntent:
     service_loadbalancer_ips: tuple[str, ...] = ()
     bind_mode: str = "None"  # "None" (listen on every address) | "NodeIP" (only on the node's addresses)
     log_severity: str = "Info"  # Trace | Debug | Info | Warning | Error | Fatal (node.<name> overrides)
+    bgp_filters: tuple[BGPFilter, ...] = ()  # the BGPFilters this node's sessions name, sorted by name
+    # --- added by issue 5 ---
+    program_cluster_routes: str = "Enabled"  # BGPConfiguration programClusterRoutes; absent = v3.32's Enabled
 
     @property
     def families(self) -> tuple[str, ...]:

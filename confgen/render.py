@@ -23,6 +23,10 @@ Complicating factors:
 - Hitless reloads: a neighbour block is a function of that session and the router id only, so editing
   one BGPPeer changes one block and ExaBGP (SIGUSR1) resets only that neighbour. Settings that only
   the speaker or the RIB use (filters, next-hop mode, route reflection) are not rendered at all.
+- sourceAddress None cannot be rendered as ``local-address auto``: ExaBGP 5.0.15 then fails on every
+  incoming connection from that peer ("'NoneType' object has no attribute 'address'" in its listener)
+  and the session never comes up when the peer is the active side. Every session is pinned to the node
+  address; ``PeerIntent.source_address`` still says what the user asked for.
 - TTL security: ``incoming-ttl`` is broken in ExaBGP 5.0.15 (between two ExaBGPs and on the global
   listener), so GTSM is enforced by ``bgp.gtsm`` with nftables; ``outgoing-ttl 255`` is rendered as a
   second line of defence for the packets ExaBGP sends itself.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from confgen.calc import intent_for, mesh_name
+from confgen.calc import intent_for, mesh_name, router_id_setting
 from confgen.datastore.base import Snapshot
 from confgen.intent import MESH, NodeIntent, PeerIntent, PoolIntent, PrefixAdvertisement
 
@@ -338,3 +338,22 @@ def test_intents_are_hashable_values():
         intent_for(snap(*THREE, default={"prefixAdvertisements": [{"cidr": "10.0.0.0/8"}]}), "node1")
     )
     assert intent.gtsm_peers == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "node", "expected"),
+    [
+        (None, "node-1", None),
+        ("", "node-1", None),
+        ("192.0.2.7", "node-1", "192.0.2.7"),
+        ("hash", "node-1", "53.151.27.230"),  # sha256("node-1") starts 53 151 27 230
+        ("hash", "node-18", "213.194.139.227"),  # starts 245: moved below 224 (calico#5146)
+    ],
+)
+def test_router_id_setting(value, node, expected):
+    assert router_id_setting(value, node) == expected
+
+
+def test_router_id_setting_refuses_non_ipv4():
+    with pytest.raises(ValueError):
+        router_id_setting("fd00::1", "node-1")

@@ -404,3 +404,32 @@ def test_mesh_password_and_restart_time():
         "BGPConfiguration default: password secret mesh/pw: no secrets directory is configured; "
         "its sessions are skipped",
     )
+
+
+def test_the_intent_carries_the_filters_its_sessions_name():
+    only_pods = {"exportV4": [{"action": "Accept", "cidr": "10.65.0.0/16", "matchOperator": "In"}]}
+    snapshot = snap(
+        CLUSTER,
+        {
+            "a": {"node": "w1", "peerIP": "10.0.0.254", "asNumber": 65000, "filters": ["only-pods", "typo"]},
+            "b": {
+                "node": "w1",
+                "peerIP": "10.0.0.253",
+                "asNumber": 65000,
+                "filters": ["only-pods", "broken"],
+            },
+        },
+    )
+    snapshot.resources["BGPFilter"] = {
+        "only-pods": {"spec": only_pods},
+        "unused": {"spec": only_pods},
+        "broken": {"spec": {"exportV4": [{"action": "Drop"}]}},
+    }
+    intent = intent_for(snapshot, "w1")
+    assert [f.name for f in intent.bgp_filters] == ["only-pods"]
+    assert intent.bgp_filters[0].export_v4[0].cidr == "10.65.0.0/16"
+    assert intent.warnings == (
+        "BGPFilter broken: spec.exportV4[0].action 'Drop' is not one of Accept, Reject",
+        "BGPPeer a: spec.filters names typo, which is no BGPFilter",
+    )
+    assert intent_for(snapshot, "w2").bgp_filters == ()  # none of w2's sessions uses a filter
