@@ -78,8 +78,38 @@ def node() -> None:
     help="Prometheus endpoint port; 0 disables it.",
 )
 @click.option("--metrics-address", default="0.0.0.0", show_default=True)
+@click.option(
+    "--secrets-dir",
+    envvar="CALICO_BGP_SECRETS_DIR",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Where BGP passwords' secretKeyRef {name, key} resolve, as <dir>/<name>/<key> "
+    "(env CALICO_BGP_SECRETS_DIR).",
+)
+@click.option(
+    "--router-id",
+    envvar="CALICO_ROUTER_ID",
+    default=None,
+    help="Router id: an IPv4 address or 'hash' (env CALICO_ROUTER_ID); default the node's IPv4.",
+)
+@click.option(
+    "--route-refresh-interval",
+    envvar="CALICO_BGP_ROUTE_REFRESH_INTERVAL",
+    default=90.0,
+    show_default=True,
+    type=click.FloatRange(min=0.5),
+    help="Seconds between full read-backs of our kernel routes, repairing any drift (Felix's "
+    "RouteRefreshInterval; env CALICO_BGP_ROUTE_REFRESH_INTERVAL).",
+)
 def node_run(
-    node_name: str, etcd_endpoints: str, run_dir: Path, metrics_port: int, metrics_address: str
+    node_name: str,
+    etcd_endpoints: str,
+    run_dir: Path,
+    metrics_port: int,
+    metrics_address: str,
+    secrets_dir: Path | None,
+    router_id: str | None,
+    route_refresh_interval: float,
 ) -> None:
     """Run the node daemon: etcd watch, config rendering, ExaBGP, route programming."""
     from bgp.daemon import NodeConfig, run_node
@@ -89,6 +119,12 @@ def node_run(
         raise click.UsageError("--etcd-endpoints is empty")
     if os.geteuid() != 0:
         raise click.ClickException("calico-bgp node run must run as root (it programs kernel routes)")
+    from confgen.calc import router_id_setting
+
+    try:
+        router_id_setting(router_id, node_name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--router-id") from exc
     run_node(
         NodeConfig(
             node=node_name,
@@ -96,6 +132,9 @@ def node_run(
             run_dir=run_dir,
             metrics_port=metrics_port,
             metrics_address=metrics_address,
+            secrets_dir=secrets_dir,
+            router_id=router_id,
+            resync_interval=route_refresh_interval,
         )
     )
 
@@ -138,9 +177,11 @@ def routes(output: str, run_dir: Path) -> None:
 
 
 def _add_optional_groups() -> None:
+    from bgp import resources_cli
     from labs.cli import lab
 
-    cli.add_command(lab)
+    for command in (resources_cli.apply, resources_cli.get, resources_cli.delete, resources_cli.confgen, lab):
+        cli.add_command(command)
 
 
 _add_optional_groups()

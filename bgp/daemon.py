@@ -31,16 +31,20 @@ from prometheus_client import start_http_server
 
 from bgp.exabgp.channel import ApiChannel
 from bgp.exabgp.supervisor import ExaBGPSupervisor, exabgp_environment
+from bgp.gtsm import Gtsm, GtsmError
 from bgp.metrics import SpeakerMetrics, build_registry
 from bgp.speaker import Speaker
 from bgp.status import ControlServer, status_report
 from confgen.apply import ConfigWriter
+from confgen.calc import router_id_setting
 from confgen.datastore.etcd import EtcdClient, EtcdSyncer
 from confgen.intent import NodeIntent
 from confgen.loop import Confgen
+from confgen.secrets import SecretStore
 from routes.model import RTPROT_BIRD
 from routes.monitor import WorkloadRouteWatcher
 from routes.netlink import KernelNetlink
+from routes.recursive import NexthopResolver
 from routes.table import RouteTable
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,8 @@ class NodeConfig:
     metrics_address: str = "0.0.0.0"
     resync_interval: float = 90.0  # Felix's RouteRefreshInterval
     sweep_hold: float = 120.0  # BIRD's default graceful-restart time
+    secrets_dir: Path | None = None  # BGP passwords' secretKeyRef, laid out like a Kubernetes secret volume
+    router_id: str | None = None  # CALICO_ROUTER_ID: an IPv4 literal or "hash"
 
 
 def api_run_line(socket_path: Path) -> str:
@@ -70,9 +76,13 @@ class NodeDaemon:
         self.registry = build_registry()
         self.netlink = KernelNetlink()
         self.table = RouteTable(self.netlink, proto=RTPROT_BIRD, registry=self.registry)
+        self.resolver = NexthopResolver(proto=RTPROT_BIRD)
         self.channel = ApiChannel(run_dir / "api.sock", on_line=self._on_line)
         self.speaker = Speaker(
-            send=self.channel.send, route_table=self.table, metrics=SpeakerMetrics(self.registry)
+            send=self.channel.send,
+            route_table=self.table,
+            metrics=SpeakerMetrics(self.registry),
+            resolve=self.resolver.resolve,
         )
         self.supervisor = ExaBGPSupervisor(
             run_dir / "exabgp.conf",
@@ -90,9 +100,15 @@ class NodeDaemon:
             on_intent=self._on_intent,
             reload=self.supervisor.reload,
             registry=self.registry,
+            router_id=router_id_setting(config.router_id, config.node),
+            secrets=SecretStore(config.secrets_dir) if config.secrets_dir else None,
         )
+        self.gtsm = Gtsm(registry=self.registry)
         self.watcher = WorkloadRouteWatcher(
-            self.netlink, on_change=self._workloads_changed, observers=[self._kernel_event]
+            self.netlink,
+            on_change=self._workloads_changed,
+            observers=[self._kernel_event],
+            dump_observers=[self._kernel_dump],
         )
         self.control = ControlServer(run_dir / "ctl.sock", {"status": self._status, "routes": self._routes})
         self._intent: NodeIntent | None = None
@@ -103,11 +119,17 @@ class NodeDaemon:
     def _on_line(self, line: str) -> None:
         self.speaker.handle_line(line)
 
-    def _on_intent(self, intent: NodeIntent) -> None:
+    async def _on_intent(self, intent: NodeIntent) -> None:
+        # TTL security first: confgen renders and reloads only after we return, so a session that needs
+        # GTSM never comes up unprotected. A failure makes confgen retry (and hold the render back).
+        try:
+            await self.gtsm.apply(intent)
+        except GtsmError as exc:
+            log.error("TTL security rules not applied: %s", exc)
+            raise
         self._intent = intent
         self.speaker.set_intent(intent)
-        bind = [a for a in (intent.ipv4_address, intent.ipv6_address) if a]
-        self.supervisor.set_environment(exabgp_environment(bind, intent.listen_port))
+        self.supervisor.set_environment(exabgp_environment(list(intent.listen_addresses), intent.listen_port))
 
     def _workloads_changed(self, prefixes) -> None:
         self.speaker.set_workload_routes(prefixes, self.watcher.devices)
@@ -116,8 +138,14 @@ class NodeDaemon:
         return {"node": self.config.node, "routes": self.speaker.routes_report()}
 
     def _kernel_event(self, event) -> None:
-        if self.table.observe(event):
+        if self.table.observe(event) | self.resolver.observe(event):  # both must see every event
             self.speaker.kernel_changed()
+
+    def _kernel_dump(self, routes) -> None:
+        """The watcher (re)read the main table: at start, or after notifications were lost."""
+        self.resolver.load(routes)
+        self.table.invalidate()
+        self.speaker.kernel_changed()
 
     def _status(self) -> dict:
         warnings = list(self._intent.warnings) if self._intent else ["no configuration rendered yet"]
@@ -188,6 +216,8 @@ class NodeDaemon:
         finally:
             log.info("stopping: ExaBGP first, kernel routes stay in place")
             await self.supervisor.stop()
+            with contextlib.suppress(Exception):
+                await self.gtsm.remove()
             for task in tasks:
                 task.cancel()
             for task in tasks:

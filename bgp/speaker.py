@@ -37,7 +37,7 @@ from bgp.status import PeerStatus
 from confgen.intent import NodeIntent, PeerIntent
 from routes.export import local_exports
 from routes.model import Route
-from routes.resolve import KernelPool, kernel_routes
+from routes.resolve import KernelPool, Learned, Resolve, kernel_routes
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +68,15 @@ class Speaker:
         metrics=None,
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], float] = time.time,
-        filters: Callable[[], Mapping] | None = None,
         audit_interval: float = AUDIT_INTERVAL,
+        resolve: Resolve | None = None,  # routes.recursive.NexthopResolver.resolve: BIRD's gateway recursive
     ) -> None:
         self._send = send
         self._table = route_table
+        self._resolve = resolve
         self._metrics = metrics
         self._clock = clock
         self._wallclock = wallclock
-        self._filters = filters or dict
         self._audit_interval = audit_interval
         self._intent: NodeIntent | None = None
         self._policy: NodePolicy | None = None
@@ -106,7 +106,7 @@ class Speaker:
 
     def set_intent(self, intent: NodeIntent) -> None:
         self._intent = intent
-        self._policy = NodePolicy(intent, self._filters())
+        self._policy = NodePolicy(intent, {f.name: f for f in intent.bgp_filters})
         wanted = {p.address: p for p in intent.peers}
         for address in list(self._status):
             if address not in wanted:
@@ -291,15 +291,16 @@ class Speaker:
             source = self._peers.get(best.peer)
         return self._policy.export(peer, candidate, source)
 
-    def _kernel_learned(self, prefixes: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    def _kernel_learned(self, prefixes: Iterable[str]) -> dict[str, Learned]:
         out = {}
         for prefix in prefixes:
             selected = self._loc.get(prefix)
             if selected is not None:
-                out[prefix] = tuple(sorted({p.nexthop for p in selected[1]}))
+                nexthops = tuple(sorted({p.nexthop for p in selected[1]}))
+                out[prefix] = Learned(nexthops, selected[0].attributes.local_pref)  # local-pref -> metric
         return out
 
-    def _kernel_routes(self, learned: Mapping[str, tuple[str, ...]]) -> list[Route]:
+    def _kernel_routes(self, learned: Mapping[str, Learned]) -> list[Route]:
         intent = self._intent
         return kernel_routes(
             learned,
@@ -307,6 +308,8 @@ class Speaker:
             kernel_pools(intent),
             intent.ipv4_network or "",
             reject_cidrs=self._policy.service_ranges(),
+            program_cluster_routes=intent.program_cluster_routes,
+            resolve=self._resolve,
         )
 
     # ------------------------------------------------------------------ output

@@ -4,7 +4,9 @@ Stage: the kernel-to-BGP direction. Felix writes ``<podIP>/32 dev caliXXXX scope
 for IPv6) in the main table for every local workload; BIRD learns them with ``protocol kernel { learn; }``.
 This watcher keeps the set of such prefixes and hands it to ``routes.export.local_exports`` via the
 daemon's ``on_change`` callback. It also fans every event out to ``observers`` (the daemon passes
-``RouteTable.observe``) so one monitor socket serves the whole package.
+``RouteTable.observe`` and ``NexthopResolver.observe``) and every full dump of the table to
+``dump_observers`` (``NexthopResolver.load``; a re-dump after lost notifications also tells the daemon to
+read its own routes back), so one monitor socket serves the whole package.
 
 Owns: the map (prefix, metric) -> device of workload routes, the coalescing of bursts, and recovery from
 lost notifications.
@@ -52,6 +54,7 @@ class WorkloadRouteWatcher:
         table: int = RT_TABLE_MAIN,
         exclude_proto: int | None = RTPROT_BIRD,
         observers: Sequence[Callable[[RouteEvent | LinkEvent], object]] = (),
+        dump_observers: Sequence[Callable[[list[Route]], object]] = (),
     ) -> None:
         self._netlink = netlink
         self._on_change = on_change
@@ -61,6 +64,7 @@ class WorkloadRouteWatcher:
         self._table = table
         self._exclude = exclude_proto
         self._observers = tuple(observers)
+        self._dump_observers = tuple(dump_observers)
         self._routes: dict[tuple[str, int], str] = {}
         self._reported: frozenset[str] | None = None
         self._flush: asyncio.Task[None] | None = None
@@ -97,11 +101,10 @@ class WorkloadRouteWatcher:
                 self._flush.cancel()
 
     async def _load(self) -> None:
-        self._routes = {
-            (r.dst, r.priority): r.nexthops[0].ifname
-            for r in await self._netlink.dump_routes(None, self._table)
-            if self._is_workload(r)
-        }
+        routes = await self._netlink.dump_routes(None, self._table)
+        self._routes = {(r.dst, r.priority): r.nexthops[0].ifname for r in routes if self._is_workload(r)}
+        for observer in self._dump_observers:
+            observer(routes)
         self._changed()
 
     def feed(self, event: RouteEvent | LinkEvent) -> None:

@@ -22,8 +22,9 @@ Design:
 - ``watch`` subscribes at call time (before the caller's initial dump, so nothing falls in between) to
   RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE and RTNLGRP_LINK. Link events matter because the kernel removes
   IPv4 routes of a deleted or downed device WITHOUT sending RTM_DELROUTE. An optional BPF filter drops
-  our own protocol's notifications in the kernel. If the socket overflows anyway (ENOBUFS), iteration
-  raises ``WatchOverflow`` once; the caller re-dumps and keeps iterating the same watch.
+  the RTM_NEWROUTE notifications of our own protocol in the kernel (deletions still pass). If the socket
+  overflows anyway (ENOBUFS), iteration raises ``WatchOverflow`` once; the caller re-dumps and keeps
+  iterating the same watch.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ class Netlink(Protocol):
     async def link_names(self) -> dict[int, str]: ...
 
     def watch(self, *, exclude_proto: int | None = None) -> RouteWatch:
-        """Subscribe now; iterate for RouteEvent / LinkEvent. ``exclude_proto`` routes are dropped."""
+        """Subscribe now; iterate for RouteEvent / LinkEvent. Additions of ``exclude_proto`` routes are
+        dropped (in the kernel); their deletions are delivered."""
 
     def close(self) -> None: ...
 

@@ -3,8 +3,15 @@
 Stage: input type of the pure calculations ``routes.export`` and ``routes.resolve``. The daemon translates
 ``confgen.intent.PoolIntent`` into it, so that routes never imports confgen.
 
-Owns: the pool fields the kernel dataplane needs (encapsulation and export flag) and the containment
-tests on ``ipaddress`` networks, shared by both calculations.
+Owns: the pool fields the kernel dataplane needs (encapsulation and export flag), which pools this node
+programs into the kernel (BGPConfiguration ``programClusterRoutes``) and the containment tests on
+``ipaddress`` networks, shared by both calculations.
+
+Complicating factors: ``programClusterRoutes`` moved between releases. v3.32 has Enabled (the default: BIRD
+programs every IPIP and unencapsulated pool) and Disabled (Felix programs them all). v3.33 adds
+EnabledIPIPOnly and EnabledNoEncapOnly and makes the latter the default. We follow v3.32's default
+(Enabled) for an absent field, and treat an unknown value like it, as confd does with its own default.
+VXLAN pools are Felix's under every setting.
 """
 
 from __future__ import annotations
@@ -20,6 +27,19 @@ NEVER = "Never"
 ALWAYS = "Always"
 CROSS_SUBNET = "CrossSubnet"
 
+# BGPConfiguration.programClusterRoutes values
+ENABLED = "Enabled"
+DISABLED = "Disabled"
+ENABLED_IPIP_ONLY = "EnabledIPIPOnly"
+ENABLED_NO_ENCAP_ONLY = "EnabledNoEncapOnly"
+# mode -> (we program IPIP pools, we program unencapsulated pools)
+_CLUSTER_ROUTES = {
+    ENABLED: (True, True),
+    DISABLED: (False, False),
+    ENABLED_IPIP_ONLY: (True, False),
+    ENABLED_NO_ENCAP_ONLY: (False, True),
+}
+
 
 @dataclass(frozen=True, order=True)
 class KernelPool:
@@ -31,6 +51,22 @@ class KernelPool:
     @cached_property
     def network(self) -> Network:
         return ipaddress.ip_network(self.cidr, strict=False)
+
+    @property
+    def uses_ipip(self) -> bool:
+        return self.ipip_mode in (ALWAYS, CROSS_SUBNET) and self.network.version == 4
+
+    @property
+    def uses_vxlan(self) -> bool:
+        return self.vxlan_mode in (ALWAYS, CROSS_SUBNET)
+
+
+def programs_pool(pool: KernelPool, program_cluster_routes: str = ENABLED) -> bool:
+    """Whether this node (not Felix) installs the kernel routes of ``pool``'s blocks."""
+    if pool.uses_vxlan:
+        return False
+    ipip, no_encap = _CLUSTER_ROUTES.get(program_cluster_routes, _CLUSTER_ROUTES[ENABLED])
+    return ipip if pool.uses_ipip else no_encap
 
 
 def network(cidr: str) -> Network:

@@ -1,21 +1,28 @@
 """kernel_routes: the routes this node should hold in the kernel, from what BGP learned (pure).
 
-Stage: between the BGP layer's Adj-RIB-In (best / multipath next hops per prefix, selected by the caller)
+Stage: between the BGP layer's Loc-RIB (best / multipath next hops per prefix, selected by the caller)
 and ``routes.table.RouteTable``.
 
-Owns: Calico's kernel programming policy (BIRD's ``calico_kernel_programming`` filter and static
-protocol, calico-bgp.md sections 3.2 and 3.4), per prefix:
-- a blackhole (proto 12) for each confirmed local block, so traffic for unallocated addresses in our
-  blocks is dropped here instead of looping to the default route; a learned route equal to a local block
-  is ignored (our own block reflected back), while learned /32s inside it (IPs borrowed by other nodes,
-  calico#3246) are installed as more specific routes;
-- nothing for prefixes inside a reject CIDR (service ranges: kube-proxy owns them) or a VXLAN pool
-  (Felix programs those);
-- the pool found by longest match picks the encapsulation: IPIP Always goes ``via <gw> dev tunl0
-  onlink`` with the original BGP next hop, IPIP CrossSubnet does so only for next hops outside the node's
-  subnet; no-encap pools and prefixes outside every pool (a ToR's default route) get a plain ``via <gw>``
-  and the kernel resolves the device.
+Owns: Calico's kernel programming policy (BIRD's ``calico_kernel_programming`` filter, static protocol and
+kernel protocol, calico-bgp.md sections 3.2, 3.4 and 5), per prefix:
+- a blackhole for each confirmed local block of a pool we program, so traffic for unallocated addresses
+  in our blocks is dropped here instead of looping to the default route; a learned route equal to a local
+  block is ignored (our own block reflected back), while learned /32s inside it (IPs borrowed by other
+  nodes, calico#3246) are installed as more specific routes;
+- nothing for prefixes inside a reject CIDR (service ranges: kube-proxy owns them), a VXLAN pool (Felix
+  programs those), or a pool that ``programClusterRoutes`` leaves to Felix (``routes.pools.programs_pool``);
+- the pool found by longest match picks the encapsulation: IPIP Always goes ``via <gw> dev tunl0 onlink``
+  with the original BGP next hop, IPIP CrossSubnet does so only for next hops outside the node's subnet;
+  no-encap pools and prefixes outside every pool (a ToR's default route, rack prefixes) get a plain
+  ``via <gw>``. With a ``resolve`` function (``routes.recursive.NexthopResolver.resolve``), a plain next hop
+  that is not directly reachable is replaced by the gateway the kernel uses to reach it (``gateway
+  recursive``); tunnel next hops are never resolved (BIRD's ``krt_tunnel`` uses the original next hop).
 - several next hops become one ECMP route with sorted, de-duplicated next hops (BIRD's ``merge paths``).
+- the metric is Calico v3.32's: ``2^31-1 - local_pref`` (``bgp_metric``). Calico nodes export their own
+  routes with local-pref ``2^31-1 - 1024``, so a normal-priority route lands at metric 1024 (Felix's
+  IPv4/IPv6NormalRoutePriority) and a live-migration route announced at priority 512 lands at 512. A path
+  without local-pref (eBGP) gets BIRD's default of 100 first. Local-block blackholes come from BIRD's static
+  protocol, which sets no metric: 0 (IPv6 stores that as 1024).
 
 Complicating factors: IPIP exists for IPv4 only, so IPv6 prefixes always go plain; next hops of the
 other family (which a plain kernel route cannot use) are dropped; /32 (/128) blocks get no blackhole,
@@ -25,51 +32,109 @@ as in BIRD's static protocol.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from routes.export import sort_key
 from routes.model import BLACKHOLE, RTPROT_BIRD, Nexthop, Route
-from routes.pools import ALWAYS, CROSS_SUBNET, NEVER, KernelPool, Network, inside, longest_match, network
+from routes.pools import (
+    ALWAYS,
+    CROSS_SUBNET,
+    ENABLED,
+    KernelPool,
+    Network,
+    inside,
+    longest_match,
+    network,
+    programs_pool,
+)
 
 TUNNEL_DEVICE = "tunl0"
+BIRD_INT_MAX = 2**31 - 1  # Calico's encoding of route priority in local-pref: priority = this - local_pref
+DEFAULT_LOCAL_PREF = 100  # what BIRD attaches to a path received without local-pref (eBGP)
+
+Resolve = Callable[[str], tuple[Nexthop, ...]]
+
+__all__ = ["KernelPool", "Learned", "bgp_metric", "kernel_routes"]
+
+
+@dataclass(frozen=True)
+class Learned:
+    """The selected paths of one prefix: the next hops of the multipath set and the best path's local-pref."""
+
+    nexthops: tuple[str, ...]
+    local_pref: int | None = None
+
+
+def bgp_metric(local_pref: int | None) -> int:
+    """The kernel metric Calico v3.32 gives a BGP-learned route (``krt_metric = 2^31-1 - bgp_local_pref``)."""
+    pref = DEFAULT_LOCAL_PREF if local_pref is None else local_pref
+    return min(max(BIRD_INT_MAX - pref, 0), 0xFFFFFFFF)
 
 
 def kernel_routes(
-    learned: Mapping[str, Sequence[str]],
+    learned: Mapping[str, Sequence[str] | Learned],
     local_blocks: Iterable[str],
     pools: Iterable[KernelPool],
     node_network: str = "",
     *,
     reject_cidrs: Iterable[str] = (),
+    program_cluster_routes: str = ENABLED,
+    resolve: Resolve | None = None,
 ) -> list[Route]:
     pools = tuple(pools)
     rejects = [network(c) for c in reject_cidrs]
     subnet = network(node_network) if node_network else None
+    resolved: dict[str, tuple[Nexthop, ...]] = {}  # per call: one lookup per distinct next hop
 
     def excluded(net: Network, pool: KernelPool | None) -> bool:
-        return any(inside(net, r) for r in rejects) or (pool is not None and pool.vxlan_mode != NEVER)
+        if any(inside(net, r) for r in rejects):
+            return True
+        return pool is not None and not programs_pool(pool, program_cluster_routes)
+
+    def plain(gateway: str) -> tuple[Nexthop, ...]:
+        if resolve is None:
+            return (Nexthop(gateway),)
+        if gateway not in resolved:
+            resolved[gateway] = resolve(gateway)
+        return resolved[gateway]
 
     wanted: dict[Network, Route] = {}
     blocks = {network(b) for b in local_blocks}
     for block in blocks:
         if block.prefixlen != block.max_prefixlen and not excluded(block, longest_match(block, pools)):
             wanted[block] = Route(block.with_prefixlen, BLACKHOLE, proto=RTPROT_BIRD)
-    for prefix, gateways in learned.items():
+    for prefix, paths in learned.items():
         net = network(prefix)
         pool = longest_match(net, pools)
         if net in blocks or excluded(net, pool):
             continue
-        same_family = (gw for gw in gateways if ipaddress.ip_address(gw).version == net.version)
-        hops = {_nexthop(gw, pool, subnet) for gw in same_family}
+        if not isinstance(paths, Learned):
+            paths = Learned(tuple(paths))
+        hops: set[Nexthop] = set()
+        for gw in paths.nexthops:
+            addr = ipaddress.ip_address(gw)
+            if addr.version != net.version:
+                continue
+            if _tunnelled(addr, pool, subnet):
+                hops.add(Nexthop(addr.compressed, TUNNEL_DEVICE, onlink=True))
+            else:
+                hops.update(plain(addr.compressed))
         if hops:
-            wanted[net] = Route(net.with_prefixlen, nexthops=tuple(sorted(hops)), proto=RTPROT_BIRD)
+            wanted[net] = Route(
+                net.with_prefixlen,
+                nexthops=tuple(sorted(hops)),
+                proto=RTPROT_BIRD,
+                priority=bgp_metric(paths.local_pref),
+            )
     return [wanted[n] for n in sorted(wanted, key=sort_key)]
 
 
-def _nexthop(gateway: str, pool: KernelPool | None, subnet: Network | None) -> Nexthop:
-    gw = ipaddress.ip_address(gateway)
-    mode = pool.ipip_mode if pool is not None and gw.version == 4 else NEVER
-    on_subnet = subnet is not None and inside(network(gateway), subnet)
-    if mode == ALWAYS or (mode == CROSS_SUBNET and not on_subnet):
-        return Nexthop(gw.compressed, TUNNEL_DEVICE, onlink=True)
-    return Nexthop(gw.compressed)
+def _tunnelled(gw: ipaddress.IPv4Address | ipaddress.IPv6Address, pool: KernelPool | None,
+               subnet: Network | None) -> bool:
+    if pool is None or gw.version != 4 or not pool.uses_ipip:
+        return False
+    if pool.ipip_mode == ALWAYS:
+        return True
+    on_subnet = subnet is not None and subnet.version == 4 and gw in subnet
+    return pool.ipip_mode == CROSS_SUBNET and not on_subnet

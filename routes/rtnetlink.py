@@ -6,7 +6,7 @@ kernel messages back into ``Route`` values. It does no I/O, so it is unit-tested
 cross-checked against pyroute2's independent decoder.
 
 Owns: the message layouts (nlmsghdr, rtmsg, rtattr, rtnexthop, ifinfomsg, nlmsgerr), the kernel's quirks
-that change how a route reads back, and the classic-BPF program that keeps our own route churn off the
+that change how a route reads back, and the classic-BPF program that keeps our own route writes off the
 monitor socket.
 
 Complicating factors:
@@ -374,15 +374,16 @@ def _be16_view(value: int) -> int:
 
 
 def exclude_proto_filter(proto: int) -> bytes:
-    """A BPF program dropping route notifications whose rtm_protocol is ``proto`` (our own writes), so a
-    100k-route apply does not flood and overflow the monitor socket. Everything else passes."""
+    """A BPF program dropping RTM_NEWROUTE notifications whose rtm_protocol is ``proto`` (our own writes),
+    so a 100k-route apply does not flood and overflow the monitor socket. Deletions of our routes pass:
+    one made by someone else must reach ``RouteTable.observe`` at once, and our own bulk deletes are rare
+    (a whole peer's routes withdrawn). Everything else passes."""
     proto_offset = HDR_LEN + 5  # rtmsg.rtm_protocol
     program = [
         (_BPF_LD_H_ABS, 0, 0, 4),  # A = nlmsg_type
-        (_BPF_JEQ_K, 1, 0, _be16_view(RTM_NEWROUTE)),  # route message -> check the protocol
-        (_BPF_JEQ_K, 0, 2, _be16_view(RTM_DELROUTE)),  # anything else -> accept
+        (_BPF_JEQ_K, 0, 2, _be16_view(RTM_NEWROUTE)),  # not a new route -> accept
         (_BPF_LD_B_ABS, 0, 0, proto_offset),  # A = rtm_protocol
-        (_BPF_JEQ_K, 1, 0, proto),
+        (_BPF_JEQ_K, 1, 0, proto),  # ours -> drop
         (_BPF_RET_K, 0, 0, 0xFFFFFFFF),  # accept whole message
         (_BPF_RET_K, 0, 0, 0),  # drop
     ]

@@ -31,7 +31,10 @@ Complicating factors:
 - Read-back is not write-back (see ``routes.rtnetlink``): gateway-only next hops come back with the
   device the kernel resolved; ``same_route`` treats an unset device as a wildcard.
 - IPv4 drops a downed device's routes without notifications; ``observe`` forces a read-back on such link
-  transitions. Errors are retried with exponential back-off per destination (``next_retry``).
+  transitions. A deletion of one of our routes by someone else arrives as a notification (the monitor's
+  kernel filter only drops our own additions) and is repaired at once; a change that keeps our protocol
+  (``ip route replace ... proto bird``) sends no notification we receive, and waits for ``resync``.
+- Errors are retried with exponential back-off per destination (``next_retry``).
 """
 
 from __future__ import annotations
@@ -201,6 +204,10 @@ class RouteTable:
             self._dirty |= self._held
             self._held.clear()
 
+    def invalidate(self) -> None:
+        """Our view may be wrong (notifications were lost): read the table back before the next decision."""
+        self._synced = False
+
     def next_retry(self) -> float | None:
         """Clock time at which apply() should run again to retry failed routes, None if nothing waits."""
         return min((at for at, _ in self._retry.values()), default=None)
@@ -236,8 +243,14 @@ class RouteTable:
         if self._ours(route):
             if event.action == DEL and prio in self._programmed.get(dst, {}):
                 self._forget(route)
-                self._dirty.add(dst)  # removed behind our back: reinstall
-                return dst in self._desired
+                self._dirty.add(dst)
+                want = self._desired.get(dst)
+                if want is None:
+                    return False  # our own withdrawal, seen before its ack was processed
+                if want.priority == prio:  # not the old metric of a route we just moved
+                    log.warning("kernel route %s (ours) was deleted by someone else: reinstalling", dst)
+                    self._m_repairs.inc()
+                return True
             return False
         if event.action == ADD:
             self._foreign.setdefault(dst, {})[prio] = describe(route)

@@ -8,7 +8,8 @@ Owns: a model of the kernel behaviour the package depends on, deliberately inclu
 - deletes only match the route's protocol and type (ESRCH otherwise);
 - IPv6 metric 0 is stored as 1024, and a gateway-only next hop reads back with the resolved device;
 - a downed or deleted device loses its IPv4 routes WITHOUT route notifications (IPv6 ones with them);
-- notifications go to every open watch, minus ``exclude_proto``; ``overflow()`` simulates ENOBUFS.
+- notifications go to every open watch, minus additions of ``exclude_proto`` routes (deletions pass, as
+  with the kernel-side filter); ``overflow()`` simulates ENOBUFS.
 Tests inject foreign routes (``add_foreign``), errors (``fail``) and inspect ``routes`` and ``calls``.
 """
 
@@ -158,7 +159,8 @@ class FakeNetlink:
 
     def _emit(self, event: RouteEvent | LinkEvent) -> None:
         for watch in self._watches:
-            if isinstance(event, RouteEvent) and event.route.proto == watch.exclude_proto:
+            ours = isinstance(event, RouteEvent) and event.route.proto == watch.exclude_proto
+            if ours and event.action == ADD:
                 continue
             watch.queue.put_nowait(event)
 

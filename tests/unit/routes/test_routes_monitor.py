@@ -151,3 +151,23 @@ async def test_own_protocol_is_excluded_from_the_watch(running, kernel):
     kernel.add_foreign(workload("10.244.1.5/32"))
     await settle()
     assert [e.route.proto for e in seen] == [RTPROT_BOOT]
+
+
+async def test_every_full_dump_reaches_the_dump_observers(kernel):
+    connected = Route("192.0.2.0/24", nexthops=(Nexthop("", "eth0"),), proto=2)
+    kernel.add_foreign(connected)
+    dumps: list[list[Route]] = []
+    watcher = WorkloadRouteWatcher(kernel, lambda _: None, sleep=lambda _: asyncio.sleep(0),
+                                   dump_observers=[dumps.append])
+    task = asyncio.create_task(watcher.run())
+    try:
+        await asyncio.wait_for(watcher.ready.wait(), 1)
+        assert dumps == [[connected]]  # every protocol: the resolver needs connected and static routes
+        behind = Route("198.51.100.0/24", nexthops=(Nexthop("192.0.2.1", "eth0"),), proto=4)
+        kernel.routes[(254, behind.dst, 0)] = behind  # its notification is lost
+        kernel.overflow()
+        await settle()
+        assert dumps[-1] == [connected, behind]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

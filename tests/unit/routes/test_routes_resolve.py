@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from routes.model import BLACKHOLE, RTPROT_BIRD, Nexthop, Route
-from routes.pools import KernelPool
-from routes.resolve import kernel_routes
+from routes.model import BLACKHOLE, RTPROT_BIRD, RTPROT_BOOT, Nexthop, Route
+from routes.netlink import ADD, DEL, LINK_DOWN, LinkEvent, RouteEvent
+from routes.pools import DISABLED, ENABLED, ENABLED_IPIP_ONLY, ENABLED_NO_ENCAP_ONLY, KernelPool
+from routes.recursive import NexthopResolver
+from routes.resolve import Learned, bgp_metric, kernel_routes
 
 IPIP = KernelPool("10.244.0.0/16", ipip_mode="Always")
 CROSS = KernelPool("10.245.0.0/16", ipip_mode="CrossSubnet")
@@ -18,8 +20,11 @@ POOLS = [IPIP, CROSS, PLAIN, VXLAN, PLAIN_IN_IPIP, V6]
 NODE_NET = "192.0.2.0/24"
 
 
-def via(*hops: Nexthop, dst: str) -> Route:
-    return Route(dst, nexthops=tuple(hops), proto=RTPROT_BIRD)
+EBGP_METRIC = 2**31 - 1 - 100  # no local-pref on the path: BIRD's default 100, then Calico's mapping
+
+
+def via(*hops: Nexthop, dst: str, metric: int = EBGP_METRIC) -> Route:
+    return Route(dst, nexthops=tuple(hops), proto=RTPROT_BIRD, priority=metric)
 
 
 def tunl(gw: str) -> Nexthop:
@@ -153,3 +158,135 @@ def test_reject_cidrs_keep_service_ranges_out_of_the_kernel():
     learned = {"10.96.0.0/12": gw, "10.96.0.10/32": gw, "10.246.2.0/26": gw}
     routes = kernel_routes(learned, ["10.96.0.0/12"], POOLS, NODE_NET, reject_cidrs=["10.96.0.0/12"])
     assert [r.dst for r in routes] == ["10.246.2.0/26"]
+
+
+@pytest.mark.parametrize(
+    ("local_pref", "metric"),
+    [
+        (2**31 - 1 - 1024, 1024),  # a Calico node's normal priority (v3.32 export prologue)
+        (2**31 - 1 - 512, 512),  # live migration: elevated priority
+        (None, 2**31 - 1 - 100),  # eBGP: no local-pref on the wire, BIRD attaches 100
+        (100, 2**31 - 1 - 100),
+        (2**31 - 1, 0),
+        (2**32 - 1, 0),  # beyond Calico's range: clamped, never negative
+    ],
+    ids=["normal", "elevated", "ebgp", "plain-100", "max", "overflow"],
+)
+def test_bgp_metric_is_calicos_mapping(local_pref, metric):
+    assert bgp_metric(local_pref) == metric
+
+
+def test_local_pref_sets_the_metric_of_the_route():
+    learned = {"10.246.2.0/26": Learned(("192.0.2.7",), local_pref=2**31 - 1 - 1024)}
+    assert kernel_routes(learned, [], POOLS, NODE_NET) == [via(plain("192.0.2.7"), dst="10.246.2.0/26",
+                                                               metric=1024)]
+
+
+# programClusterRoutes: which of our pools' blocks we program (blackhole for ours, route for remote ones)
+MODE_LEARNED = {"10.244.2.0/26": ("192.0.2.7",), "10.246.2.0/26": ("192.0.2.7",),
+                "10.247.2.0/26": ("192.0.2.7",), "172.16.0.0/16": ("192.0.2.1",)}
+MODE_BLOCKS = ["10.244.1.0/26", "10.246.1.0/26", "10.247.1.0/26"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        (ENABLED, {"10.244.1.0/26", "10.244.2.0/26", "10.246.1.0/26", "10.246.2.0/26", "172.16.0.0/16"}),
+        (DISABLED, {"172.16.0.0/16"}),
+        (ENABLED_IPIP_ONLY, {"10.244.1.0/26", "10.244.2.0/26", "172.16.0.0/16"}),
+        (ENABLED_NO_ENCAP_ONLY, {"10.246.1.0/26", "10.246.2.0/26", "172.16.0.0/16"}),
+        ("SomethingNewer", {"10.244.1.0/26", "10.244.2.0/26", "10.246.1.0/26", "10.246.2.0/26",
+                            "172.16.0.0/16"}),
+    ],
+    ids=["Enabled", "Disabled", "EnabledIPIPOnly", "EnabledNoEncapOnly", "unknown-is-default"],
+)
+def test_program_cluster_routes(mode, expected):
+    routes = kernel_routes(MODE_LEARNED, MODE_BLOCKS, POOLS, NODE_NET, program_cluster_routes=mode)
+    assert {r.dst for r in routes} == expected  # VXLAN (10.247) never; outside every pool always
+
+
+# Recursive resolution against a kernel table: eth0 192.0.2.0/24 connected, a rack subnet behind a
+# router, a default route, a blackhole, Felix's workload route, and an ECMP static route.
+def kernel_table() -> list[Route]:
+    return [
+        Route("192.0.2.0/24", nexthops=(Nexthop("", "eth0"),), proto=2),
+        Route("198.51.100.0/24", nexthops=(Nexthop("192.0.2.1", "eth0"),), proto=4),
+        Route("0.0.0.0/0", nexthops=(Nexthop("192.0.2.254", "eth0"),), proto=16, priority=100),
+        Route("0.0.0.0/0", nexthops=(Nexthop("192.0.2.253", "eth0"),), proto=16, priority=50),
+        Route("203.0.113.0/24", BLACKHOLE, proto=4),
+        Route("203.0.114.0/24", nexthops=(Nexthop("192.0.2.1", "eth0"), Nexthop("192.0.2.2", "eth0")),
+              proto=4),
+        Route("10.246.1.5/32", nexthops=(Nexthop("", "cali1"),), proto=RTPROT_BOOT),
+        Route("198.51.100.77/32", nexthops=(Nexthop("192.0.2.9", "eth0"),), proto=RTPROT_BIRD),  # ours
+        Route("fd00::/64", nexthops=(Nexthop("", "eth0"),), proto=2, priority=256),
+    ]
+
+
+@pytest.fixture
+def resolver() -> NexthopResolver:
+    r = NexthopResolver()
+    r.load(kernel_table())
+    return r
+
+
+RESOLVE_CASES = [
+    ("on the connected subnet: as it is", "192.0.2.7", (plain("192.0.2.7"),)),
+    ("behind a router: via the router", "198.51.100.7", (Nexthop("192.0.2.1", "eth0"),)),
+    ("only the default route: via its lowest metric", "100.64.0.1", (Nexthop("192.0.2.253", "eth0"),)),
+    ("covered by a blackhole: unreachable", "203.0.113.5", ()),
+    ("behind an ECMP route: both gateways",
+     "203.0.114.9", (Nexthop("192.0.2.1", "eth0"), Nexthop("192.0.2.2", "eth0"))),
+    ("our own proto-12 routes are never used", "198.51.100.77", (Nexthop("192.0.2.1", "eth0"),)),
+    ("a device route: as it is", "10.246.1.5", (plain("10.246.1.5"),)),
+    ("IPv6 connected", "fd00::12", (plain("fd00::12"),)),
+    ("IPv6 without any route: unreachable", "fd01::12", ()),
+]
+
+
+@pytest.mark.parametrize(("gateway", "expected"), [c[1:] for c in RESOLVE_CASES],
+                         ids=[c[0] for c in RESOLVE_CASES])
+def test_resolver(resolver, gateway, expected):
+    assert resolver.resolve(gateway) == expected
+
+
+def test_resolver_passes_next_hops_through_until_the_first_dump():
+    assert NexthopResolver().resolve("100.64.0.1") == (plain("100.64.0.1"),)
+
+
+def test_kernel_routes_resolve_plain_next_hops_but_never_tunnel_ones(resolver):
+    learned = {
+        "10.246.2.0/26": ("198.51.100.7",),  # no-encap pool, next hop in another rack
+        "10.244.2.0/26": ("198.51.100.7",),  # IPIP Always: the original next hop on tunl0
+        "10.245.2.0/26": ("192.0.2.7", "198.51.100.8"),  # CrossSubnet ECMP: one plain, one tunnelled
+        "172.16.0.0/16": ("203.0.113.5",),  # unreachable next hop: no route at all
+        "172.17.0.0/16": ("203.0.113.5", "192.0.2.9"),  # one unreachable next hop of two
+    }
+    found = kernel_routes(learned, [], POOLS, NODE_NET, resolve=resolver.resolve)
+    routes = {r.dst: r.nexthops for r in found}
+    assert routes == {
+        "10.246.2.0/26": (Nexthop("192.0.2.1", "eth0"),),
+        "10.244.2.0/26": (tunl("198.51.100.7"),),
+        "10.245.2.0/26": (plain("192.0.2.7"), tunl("198.51.100.8")),
+        "172.17.0.0/16": (plain("192.0.2.9"),),
+    }
+    assert resolver.unresolved == {"203.0.113.5"}
+
+
+def test_resolver_reports_only_changes_that_touch_a_next_hop_in_use(resolver):
+    resolver.resolve("198.51.100.7")
+    rack = Route("198.51.100.0/25", nexthops=(Nexthop("192.0.2.3", "eth0"),), proto=4)
+    pod = Route("10.246.1.6/32", nexthops=(Nexthop("", "cali2"),), proto=RTPROT_BOOT)
+    mine = Route("198.51.100.0/26", nexthops=(Nexthop("192.0.2.9", "eth0"),), proto=RTPROT_BIRD)
+    assert not resolver.observe(RouteEvent(ADD, pod, "cali2"))  # a workload elsewhere: no recomputation
+    assert not resolver.observe(RouteEvent(ADD, mine, "eth0"))  # our own routes are not used
+    assert resolver.observe(RouteEvent(ADD, rack, "eth0"))  # more specific: the next hop moves
+    assert resolver.resolve("198.51.100.7") == (Nexthop("192.0.2.3", "eth0"),)
+    assert resolver.observe(RouteEvent(DEL, rack, "eth0"))
+    assert resolver.resolve("198.51.100.7") == (Nexthop("192.0.2.1", "eth0"),)
+
+
+def test_resolver_forgets_routes_of_a_downed_device_silently_flushed_by_ipv4(resolver):
+    resolver.resolve("198.51.100.7")
+    assert resolver.observe(LinkEvent(LINK_DOWN, 2, "eth0"))
+    assert resolver.resolve("198.51.100.7") == ()
+    assert not resolver.observe(LinkEvent(LINK_DOWN, 9, "eth9"))

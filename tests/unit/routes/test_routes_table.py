@@ -145,6 +145,9 @@ async def test_observed_foreign_route_makes_us_yield_and_its_removal_lets_us_bac
     assert table.observe(await anext(watch)) is True
     await table.apply()
     assert list(kernel.routes.values()) == [felix]  # ours withdrawn: a metric-0 route would shadow Felix's
+    own_delete = await anext(watch)  # deletions of our protocol pass the filter; our own is a no-op
+    assert (own_delete.action, own_delete.route.proto) == ("del", 12)
+    assert table.observe(own_delete) is False
     kernel.remove(felix)
     assert table.observe(await anext(watch)) is True
     await table.apply()
@@ -309,3 +312,15 @@ async def test_link_down_reads_back_once_per_transition(table, kernel):
     assert kernel.dumps == dumps + 1
     assert table.observe(LinkEvent(LINK_UP, 5, "eth1")) is False  # nothing waits for it
     assert table.observe(LinkEvent(LINK_UP, 5, "eth1")) is False
+
+
+async def test_our_route_deleted_by_someone_else_is_reinstalled_and_counted(table, kernel, registry):
+    table.set_desired([block(1), block(2)])
+    await table.apply()
+    watch = kernel.watch(exclude_proto=12)  # our own additions are filtered; deletions are not
+    kernel.remove(block(1))
+    assert table.observe(await anext(watch)) is True
+    result = await table.apply()
+    assert result.replaced == 1 and set(ours(kernel)) == {"10.244.1.0/26", "10.244.2.0/26"}
+    assert metric(registry, "calico_bgp_kernel_route_repairs_total") == 1
+    assert watch.queue.empty()  # the reinstall itself is not echoed back
