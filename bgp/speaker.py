@@ -223,6 +223,8 @@ class Speaker:
         self._eor_due.discard(peer)
         restart_time = self._graceful_restart_time(peer)
         if restart_time and self._rib.count(peer):
+            if peer in self._stale_until:
+                return  # a failed reconnect during the restart: the restart timer keeps running
             stale = self._rib.mark_stale(peer)
             self._stale_until[peer] = self._clock() + restart_time
             log.info(

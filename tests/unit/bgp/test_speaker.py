@@ -342,3 +342,17 @@ async def test_initial_sync_needs_every_peers_end_of_rib(gr_rig):
     assert not speaker.initial_sync_done()
     speaker.handle_line(eor("10.0.0.13"))
     assert speaker.initial_sync_done()
+
+
+async def test_failed_reconnects_do_not_extend_the_restart_time(gr_rig):
+    speaker, _, table, clock = gr_rig
+    speaker.handle_line(open_msg("10.0.0.12", restart_time=30))
+    speaker.handle_line(update("10.0.0.12", "10.0.0.12", announce=["192.168.2.0/26"]))
+    speaker.handle_line(state("10.0.0.12", "down"))
+    clock.now = 20.0
+    speaker.handle_line(state("10.0.0.12", "connected"))
+    speaker.handle_line(state("10.0.0.12", "down"))  # the reconnect failed
+    clock.now = 30.0
+    speaker.tick()
+    await speaker.flush()
+    assert "192.168.2.0/26" not in table.by_dst()
