@@ -39,7 +39,19 @@ class SpeakerMetrics:
         self.unparsed_lines = Counter(
             "calico_bgp_exabgp_unparsed_lines", "ExaBGP API lines that could not be used", registry=registry
         )
+        self.stale_paths = Gauge(
+            "calico_bgp_stale_paths",
+            "Paths kept through the peer's graceful restart",
+            labels,
+            registry=registry,
+        )
+        self.adj_rib_out_repairs = Counter(
+            "calico_bgp_adj_rib_out_repairs",
+            "Prefixes whose state in ExaBGP differed from ours at an audit and were re-sent or withdrawn",
+            registry=registry,
+        )
         self._unparsed_seen = 0
+        self._repairs_seen = 0
         self._labels: set[tuple[str, str, str]] = set()
 
     def observe_speaker(self, speaker) -> None:
@@ -50,11 +62,16 @@ class SpeakerMetrics:
             self.session_up.labels(*key).set(1 if status.established else 0)
             self.prefixes_announced.labels(*key).set(speaker.announced_count(status.address))
             self.prefixes_received.labels(*key).set(speaker.received_count(status.address))
+            self.stale_paths.labels(*key).set(speaker.stale_count(status.address))
         for gone in self._labels - current:
-            for metric in (self.session_up, self.prefixes_announced, self.prefixes_received):
+            per_peer = (self.session_up, self.prefixes_announced, self.prefixes_received, self.stale_paths)
+            for metric in per_peer:
                 metric.remove(*gone)
         self._labels = current
         self.local_exports.set(len(speaker.exports()))
+        if speaker.audit_repairs > self._repairs_seen:
+            self.adj_rib_out_repairs.inc(speaker.audit_repairs - self._repairs_seen)
+            self._repairs_seen = speaker.audit_repairs
         if speaker.unparsed_lines > self._unparsed_seen:
             self.unparsed_lines.inc(speaker.unparsed_lines - self._unparsed_seen)
             self._unparsed_seen = speaker.unparsed_lines

@@ -431,6 +431,9 @@ class Speaker:
     def received_count(self, peer: str | None = None) -> int:
         return self._rib.count(peer)
 
+    def stale_count(self, peer: str) -> int:
+        return self._rib.stale_count(peer)
+
     def exports(self) -> tuple[str, ...]:
         return tuple(self._local)
 

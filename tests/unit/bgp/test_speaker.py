@@ -356,3 +356,27 @@ async def test_failed_reconnects_do_not_extend_the_restart_time(gr_rig):
     speaker.tick()
     await speaker.flush()
     assert "192.168.2.0/26" not in table.by_dst()
+
+
+async def test_metrics_follow_the_speaker_and_forget_removed_peers():
+    from bgp.metrics import SpeakerMetrics, build_registry
+
+    registry = build_registry()
+
+    async def send(lines):
+        pass
+
+    speaker = Speaker(send=send, route_table=FakeTable(), metrics=SpeakerMetrics(registry))
+    speaker.set_intent(intent())
+    speaker.handle_line(state("10.0.0.12", "up"))
+    speaker.handle_line(update("10.0.0.12", "10.0.0.12", announce=["192.168.2.0/26"]))
+    speaker.handle_line("{broken")
+    await speaker.flush()
+    labels = {"peer": "10.0.0.12", "family": "ipv4", "type": "node-to-node mesh"}
+    assert registry.get_sample_value("calico_bgp_session_up", labels) == 1
+    assert registry.get_sample_value("calico_bgp_prefixes_received", labels) == 1
+    assert registry.get_sample_value("calico_bgp_prefixes_announced", labels) == 1
+    assert registry.get_sample_value("calico_bgp_exabgp_unparsed_lines_total") == 1
+    speaker.set_intent(intent(peers=("10.0.0.13",)))
+    await speaker.flush()
+    assert registry.get_sample_value("calico_bgp_session_up", labels) is None
