@@ -77,7 +77,7 @@ class NodeDaemon:
         self.netlink = KernelNetlink()
         self.table = RouteTable(self.netlink, proto=RTPROT_BIRD, registry=self.registry)
         self.resolver = NexthopResolver(proto=RTPROT_BIRD)
-        self.channel = ApiChannel(run_dir / "api.sock", on_line=self._on_line)
+        self.channel = ApiChannel(run_dir / "api.sock", on_line=self._on_line, on_connect=self._api_connected)
         self.speaker = Speaker(
             send=self.channel.send,
             route_table=self.table,
@@ -115,6 +115,10 @@ class NodeDaemon:
         self._started = time.monotonic()
 
     # -------------------------------------------------------------- callbacks
+
+    def _api_connected(self) -> None:
+        # ExaBGP starts its API process after installing its signal handlers: reloads may go from now on.
+        self.supervisor.mark_ready()
 
     def _on_line(self, line: str) -> None:
         self.speaker.handle_line(line)

@@ -11,10 +11,11 @@ Complicating factors:
 - Everything is batched and incremental: inputs only record which prefixes changed; ``flush`` recomputes
   just those, so a burst becomes one command per prefix (the ExaBGP 5.0.15 ordering bug, exabgp.md §2.4)
   and one kernel apply, and 100k routes do not mean 100k recomputations per change.
-- ExaBGP keeps the routes we gave a neighbour and re-sends them when the session comes back, so commands go
-  out whatever the session state. On session up we re-send the whole desired set anyway (ExaBGP drops what it
-  already holds) and then End-of-RIB: the config sets ``manual-eor`` so that a peer that kept our routes
-  through our restart sweeps them only once our table is complete.
+- Commands go only to established neighbours: ExaBGP 5.0.15 ignores a reload while any neighbour has updates
+  queued, and a neighbour that is down would keep them queued. On session up the whole table goes out
+  (ExaBGP drops what it already holds, re-sent from before the drop), withdraws for anything it may still
+  hold, then End-of-RIB: the config sets ``manual-eor`` so that a peer that kept our routes through our
+  restart sweeps them only once our table is complete.
 - Graceful restart (RFC 4724), receive side: a peer that offered it keeps its paths (stale) for its restart
   time when the session drops; its End-of-RIB sweeps what it did not re-announce. Without it, the paths go
   at once. Timers are driven by ``tick(now)`` with an injectable clock.
@@ -352,22 +353,29 @@ class Speaker:
         lines: list[str] = []
         everything = None
         for address, peer in self._peers.items():
+            status = self._status.get(address)
+            if status is None or not status.established:
+                # Nothing queued for a neighbour that is down: ExaBGP 5.0.15 ignores a reload while any
+                # neighbour has updates pending. It gets the full table when it comes up.
+                continue
             sent = self._sent.setdefault(address, {})
-            prefixes = changed
+            prefixes, compare = changed, sent
             if address in self._resend:
-                sent.clear()
+                # Re-announce all we want (ExaBGP drops what it already holds) and withdraw what ExaBGP may
+                # still hold from before (a neighbour recreated by a reload holds nothing; harmless then).
                 if everything is None:
                     everything = set(self._loc) | set(self._local)
-                prefixes = everything
+                prefixes, compare = everything | sent.keys(), {}
             changes: dict[str, Advertisement | None] = {}
             for prefix in prefixes:
                 adv = self._export(peer, prefix)
-                if sent.get(prefix) != adv:
+                if adv is None:
+                    if prefix in sent:
+                        changes[prefix] = None
+                        del sent[prefix]
+                elif compare.get(prefix) != adv:
                     changes[prefix] = adv
-                    if adv is None:
-                        sent.pop(prefix, None)
-                    else:
-                        sent[prefix] = adv
+                    sent[prefix] = adv
             if changes:
                 lines.extend(peer_commands(address, changes))
             if address in self._eor_due and self._workloads_seen:
@@ -383,7 +391,8 @@ class Speaker:
             return
         repairs = 0
         for peer, held in report.routes.items():
-            if peer not in snapshot or peer not in self._sent:
+            status = self._status.get(peer)
+            if peer not in snapshot or peer not in self._sent or status is None or not status.established:
                 continue
             ours = snapshot[peer]
             sent = self._sent[peer]

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
+from labs import containerlab, topology
 from labs import lab as labs_lab
-from labs import topology
 from labs.ops import LabError
 
 
@@ -39,14 +40,17 @@ def lab() -> None:
 )
 @click.option("--timeout", type=float, default=labs_lab.SESSION_TIMEOUT, show_default=True,
               help="seconds to wait for BGP sessions")  # fmt: skip
+@click.option("--ipv6", is_flag=True, help="dual-stack: IPv6 node addresses, pool, blocks and pods too")
 def up(
-    topology_name: str, nodes: int | None, name: str | None, etcd_endpoints: str | None, timeout: float
+    topology_name: str, nodes: int | None, name: str | None, etcd_endpoints: str | None, timeout: float,
+    ipv6: bool,
 ) -> None:
     """Bring a lab up, wait for BGP sessions, and check pod-to-pod reachability."""
     endpoints = [e.strip() for e in etcd_endpoints.split(",") if e.strip()] if etcd_endpoints else None
     try:
         ok = labs_lab.up(
-            topology_name, nodes, name=name, etcd_endpoints=endpoints, timeout=timeout, echo=click.echo
+            topology_name, nodes, name=name, etcd_endpoints=endpoints, timeout=timeout, ipv6=ipv6,
+            echo=click.echo,
         )
     except (LabError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -69,7 +73,7 @@ def down(name: str) -> None:
 @click.argument("name", default="mesh")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def show(name: str, output: str) -> None:
-    """Show a lab's nodes and pods."""
+    """Show a lab's nodes, pods and routers."""
     try:
         info = labs_lab.show(name)
     except (LabError, ValueError) as exc:
@@ -79,9 +83,13 @@ def show(name: str, output: str) -> None:
         return
     click.echo(f"lab {info['name']}  etcd {','.join(info['etcd_endpoints'])}")
     for n in info["nodes"]:
-        click.echo(f"  node {n['name']:<12} {n['ipv4']:<18} AS {n['asn']:<10} netns {n['netns']}")
+        click.echo(f"  node {n['name']:<12} {n['ipv4']:<18} AS {n['asn']:<10} netns {n['netns']}"
+                   + (f"  {n['ipv6']}" if n.get("ipv6") else ""))
     for p in info["pods"]:
-        click.echo(f"  pod  {p['name']:<12} {p['ipv4']:<18} on {p['node']:<10} netns {p['netns']}")
+        click.echo(f"  pod  {p['name']:<12} {p['ipv4']:<18} on {p['node']:<10} netns {p['netns']}"
+                   + (f"  {p['ipv6']}" if p.get("ipv6") else ""))
+    for r in info.get("routers", []):
+        click.echo(f"  router {r['name']:<10} {r['kind']:<18} AS {r['asn']:<10} netns {r['netns']}")
 
 
 @lab.command(name="exec", context_settings={"ignore_unknown_options": True})
@@ -95,3 +103,20 @@ def exec_(node: str, argv: tuple[str, ...], lab_name: str) -> None:
     except (LabError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
+
+
+@lab.command(name="containerlab")
+@click.argument("topologies", nargs=-1, type=click.Choice(containerlab.CONTAINERLAB_TOPOLOGIES))
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=containerlab.DEFAULT_DIR,
+              show_default=True, help="the containerlab directory")  # fmt: skip
+@click.option("--check", is_flag=True, help="only report files that drifted from the definitions (exit 1)")
+def containerlab_(topologies: tuple[str, ...], directory: Path, check: bool) -> None:
+    """Regenerate containerlab/ (topologies, node scripts, FRR configs) from the lab definitions."""
+    files = containerlab.render_all(topologies or containerlab.CONTAINERLAB_TOPOLOGIES)
+    if check:
+        stale = containerlab.drift(directory, files)
+        for path in stale:
+            click.echo(f"out of date: {directory / path}", err=True)
+        sys.exit(1 if stale else 0)
+    for path in containerlab.write(directory, files):
+        click.echo(f"wrote {directory / path}")

@@ -4,6 +4,8 @@ Stage: the top of the lab tooling (``labs.cli`` and the lab tests call it). It b
 ``labs.topology.Topology``: an etcd (``labs.etcd``), a switch namespace with a bridge, one namespace per node
 cabled to it, the Calico resources in etcd, the etcd forwarder (``labs.proxy``), the pods (``labs.pods``) and
 one ``calico-bgp node run`` per node; then waits for the BGP sessions and checks pod-to-pod reachability.
+A node also gets its IPv6 address and forwarding when the topology is dual-stack (``labs.ipv6``), its static
+routes, and ``tunl0`` when a pool uses IPIP (``labs.tunnel``, as Felix would create it).
 
 Owns: the order of those steps and the state file (``labs.state``) that records each resource before it is
 created. Runtime operations on a running lab (exec, pods, affinities, ping) live in ``labs.ops``.
@@ -30,9 +32,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from labs import etcd, netns, ops, pods, process, report, topology
+from labs import etcd, netns, ops, pods, process, report, routers, topology, tunnel
+from labs import ipv6 as dual_stack
 from labs.ops import LabError
-from labs.state import LabState, NodeState, check_name, lab_dir, marker, netns_name, netns_prefix
+from labs.state import (
+    LabState,
+    NodeState,
+    RouterState,
+    check_name,
+    lab_dir,
+    marker,
+    netns_name,
+    netns_prefix,
+)
 
 BRIDGE = topology.SWITCH_BRIDGE
 NODE_IFNAME = "eth0"
@@ -45,6 +57,7 @@ Echo = Callable[[str], None]
 BUILD_ERRORS = (
     LabError,
     netns.NetnsError,
+    routers.RouterError,
     etcd.EtcdUnavailable,
     OSError,
     ValueError,
@@ -82,7 +95,10 @@ def up(
     if isinstance(topo, str):
         topo = resolve(topo, nodes)
     if ipv6:
-        raise LabError("IPv6 labs are not implemented yet")
+        try:
+            topo = dual_stack.with_ipv6(topo)
+        except ValueError as exc:
+            raise LabError(str(exc)) from exc
     lab = check_name(name or topo.name)
     if LabState.load(lab) is not None or netns.list_netns(netns_prefix(lab)):
         raise LabError(f"lab {lab!r} already exists; run `calico-bgp lab down {lab}` first")
@@ -114,6 +130,9 @@ def _build(
     netns.add_netns(lan)
     netns.add_bridge(lan, BRIDGE)
     echo(f"switch: {lan} bridge {BRIDGE}")
+    for segment in topo.segments:
+        netns.add_bridge(lan, segment)
+        echo(f"switch: {lan} bridge {segment}")
 
     for node in topo.nodes:
         _add_node(state, topo, node)
@@ -130,8 +149,13 @@ def _build(
     echo(f"proxy: etcd at {NODE_ETCD} in every node namespace (pid {state.proxy_pid})")
 
     for pod in topo.pods:
-        ops.add_pod(state.name, pod.node, pod.name, pod.ipv4, state=state)
+        ops.add_pod(state.name, pod.node, pod.name, pod.ipv4, state=state, ipv6=pod.ipv6)
         echo(f"pod {pod.name}: {pod.ipv4} on {pod.node} ({pods.cali_ifname(pod.name)})")
+
+    # Routers before the nodes' daemons: a node's first connect then finds its ToR listening.
+    for router in topo.routers:
+        _add_router(state, router)
+        echo(f"router {router.name} ({router.kind}, AS {router.asn}): {netns_name(state.name, router.name)}")
 
     for node in state.nodes:
         _start_daemon(state, node)
@@ -155,6 +179,8 @@ def _add_node(state: LabState, topo: topology.Topology, node: topology.LabNode) 
             asn=topo.node_asn(node.name),
             run_dir=str(run_dir),
             log=str(state.dir / "logs" / f"{node.name}.log"),
+            labels=dict(node.labels),
+            ipv6=node.ipv6,
         )
     )
     _record_netns(state, ns)
@@ -162,12 +188,51 @@ def _add_node(state: LabState, topo: topology.Topology, node: topology.LabNode) 
     lan = netns_name(state.name, topology.SWITCH)
     # The switch port carries the node's name (<= 15 chars, checked by topology.validate).
     netns.add_veth(lan, node.name, ns, NODE_IFNAME)
-    netns.set_master(lan, node.name, BRIDGE)
+    netns.set_master(lan, node.name, node.segment or BRIDGE)
     netns.link_up(lan, node.name)
     netns.add_address(ns, NODE_IFNAME, node.ipv4)
     netns.link_up(ns, NODE_IFNAME)
     netns.set_sysctl(ns, "net.ipv4.ip_forward", 1)
+    if node.ipv6:
+        netns.ip(ns, "-6", "address", "add", node.ipv6, "dev", NODE_IFNAME, "nodad")
+        netns.set_sysctl(ns, "net.ipv6.conf.all.forwarding", 1)
+    for spec in node.routes:  # e.g. the other subnet behind a router (crosssubnet)
+        netns.replace_route(ns, *spec.split(), "proto", "static")
+    if any(p.ipip_mode != "Never" for p in topo.pools):  # Felix creates tunl0 wherever IPIP is used
+        state.nodes[-1].tunnel = tunnel.ensure_tunl0(ns, node.block)
+        state.save()
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _add_router(state: LabState, router: topology.LabRouter) -> None:
+    """The router's namespace, one port per segment (eth<i>, forwarding on), and FRR for kind "frr"."""
+    ns = netns_name(state.name, router.name)
+    run_dir = state.dir / "run" / router.name
+    record = RouterState(router.name, ns, router.kind, router.asn, router.ports[0].ipv4, str(run_dir))
+    state.routers.append(record)
+    _record_netns(state, ns)
+    netns.add_netns(ns)
+    lan = netns_name(state.name, topology.SWITCH)
+    for index, port in enumerate(router.ports):
+        switch_port, ifname = router.port_ifname(index), f"eth{index}"
+        netns.add_veth(lan, switch_port, ns, ifname)
+        netns.set_master(lan, switch_port, port.segment or BRIDGE)
+        netns.link_up(lan, switch_port)
+        netns.add_address(ns, ifname, port.ipv4)
+        if port.ipv6:
+            netns.ip(ns, "address", "add", port.ipv6, "dev", ifname, "nodad")
+        netns.link_up(ns, ifname)
+    netns.set_sysctl(ns, "net.ipv4.ip_forward", 1)
+    netns.set_sysctl(ns, "net.ipv6.conf.all.forwarding", 1)
+    for spec in router.routes:  # a fabric that knows the pod blocks (crosssubnet)
+        netns.replace_route(ns, *spec.split(), "proto", "static")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if router.kind == "frr":
+        record.pathspace = ns
+        state.save()
+        config = routers.frr_config(router, log_file=str(run_dir / "frr.log"))
+        record.pids = routers.start_frr(ns, run_dir, config).pids
+    state.save()
 
 
 def _start_proxy(state: LabState, log: Path) -> None:
@@ -190,6 +255,8 @@ def _start_daemon(state: LabState, node: NodeState) -> None:
     argv = [ops.venv_tool("calico-bgp"), "node", "run", "--node", node.name]
     argv += ["--etcd-endpoints", NODE_ETCD, "--run-dir", node.run_dir]
     env = ops.node_env(node) | {"NODENAME": node.name, "ETCD_ENDPOINTS": NODE_ETCD}
+    # BGP passwords (BGPPeer secretKeyRef) are read from files, one directory per secret (ops.set_secret).
+    env["CALICO_BGP_SECRETS_DIR"] = str(ops.secrets_dir(state))
     node.pid = process.spawn(netns.exec_argv(node.netns, argv), Path(node.log), env=env)
     state.save()
 
@@ -209,6 +276,11 @@ def check(
     else:
         for node, reason in sorted(reasons.items()):
             echo(f"sessions: {node}: {reason}")
+    for router in (r for r in state.routers if r.kind == "frr"):
+        left = max(timeout - (time.monotonic() - started), 1.0)
+        up_, reason = ops.wait_router_sessions(router, left)
+        echo(f"router {router.name}: {reason}")
+        ready = ready and up_
     for node in state.nodes:
         echo(f"--- {node.name} ({node.ipv4}) ---")
         try:
@@ -218,9 +290,15 @@ def check(
             continue
         echo((result.stdout + result.stderr).rstrip() or f"(no output, exit {result.returncode})")
     reachable = ops.ping_matrix(state)
-    echo(report.render_matrix([(p.name, p.ipv4) for p in state.pods], reachable))
-    failed = sum(1 for ok in reachable.values() if not ok)
-    echo(f"reachability: {len(reachable) - failed}/{len(reachable)} pod pairs reached")
+    dual = any(p.ipv6 for p in state.pods)
+    echo(("IPv4\n" if dual else "") + report.render_matrix([(p.name, p.ipv4) for p in state.pods], reachable))
+    if dual:
+        echo("IPv6\n" + report.render_matrix([(p.name, p.ipv6) for p in state.pods if p.ipv6], reachable))
+    unprovable = sum(1 for ok in reachable.values() if ok is None)
+    failed = sum(1 for ok in reachable.values() if ok is False)
+    provable = len(reachable) - unprovable
+    echo(f"reachability: {provable - failed}/{provable} pod pairs reached"
+         + (f", {unprovable} not provable here (through a stand-in tunl0)" if unprovable else ""))
     return ready and failed == 0
 
 
@@ -258,6 +336,7 @@ def down(lab: str, echo: Echo = _quiet) -> None:
             netns.delete_netns(ns)
         except netns.NetnsError as exc:
             errors.append(str(exc))
+    routers.remove_pathspaces(netns_prefix(lab))
     if errors:
         raise LabError(f"lab {lab}: could not delete namespaces: {'; '.join(errors)}")
     shutil.rmtree(lab_dir(lab), ignore_errors=True)
@@ -274,9 +353,64 @@ def show(lab: str) -> dict[str, object]:
     return {
         "name": state.name,
         "etcd_endpoints": state.etcd_endpoints,
-        "nodes": [{"name": n.name, "netns": n.netns, "ipv4": n.ipv4, "asn": n.asn} for n in state.nodes],
-        "pods": [{"name": p.name, "node": p.node, "netns": p.netns, "ipv4": p.ipv4} for p in state.pods],
+        "nodes": [
+            {"name": n.name, "netns": n.netns, "ipv4": n.ipv4, "ipv6": n.ipv6, "asn": n.asn,
+             "labels": n.labels, "tunnel": n.tunnel}
+            for n in state.nodes
+        ],
+        "pods": [
+            {"name": p.name, "node": p.node, "netns": p.netns, "ipv4": p.ipv4, "ipv6": p.ipv6}
+            for p in state.pods
+        ],
+        "routers": [{"name": r.name, "netns": r.netns, "kind": r.kind, "asn": r.asn} for r in state.routers],
     }
+
+
+def stop_node(lab: str, node: str, timeout: float = DAEMON_STOP_TIMEOUT) -> None:
+    """Stop one node's daemon the way a restart would (SIGTERM); its kernel routes stay, as with BIRD."""
+    state = ops.load(lab)
+    target = ops.node_state(state, node)
+    if target.pid:
+        process.stop(target.pid, target.run_dir, timeout)
+    target.pid = 0
+    state.save()
+
+
+def start_node(lab: str, node: str) -> int:
+    """Start one node's daemon again (after ``stop_node``); returns its PID."""
+    state = ops.load(lab)
+    target = ops.node_state(state, node)
+    if target.pid and process.alive(target.pid):
+        raise LabError(f"lab {lab}: the daemon of {node} still runs (pid {target.pid})")
+    _start_daemon(state, target)
+    return target.pid
+
+
+def crash_node(lab: str, node: str, timeout: float = DAEMON_STOP_TIMEOUT) -> None:
+    """SIGKILL one node's daemon, as a crash or an OOM kill would, and wait until its ExaBGP and API process
+    followed it (they die with it: PDEATHSIG, closed pipes), so ``start_node`` finds port 179 free. The
+    kernel routes stay: nothing gets a chance to clean up, which is the point."""
+    state = ops.load(lab)
+    target = ops.node_state(state, node)
+    if target.pid and process.owned(target.pid, target.run_dir):
+        process.kill(target.pid)
+    deadline = time.monotonic() + timeout
+    while netns.pids(target.netns):
+        if time.monotonic() > deadline:
+            left = {pid: process.cmdline(pid) for pid in netns.pids(target.netns)}
+            raise LabError(f"lab {lab}: {node}'s processes outlived its daemon: {left}")
+        time.sleep(0.02)
+    target.pid = 0
+    state.save()
+
+
+def restart_node(lab: str, node: str, *, crash: bool = False) -> int:
+    """Restart one node's daemon: SIGTERM (or a SIGKILL crash), then start it the way ``up`` does."""
+    if crash:
+        crash_node(lab, node)
+    else:
+        stop_node(lab, node)
+    return start_node(lab, node)
 
 
 # Re-exported so callers need one module for a running lab (`exec` is the lab verb, as on the command line).

@@ -24,9 +24,10 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-from labs import etcd, netns, pods, process, report, topology
-from labs.state import LabState, NodeState, PodState, lab_dir, netns_name
+from labs import etcd, netns, pods, process, report, routers, topology, tunnel
+from labs.state import LabState, NodeState, PodState, RouterState, lab_dir, netns_name
 
 PING_WORKERS = 8
 
@@ -72,17 +73,19 @@ def status(
     return netns.run_in(node.netns, ["calico-bgp", "status", *args], env=node_env(node), timeout=timeout)
 
 
-def add_pod(lab: str, node: str, name: str, ipv4: str, *, state: LabState | None = None) -> PodState:
+def add_pod(
+    lab: str, node: str, name: str, ipv4: str, *, state: LabState | None = None, ipv6: str = ""
+) -> PodState:
     state = state or load(lab)
     target = _node(state, node)
     if any(p.name == name for p in state.pods):
         raise LabError(f"lab {lab}: pod {name!r} exists")
-    pod = PodState(name, node, netns_name(state.name, name), ipv4, pods.cali_ifname(name))
+    pod = PodState(name, node, netns_name(state.name, name), ipv4, pods.cali_ifname(name), ipv6)
     state.pods.append(pod)
     if pod.netns not in state.namespaces:
         state.namespaces.append(pod.netns)
     state.save()
-    pods.create_pod(target.netns, pod.netns, name, ipv4)
+    pods.create_pod(target.netns, pod.netns, name, ipv4, ipv6)
     return pod
 
 
@@ -117,12 +120,30 @@ def ping(lab: str, from_pod: str, to_ip: str, *, state: LabState | None = None) 
         return False
 
 
-def ping_matrix(state: LabState) -> dict[tuple[str, str], bool]:
-    """Every pod pings every other pod's IP once; keys are (from pod, to IP)."""
-    pairs = [(src.name, dst.ipv4) for src in state.pods for dst in state.pods if src.name != dst.name]
+def ping_matrix(state: LabState) -> dict[tuple[str, str], bool | None]:
+    """Every pod pings every other pod's IPv4 (and IPv6) address once; keys are (from pod, to IP). None:
+    not provable here, the path crosses a stand-in tunl0 (``labs.tunnel``) in one direction or the other."""
+    nodes = {n.name: n.netns for n in state.nodes}
+    stand_ins = {n.netns for n in state.nodes if n.tunnel == tunnel.STAND_IN}
+    pairs = [
+        (src, dst, ip)
+        for src in state.pods
+        for dst in state.pods
+        if src.name != dst.name
+        for ip in (dst.ipv4, dst.ipv6)
+        if ip and (ip == dst.ipv4 or src.ipv6)
+    ]
+
+    def probe(pair: tuple[PodState, PodState, str]) -> bool | None:
+        src, dst, ip = pair
+        back = src.ipv4 if ip == dst.ipv4 else src.ipv6
+        if stand_ins and tunnel.crosses_stand_in(nodes[src.node], back, nodes[dst.node], ip, stand_ins):
+            return None
+        return ping(state.name, src.name, ip, state=state)
+
     with ThreadPoolExecutor(PING_WORKERS) as pool:
-        results = pool.map(lambda pair: ping(state.name, *pair, state=state), pairs)
-        return dict(zip(pairs, results, strict=True))
+        results = pool.map(probe, pairs)
+        return {(src.name, ip): ok for (src, _, ip), ok in zip(pairs, results, strict=True)}
 
 
 def wait_sessions(
@@ -152,6 +173,45 @@ def wait_sessions(
             break
         time.sleep(0.5)
     return not pending, reasons
+
+
+def secrets_dir(state: LabState) -> Path:
+    """Where the lab's BGP password secrets live, laid out like Kubernetes secret volumes."""
+    return state.dir / "secrets"
+
+
+def set_secret(lab: str, name: str, key: str, value: str) -> Path:
+    """Write (or rotate) one secret key, atomically as a secret volume update would; returns its path."""
+    path = secrets_dir(load(lab)) / name / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.parent.chmod(0o700)
+    tmp = path.with_name(f".{key}.tmp")
+    tmp.write_text(value)
+    os.replace(tmp, path)
+    return path
+
+
+def wait_router_sessions(router: RouterState, timeout: float) -> tuple[bool, str]:
+    """Poll an FRR router until every configured neighbour is Established; (ready, summary)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sessions = routers.bgp_sessions(router.pathspace)
+        except (routers.RouterError, subprocess.TimeoutExpired, ValueError) as exc:
+            sessions, error = {}, str(exc)
+        else:
+            error = ""
+        down = sorted(a for a, s in sessions.items() if s != "Established")
+        if sessions and not down:
+            return True, f"{len(sessions)} sessions Established"
+        if time.monotonic() > deadline:
+            detail = error or ", ".join(f"{a} {sessions[a]}" for a in down) or "no sessions"
+            return False, f"not Established: {detail}"
+        time.sleep(0.5)
+
+
+def node_state(state: LabState, name: str) -> NodeState:
+    return _node(state, name)
 
 
 def _node(state: LabState, name: str) -> NodeState:

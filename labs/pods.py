@@ -15,6 +15,10 @@ Complicating factors:
   pod would wait for ARP, and Calico does not rely on the pod answering ARP.
 - The cali name is derived from the pod name (as Calico derives it from the workload endpoint id), so
   deleting a pod needs nothing but its name.
+- IPv6 (dual-stack pods) mirrors it: the pod routes everything via Calico's link-local gateway
+  fe80::ecee:eeff:feee:eeee, made a static neighbour on the cali end's MAC, and the node gets
+  ``<ip>/128 dev cali… proto boot`` plus a static neighbour for the pod. Addresses skip duplicate address
+  detection (``nodad``) so they are usable at once.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import hashlib
 from labs import netns
 
 GATEWAY = "169.254.1.1"  # Calico's fixed pod gateway
+GATEWAY6 = "fe80::ecee:eeff:feee:eeee"  # Calico's IPv6 pod gateway (the link-local of ee:ee:ee:ee:ee:ee)
 POD_IFNAME = "eth0"
 PROTO_BOOT = "boot"  # Felix's DeviceRouteProtocol default (3)
 
@@ -33,7 +38,7 @@ def cali_ifname(pod: str) -> str:
     return "cali" + hashlib.sha1(pod.encode()).hexdigest()[:11]
 
 
-def create_pod(node_netns: str, pod_netns: str, pod: str, ipv4: str) -> str:
+def create_pod(node_netns: str, pod_netns: str, pod: str, ipv4: str, ipv6: str = "") -> str:
     """Create the pod's namespace and wiring; returns the cali interface name on the node."""
     cali = cali_ifname(pod)
     netns.add_netns(pod_netns)
@@ -53,6 +58,12 @@ def create_pod(node_netns: str, pod_netns: str, pod: str, ipv4: str) -> str:
     pod_mac = netns.link_mac(pod_netns, POD_IFNAME)
     netns.replace_neighbour(node_netns, ipv4, pod_mac, cali)
     netns.replace_route(node_netns, f"{ipv4}/32", "dev", cali, "scope", "link", "proto", PROTO_BOOT)
+    if ipv6:
+        netns.ip(pod_netns, "-6", "address", "add", f"{ipv6}/128", "dev", POD_IFNAME, "nodad")
+        netns.replace_neighbour(pod_netns, GATEWAY6, cali_mac, POD_IFNAME)
+        netns.ip(pod_netns, "-6", "route", "replace", "default", "via", GATEWAY6, "dev", POD_IFNAME)
+        netns.replace_neighbour(node_netns, ipv6, pod_mac, cali)
+        netns.ip(node_netns, "-6", "route", "replace", f"{ipv6}/128", "dev", cali, "proto", PROTO_BOOT)
     return cali
 
 

@@ -35,15 +35,19 @@ def sessions_ready(status_output: str, expected: Sequence[str]) -> tuple[bool, s
     return True, f"{len(established)} Established"
 
 
-def render_matrix(pods: Sequence[tuple[str, str]], reachable: Mapping[tuple[str, str], bool]) -> str:
-    """Grid of pods (name, ip): rows ping from, columns ping to; ✓ reached, ✗ not, · itself."""
+def render_matrix(
+    pods: Sequence[tuple[str, str]], reachable: Mapping[tuple[str, str], bool | None]
+) -> str:
+    """Grid of pods (name, ip): rows ping from, columns ping to; ✓ reached, ✗ not (or no result), · itself,
+    - not provable here (the path crosses a stand-in tunl0, ``labs.tunnel``)."""
     names = [name for name, _ in pods]
     width = max([len("from \\ to"), *(len(n) for n in names)])
     lines = ["from \\ to".ljust(width) + "  " + "  ".join(names)]
     for src, _ in pods:
         cells = []
         for dst, dst_ip in pods:
-            mark = "·" if src == dst else ("✓" if reachable.get((src, dst_ip)) else "✗")
+            result = reachable.get((src, dst_ip), False)
+            mark = "·" if src == dst else "✓" if result else "-" if result is None else "✗"
             cells.append(mark.center(len(dst)))
         lines.append(src.ljust(width) + "  " + "  ".join(cells))
     return "\n".join(lines)

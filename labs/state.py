@@ -57,6 +57,21 @@ class NodeState:
     run_dir: str
     log: str
     pid: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    ipv6: str = ""  # CIDR, "" for an IPv4-only node
+    tunnel: str = ""  # its tunl0: "ipip" (a real one), "stand-in" (a veth: no traffic), "" (none)
+
+
+@dataclass
+class RouterState:
+    name: str
+    netns: str
+    kind: str  # "frr" (the lab runs it) | "external" (a test or user runs a daemon in the namespace)
+    asn: int
+    ipv4: str  # CIDR of its first port
+    run_dir: str
+    pathspace: str = ""  # FRR's -N, for `vtysh -N`; "" unless kind "frr"
+    pids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -66,6 +81,7 @@ class PodState:
     netns: str
     ipv4: str
     ifname: str  # the cali end in the node namespace
+    ipv6: str = ""
 
 
 @dataclass
@@ -81,6 +97,7 @@ class LabState:
     namespaces: list[str] = field(default_factory=list)  # creation order; deleted in reverse
     nodes: list[NodeState] = field(default_factory=list)
     pods: list[PodState] = field(default_factory=list)
+    routers: list[RouterState] = field(default_factory=list)
 
     @property
     def dir(self) -> Path:
@@ -91,6 +108,13 @@ class LabState:
             if node.name == name:
                 return node
         raise KeyError(f"lab {self.name!r} has no node {name!r} (nodes: {[n.name for n in self.nodes]})")
+
+    def router(self, name: str) -> RouterState:
+        for router in self.routers:
+            if router.name == name:
+                return router
+        known = [r.name for r in self.routers]
+        raise KeyError(f"lab {self.name!r} has no router {name!r} (routers: {known})")
 
     def pod(self, name: str) -> PodState:
         for pod in self.pods:
@@ -113,4 +137,5 @@ class LabState:
             return None
         raw["nodes"] = [NodeState(**n) for n in raw.get("nodes", [])]
         raw["pods"] = [PodState(**p) for p in raw.get("pods", [])]
+        raw["routers"] = [RouterState(**r) for r in raw.get("routers", [])]
         return cls(**raw)

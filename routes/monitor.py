@@ -19,8 +19,9 @@ Design and complicating factors:
 - A route replaced at the same kernel key by a non-workload route is an ``add`` of something else: the
   key is dropped. Any protocol on a cali* device counts (Felix's default is proto boot, 3).
 - Lost notifications (ENOBUFS -> ``WatchOverflow``) trigger a fresh dump; the socket stays subscribed.
-  The kernel-side filter excludes our own protocol (``exclude_proto``) so programming 100k BGP routes
-  does not flood this socket.
+  The kernel-side filter drops additions of our own protocol (``exclude_proto``) so programming 100k BGP
+  routes does not flood this socket; deletions of our routes pass, so ``RouteTable`` hears at once when
+  someone else removes one.
 - ``on_change`` is a plain synchronous callable receiving the full frozenset of prefixes, called once per
   burst (first change + ``debounce`` seconds) and only when the set differs from the last call. It must
   not block: hand the set to a queue or an event. The first call comes after the initial dump, even when

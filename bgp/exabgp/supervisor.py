@@ -16,6 +16,10 @@ Complicating factors (reference exabgp.md §3):
 - If the daemon dies (even by SIGKILL), ExaBGP must not linger holding port 179 against the next daemon:
   the child gets PR_SET_PDEATHSIG=SIGTERM, and SIGTERM closes sessions without a NOTIFICATION, which is what
   a graceful-restart peer needs to keep our routes.
+- ExaBGP 5.0.15 drops a SIGUSR1 that arrives while any neighbour has updates queued (the signal is cleared
+  before the "pending Adj-RIB-Out" check skips it), and dies of a SIGUSR1 that arrives before it installed its
+  handler. So a reload is only sent once ExaBGP is ready (its API process connected, which it starts after the
+  handlers), and is confirmed from ExaBGP's own log ("performing reload"); unconfirmed, it is sent again.
 - ``reactor.speed`` is the poll() timeout in hundredths of a second. poll() wakes on API input and peer
   sockets, so single-route latency does not wait for the tick; the tick costs idle CPU (about 2 % of a core at
   1.0, 6 % at 0.1). We keep 1.0 and let bulk work run in ExaBGP's immediate-reschedule path.
@@ -55,8 +59,27 @@ def exabgp_executable() -> str:
     return found
 
 
-def exabgp_environment(bind: list[str], port: int, reactor_speed: float = 1.0) -> dict[str, str]:
-    return {
+SPEED_ENV = "CALICO_BGP_EXABGP_SPEED"  # overrides exabgp.reactor.speed (tuning, benchmarks)
+EXTRA_ENV = "CALICO_BGP_EXABGP_ENV"  # "exabgp.cache.attributes=false ...": extra settings (experiments)
+
+
+def exabgp_environment(
+    bind: list[str], port: int, reactor_speed: float | None = None, overrides: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    """ExaBGP's settings. ``overrides`` (our environment) may set the reactor speed (``SPEED_ENV``) and
+    add ``exabgp.*`` settings (``EXTRA_ENV``); the ones the daemon depends on (bind, user, acks) win."""
+    if reactor_speed is None:
+        try:
+            reactor_speed = float(overrides.get(SPEED_ENV, "1.0"))
+        except ValueError:
+            log.warning("ignoring %s=%r: not a number", SPEED_ENV, overrides.get(SPEED_ENV))
+            reactor_speed = 1.0
+    extra = dict(
+        item.partition("=")[::2]
+        for item in overrides.get(EXTRA_ENV, "").split()
+        if item.startswith("exabgp.")
+    )
+    return extra | {
         "exabgp.tcp.bind": " ".join(bind),
         "exabgp.tcp.port": str(port),
         "exabgp.daemon.user": "root",
@@ -93,7 +116,12 @@ class ExaBGPSupervisor:
         self._proc: asyncio.subprocess.Process | None = None
         self._stopping = False
         self._restart_now = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._reload_wanted = asyncio.Event()
+        self._reloaded = asyncio.Event()
+        self.reload_confirm_timeout = 2.0
         self.starts = 0
+        self.reloads_sent = 0
 
     @property
     def pid(self) -> int | None:
@@ -111,8 +139,19 @@ class ExaBGPSupervisor:
         self._restart_now.set()
         return True
 
+    def mark_ready(self) -> None:
+        """ExaBGP is up far enough to take signals (the daemon calls this when the API bridge connects)."""
+        self._ready.set()
+
     async def run(self) -> None:
         """Keep ExaBGP running until ``stop``; restarts with exponential backoff after a crash."""
+        reloader = asyncio.create_task(self._reload_loop())
+        try:
+            await self._keep_running()
+        finally:
+            reloader.cancel()
+
+    async def _keep_running(self) -> None:
         backoff = self._backoff_initial
         while not self._stopping:
             started = asyncio.get_running_loop().time()
@@ -134,28 +173,59 @@ class ExaBGPSupervisor:
         env = {k: v for k, v in os.environ.items() if not k.lower().startswith("exabgp")}
         env.update(self._environment)
         self._log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._log_file, "ab") as out:
-            self._proc = await asyncio.create_subprocess_exec(
-                exabgp_executable(),
-                "server",
-                str(self._config),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=env,
-                preexec_fn=_die_with_parent,
-            )
+        self._ready.clear()
+        self._proc = await asyncio.create_subprocess_exec(
+            exabgp_executable(),
+            "server",
+            str(self._config),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent,
+        )
         self.starts += 1
         log.info("ExaBGP started (pid %d)", self._proc.pid)
         if self._on_start is not None:
             self._on_start()
+        await self._copy_log(self._proc.stdout)
         return await self._proc.wait()
 
+    async def _copy_log(self, stream: asyncio.StreamReader) -> None:
+        """ExaBGP's output goes to its log file; we read it on the way for reload confirmations."""
+        with open(self._log_file, "ab", buffering=0) as out:
+            while True:
+                line = await stream.readline()
+                if not line:
+                    return
+                out.write(line)
+                if b"performing reload" in line:
+                    self._reloaded.set()
+
     def reload(self) -> None:
-        """SIGUSR1: re-read the config; only changed neighbours are reset."""
-        if self._proc is not None and self._proc.returncode is None:
+        """SIGUSR1: re-read the config; only changed neighbours are reset. Sent when ExaBGP is ready and
+        repeated until ExaBGP confirms it (see the module docstring)."""
+        self._reload_wanted.set()
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload_wanted.wait()
+            await self._ready.wait()
+            proc = self._proc
+            if proc is None or proc.returncode is not None:
+                await asyncio.sleep(0.1)
+                continue
+            self._reload_wanted.clear()
+            self._reloaded.clear()
             log.info("reloading ExaBGP (SIGUSR1)")
-            self._proc.send_signal(signal.SIGUSR1)
+            proc.send_signal(signal.SIGUSR1)
+            self.reloads_sent += 1
+            try:
+                await asyncio.wait_for(self._reloaded.wait(), self.reload_confirm_timeout)
+            except TimeoutError:
+                if proc.returncode is None and proc is self._proc:
+                    log.warning("ExaBGP did not act on the reload (updates still queued?); sending it again")
+                    self._reload_wanted.set()
 
     async def stop(self, timeout: float = 10.0) -> None:
         self._stopping = True

@@ -19,6 +19,8 @@ import pytest
 from routes.model import BLACKHOLE, Nexthop, Route
 from routes.monitor import WorkloadRouteWatcher
 from routes.netlink import ADD, KernelNetlink, RouteEvent
+from routes.recursive import NexthopResolver
+from routes.resolve import kernel_routes
 from routes.table import RouteTable
 
 pytestmark = pytest.mark.netns
@@ -202,3 +204,72 @@ async def test_restart_adopts_previous_routes_and_sweeps_only_when_released(ns, 
     assert result.deleted == 2
     gateways = {d: r["gateway"] for d, r in ours(ns).items()}
     assert gateways == {"10.70.0.0/24": "10.9.0.2", "10.70.1.0/24": "10.9.0.3"}
+
+
+async def test_deletions_of_our_routes_pass_the_kernel_filter_and_are_repaired(ns, netlink):
+    table = RouteTable(netlink, hold_deletes=False)
+    table.set_desired(many(3))
+    await table.apply()
+    watch = netlink.watch(exclude_proto=12)
+    try:
+        ip(ns, "route", "del", "10.100.0.1/32", "proto", "12")  # someone else removes one of ours
+        event = await asyncio.wait_for(anext(watch), 1)
+        assert (event.action, event.route.dst, event.route.proto) == ("del", "10.100.0.1/32", 12)
+        assert table.observe(event) is True
+        assert (await table.apply()).replaced == 1
+        assert "10.100.0.1" in ours(ns)
+        with pytest.raises(TimeoutError):  # our own re-add is filtered out in the kernel
+            await asyncio.wait_for(anext(watch), 0.2)
+    finally:
+        watch.close()
+
+
+async def test_recursive_next_hops_follow_the_kernels_routes(ns, netlink):
+    """BIRD's ``gateway recursive`` against the real table: a BGP next hop behind a router goes in via the
+    router, and moves when the kernel's route to it changes (learned through notifications)."""
+    ip(ns, "route", "add", "198.51.100.0/24", "via", "10.9.0.254", "proto", "static")
+    resolver = NexthopResolver()
+    table = RouteTable(netlink, hold_deletes=False)
+    changed = asyncio.Event()
+
+    def observe(event):
+        if resolver.observe(event):
+            changed.set()
+
+    watcher = WorkloadRouteWatcher(netlink, lambda _: None, debounce=0.01, observers=[observe],
+                                   dump_observers=[resolver.load])
+    task = asyncio.create_task(watcher.run())
+
+    async def program() -> dict:
+        table.set_desired(kernel_routes({"10.80.0.0/26": ("198.51.100.7",), "10.81.0.0/26": ("10.9.0.2",)},
+                                        [], [], resolve=resolver.resolve))
+        assert not (await table.apply()).errors
+        return {dst: (r.get("gateway"), r.get("dev")) for dst, r in ours(ns).items()}
+
+    try:
+        await asyncio.wait_for(watcher.ready.wait(), 1)
+        assert await program() == {"10.80.0.0/26": ("10.9.0.254", "v0"), "10.81.0.0/26": ("10.9.0.2", "v0")}
+        ip(ns, "route", "add", "198.51.100.0/25", "via", "10.9.0.253", "proto", "static")
+        await asyncio.wait_for(changed.wait(), 1)
+        assert (await program())["10.80.0.0/26"] == ("10.9.0.253", "v0")
+        changed.clear()
+        ip(ns, "route", "del", "198.51.100.0/25")
+        ip(ns, "route", "del", "198.51.100.0/24")
+        await asyncio.wait_for(changed.wait(), 1)
+        assert "10.80.0.0/26" not in await program()  # unreachable next hop: nothing installed
+        assert resolver.unresolved == {"198.51.100.7"}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def test_benchmark_command_runs_and_cleans_up(capsys):
+    """``python -m routes.bench`` end to end on a small count (its figures are not asserted: not a timed
+    test); it must leave no namespace behind."""
+    from routes import bench
+
+    assert bench.main(["--routes", "300", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "route programming: 300 IPv4 /32 routes" in out and "target: RouteTable add" in out
+    assert not [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                                          check=True).stdout.split() if n.startswith("rtbench-")]

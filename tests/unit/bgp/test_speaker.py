@@ -83,6 +83,11 @@ def update(peer, nexthop, announce=(), withdraw=()):
     )
 
 
+def up(speaker, peers=PEERS):
+    for peer in peers:
+        speaker.handle_line(state(peer, "up"))
+
+
 @pytest.fixture
 def rig():
     sent: list[str] = []
@@ -95,24 +100,28 @@ def rig():
 
 
 def nlri_of(lines, verb):
-    return sorted({p for line in lines if f" {verb} " in line for p in line.split(" nlri ")[1].split()})
+    chosen = [line for line in lines if f" {verb} attributes " in line]
+    return sorted({p for line in chosen for p in line.split(" nlri ")[1].split()})
 
 
 async def test_exports_blocks_and_borrowed_ips_only(rig):
     speaker, sent, _ = rig
     speaker.set_intent(intent())
+    up(speaker)
     speaker.set_workload_routes({"192.168.1.5/32", "192.168.2.9/32", "10.99.0.1/32"})
     await speaker.flush()
     # Block announced, its /32 not; the borrowed /32 announced; outside every pool not.
     for peer in PEERS:
         lines = [line for line in sent if line.startswith(f"neighbor {peer} ")]
         assert nlri_of(lines, "announce") == ["192.168.1.0/26", "192.168.2.9/32"]
-        assert all(f"next-hop {ME}" in line for line in lines)
+        assert all(f"next-hop {ME}" in line for line in lines if " eor " not in line)
+        assert lines[-1] == f"neighbor {peer} announce eor ipv4 unicast"
 
 
 async def test_withdraw_when_borrowed_ip_goes_and_burst_is_one_command_per_prefix(rig):
     speaker, sent, _ = rig
     speaker.set_intent(intent())
+    up(speaker)
     speaker.set_workload_routes({"192.168.2.9/32"})
     await speaker.flush()
     sent.clear()
@@ -162,19 +171,34 @@ async def test_equal_paths_become_one_multipath_route(rig):
     assert table.by_dst()["192.168.50.0/26"].nexthops == (Nexthop("10.0.0.13"),)
 
 
-async def test_session_up_and_exabgp_restart_resend_everything(rig):
+async def test_only_established_peers_get_commands_and_session_up_resends_everything(rig):
     speaker, sent, _ = rig
     speaker.set_intent(intent())
+    speaker.set_workload_routes({"192.168.2.9/32"})
     await speaker.flush()
-    sent.clear()
+    assert sent == []  # nobody is up: nothing is queued in ExaBGP (it would block reloads)
     speaker.handle_line(state("10.0.0.12", "up"))
     await speaker.flush()
-    assert nlri_of(sent, "announce") == ["192.168.1.0/26"]
+    assert nlri_of(sent, "announce") == ["192.168.1.0/26", "192.168.2.9/32"]
     assert all(line.startswith("neighbor 10.0.0.12 ") for line in sent)
     sent.clear()
+    # Down, the borrowed IP leaves meanwhile, up again: the stale /32 ExaBGP still holds is withdrawn.
+    speaker.handle_line(state("10.0.0.12", "down"))
+    speaker.set_workload_routes(set())
+    await speaker.flush()
+    assert sent == []
+    speaker.handle_line(state("10.0.0.12", "up"))
+    await speaker.flush()
+    assert nlri_of(sent, "withdraw") == ["192.168.2.9/32"]
+    assert nlri_of(sent, "announce") == ["192.168.1.0/26"]
+    sent.clear()
+    up(speaker, ["10.0.0.13"])
     speaker.exabgp_restarted()
     await speaker.flush()
-    assert sorted(line.split()[1] for line in sent) == list(PEERS)
+    assert sent == []  # every session dropped with ExaBGP
+    up(speaker)
+    await speaker.flush()
+    assert sorted({line.split()[1] for line in sent}) == list(PEERS)
 
 
 async def test_removed_peer_is_forgotten_and_garbage_is_counted(rig):
@@ -300,6 +324,7 @@ async def test_end_of_rib_follows_the_full_table_once_workloads_are_known(gr_rig
 
 async def test_adj_rib_out_audit_repairs_both_directions(gr_rig):
     speaker, sent, _, clock = gr_rig
+    up(speaker)
     await speaker.flush()
     clock.now = 61.0
     speaker.tick()
@@ -325,6 +350,7 @@ async def test_adj_rib_out_audit_repairs_both_directions(gr_rig):
 
 async def test_routes_report(gr_rig):
     speaker, _, _, _ = gr_rig
+    up(speaker)
     speaker.handle_line(update("10.0.0.12", "10.0.0.12", announce=["192.168.2.0/26"]))
     await speaker.flush()
     rows = {r["prefix"]: r for r in speaker.routes_report()}

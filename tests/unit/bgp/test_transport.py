@@ -91,7 +91,7 @@ def test_backlog_is_bounded(tmp_path, monkeypatch):
 FAKE_EXABGP = """#!/bin/sh
 # Stands in for exabgp: records its arguments, environment and signals, then waits or exits.
 echo "start $* $exabgp_tcp_bind" >> {log}
-trap 'echo usr1 >> {log}' USR1
+trap 'echo usr1 >> {log}; [ -e {ignore} ] && rm {ignore} || echo "performing reload of exabgp"' USR1
 trap 'echo term >> {log}; exit 0' TERM
 if [ -e {crash} ]; then rm {crash}; exit 3; fi
 while true; do sleep 0.05; done
@@ -100,12 +100,12 @@ while true; do sleep 0.05; done
 
 @pytest.fixture
 def fake_exabgp(tmp_path, monkeypatch):
-    log, crash = tmp_path / "calls.log", tmp_path / "crash-once"
+    log, crash, ignore = tmp_path / "calls.log", tmp_path / "crash-once", tmp_path / "ignore-usr1-once"
     script = tmp_path / "exabgp"
-    script.write_text(FAKE_EXABGP.format(log=log, crash=crash))
+    script.write_text(FAKE_EXABGP.format(log=log, crash=crash, ignore=ignore))
     script.chmod(0o755)
     monkeypatch.setattr(sup, "exabgp_executable", lambda: str(script))
-    return log, crash
+    return log, crash, ignore
 
 
 async def _until(predicate, timeout=5.0):
@@ -117,7 +117,7 @@ async def _until(predicate, timeout=5.0):
 
 
 async def test_supervisor_reload_restart_and_stop(tmp_path, fake_exabgp):
-    log, crash = fake_exabgp
+    log, crash, ignore = fake_exabgp
     crash.touch()
     starts = []
     s = sup.ExaBGPSupervisor(
@@ -131,9 +131,15 @@ async def test_supervisor_reload_restart_and_stop(tmp_path, fake_exabgp):
     # First start crashes (exit 3); the supervisor starts it again after the backoff.
     await _until(lambda: len(starts) == 2 and s.pid is not None)
     await _until(lambda: log.exists() and log.read_text().count("start server") == 2)
-    await asyncio.sleep(0.2)  # let the shell install its traps
-    s.reload()
-    await _until(lambda: "usr1" in log.read_text())
+    s.reload()  # not ready yet (no API process connected): held back, not lost
+    await asyncio.sleep(0.3)
+    assert "usr1" not in log.read_text()
+    ignore.touch()  # the first SIGUSR1 is dropped, as ExaBGP does with updates queued
+    s.reload_confirm_timeout = 0.3
+    s.mark_ready()
+    await _until(lambda: log.read_text().count("usr1") == 2)
+    assert s.reloads_sent == 2
+    await _until(lambda: "performing reload" in (tmp_path / "exabgp.log").read_text())
     # A new listen address needs a restart, not a reload.
     assert s.set_environment({"exabgp_tcp_bind": "10.0.0.99"})
     assert not s.set_environment({"exabgp_tcp_bind": "10.0.0.99"})

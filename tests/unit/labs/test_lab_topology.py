@@ -127,10 +127,11 @@ NODES = (LabNode("n1", "10.0.0.1/24"), LabNode("n2", "10.0.0.2/24"), LabNode("n3
         (False, (_peer("[fd00::1]:1790"),), "n2", ("fd00::1",)),
         (True, (_peer("10.0.0.9", node="n3"),), "n1", ("10.0.0.2", "10.0.0.3")),
         (True, (_peer("10.0.0.9", node="n3"),), "n3", ("10.0.0.1", "10.0.0.2", "10.0.0.9")),
-        (False, (_peer("10.0.0.9", nodeSelector="all()"),), "n3", ()),
+        (False, (_peer("10.0.0.9", nodeSelector="all()"),), "n3", ("10.0.0.9",)),
+        (False, (_peer("10.0.0.9", nodeSelector="has(rack)"),), "n3", ()),
     ],
     ids=["mesh", "no-mesh", "global-peer", "global-peer-port", "v6-bracket-port", "other-node-peer",
-         "own-node-peer", "selector-left-to-topology"],
+         "own-node-peer", "node-selector-matches", "node-selector-misses"],
 )  # fmt: skip
 def test_expected_peers(mesh, peers, node, expected):
     topo = Topology("t", NODES, bgp_config={"nodeToNodeMeshEnabled": mesh}, peers=peers)

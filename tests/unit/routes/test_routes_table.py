@@ -324,3 +324,15 @@ async def test_our_route_deleted_by_someone_else_is_reinstalled_and_counted(tabl
     assert result.replaced == 1 and set(ours(kernel)) == {"10.244.1.0/26", "10.244.2.0/26"}
     assert metric(registry, "calico_bgp_kernel_route_repairs_total") == 1
     assert watch.queue.empty()  # the reinstall itself is not echoed back
+
+
+async def test_invalidate_makes_the_next_apply_read_the_table_back(table, kernel):
+    table.set_desired([block(1)])
+    await table.apply()
+    dumps = kernel.dumps
+    kernel.routes.pop(next(iter(kernel.routes)))  # lost: no notification reached us
+    await table.apply()
+    assert kernel.dumps == dumps and ours(kernel) == {}  # nothing dirty, nothing re-read
+    table.invalidate()  # the watcher re-dumped after an overflow
+    result = await table.apply()
+    assert kernel.dumps == dumps + 1 and result.replaced == 1 and set(ours(kernel)) == {"10.244.1.0/26"}
