@@ -36,6 +36,9 @@ from confgen.intent import MESH, NEXT_HOP_KEEP, NEXT_HOP_SELF, NodeIntent, PeerI
 
 ACCEPT = "accept"
 REJECT = "reject"
+NORMAL_PRIORITY = 1024  # Calico's ipv4/ipv6NormalRoutePriority (Felix's workload route metric)
+# v3.32's export prologue: local-pref = 2^31-1 - metric, so a receiver installs our routes at metric 1024.
+ORIGINATED_LOCAL_PREF = 2**31 - 1 - NORMAL_PRIORITY
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -188,6 +191,8 @@ class NodePolicy:
         cluster: tuple[str, ...] = ()
         origin = "igp"
         nexthop = peer.local_address
+        if path is None and peer.ibgp:
+            local_pref = ORIGINATED_LOCAL_PREF
         if path is not None:
             a = path.attributes
             as_path = a.as_path

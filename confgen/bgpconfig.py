@@ -44,6 +44,10 @@ class BGPConfiguration:
     service_cluster_ips: tuple[str, ...] = ()
     service_external_ips: tuple[str, ...] = ()
     service_loadbalancer_ips: tuple[str, ...] = ()
+    program_cluster_routes: str | None = None  # v3.32 Enabled|Disabled, v3.33 also EnabledIPIPOnly|...
+
+
+PROGRAM_CLUSTER_ROUTES = ("Enabled", "Disabled", "EnabledIPIPOnly", "EnabledNoEncapOnly")
 
 
 def parse_bgp_configuration(name: str, raw: Any) -> BGPConfiguration:
@@ -60,6 +64,9 @@ def parse_bgp_configuration(name: str, raw: Any) -> BGPConfiguration:
     bind_mode = r.get("spec.bindMode", None)
     if bind_mode is not None:
         bind_mode = r.choice("spec.bindMode", BIND_MODES, "None")
+    program = r.get("spec.programClusterRoutes", None)
+    if program is not None:
+        program = r.choice("spec.programClusterRoutes", PROGRAM_CLUSTER_ROUTES, "Enabled")
     return BGPConfiguration(
         name=name,
         as_number=r.as_number("spec.asNumber"),
@@ -73,6 +80,7 @@ def parse_bgp_configuration(name: str, raw: Any) -> BGPConfiguration:
         service_cluster_ips=_service_ranges(r, "spec.serviceClusterIPs"),
         service_external_ips=_service_ranges(r, "spec.serviceExternalIPs"),
         service_loadbalancer_ips=_service_ranges(r, "spec.serviceLoadBalancerIPs"),
+        program_cluster_routes=program,
     )
 
 

@@ -100,6 +100,7 @@ def intent_from_model(
         service_loadbalancer_ips=loadbalancer_ips,
         bind_mode=model.bind_mode,
         log_severity=model.log_severity_of(node_name),
+        program_cluster_routes=model.program_cluster_routes,
     )
 
     me = model.nodes.get(node_name)

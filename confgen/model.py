@@ -171,6 +171,11 @@ class Model:
         return self._global().bind_mode or "None"
 
     @property
+    def program_cluster_routes(self) -> str:
+        # Absent means what Calico v3.32 does by default: the BGP daemon programs every non-VXLAN pool.
+        return self._global().program_cluster_routes or "Enabled"
+
+    @property
     def node_mesh_password(self) -> SecretRef | None:
         return self._global().node_mesh_password
 

@@ -14,8 +14,8 @@ Complicating factors (reference exabgp.md §3):
 - The listening address is an environment setting, not config: a change of node address or listen port needs a
   restart, not a reload (``set_environment`` reports that).
 - If the daemon dies (even by SIGKILL), ExaBGP must not linger holding port 179 against the next daemon:
-  the child gets PR_SET_PDEATHSIG=SIGTERM, and SIGTERM closes sessions without a NOTIFICATION, which is what
-  a graceful-restart peer needs to keep our routes.
+  the child (``bgp.exabgp.launch``) sets PR_SET_PDEATHSIG=SIGTERM, and SIGTERM closes sessions without a
+  NOTIFICATION, which is what a graceful-restart peer needs to keep our routes.
 - ExaBGP 5.0.15 drops a SIGUSR1 that arrives while any neighbour has updates queued (the signal is cleared
   before the "pending Adj-RIB-Out" check skips it), and dies of a SIGUSR1 that arrives before it installed its
   handler. So a reload is only sent once ExaBGP is ready (its API process connected, which it starts after the
@@ -29,34 +29,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
-import shutil
 import signal
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from bgp.exabgp.launch import PARENT_ENV
+
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
 
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-def exabgp_executable() -> str:
-    """The exabgp next to our interpreter (the venv), else the one on PATH."""
-    candidate = Path(sys.executable).parent / "exabgp"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("exabgp")
-    if not found:
-        raise FileNotFoundError("exabgp is not installed (pip install exabgp==5.0.15)")
-    return found
+def exabgp_command() -> list[str]:
+    """ExaBGP, run through ``bgp.exabgp.launch`` (parent-death signal without ``preexec_fn``)."""
+    return [sys.executable, "-m", "bgp.exabgp.launch"]
 
 
 SPEED_ENV = "CALICO_BGP_EXABGP_SPEED"  # overrides exabgp.reactor.speed (tuning, benchmarks)
@@ -172,17 +159,17 @@ class ExaBGPSupervisor:
     async def _run_once(self) -> int:
         env = {k: v for k, v in os.environ.items() if not k.lower().startswith("exabgp")}
         env.update(self._environment)
+        env[PARENT_ENV] = str(os.getpid())
         self._log_file.parent.mkdir(parents=True, exist_ok=True)
         self._ready.clear()
         self._proc = await asyncio.create_subprocess_exec(
-            exabgp_executable(),
+            *exabgp_command(),
             "server",
             str(self._config),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=env,
-            preexec_fn=_die_with_parent,
         )
         self.starts += 1
         log.info("ExaBGP started (pid %d)", self._proc.pid)

@@ -116,6 +116,12 @@ def test_reflection_sets_originator_and_cluster_list_and_keeps_next_hop():
     assert adv.nexthop == CLIENT.address
 
 
+def test_own_routes_carry_calicos_priority_local_pref_towards_ibgp_only():
+    policy = NodePolicy(node())
+    assert policy.export(MESH12, Candidate("192.168.1.0/26")).local_pref == 2**31 - 1 - 1024
+    assert policy.export(TOR, Candidate("192.168.1.0/26")).local_pref is None
+
+
 def test_ebgp_export_prepends_our_as_and_sets_next_hop_self():
     policy = NodePolicy(node())
     own = policy.export(TOR, Candidate("192.168.1.0/26"))

@@ -104,7 +104,7 @@ def fake_exabgp(tmp_path, monkeypatch):
     script = tmp_path / "exabgp"
     script.write_text(FAKE_EXABGP.format(log=log, crash=crash, ignore=ignore))
     script.chmod(0o755)
-    monkeypatch.setattr(sup, "exabgp_executable", lambda: str(script))
+    monkeypatch.setattr(sup, "exabgp_command", lambda: [str(script)])
     return log, crash, ignore
 
 

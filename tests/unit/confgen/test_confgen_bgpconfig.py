@@ -180,3 +180,28 @@ def test_an_empty_node_list_of_advertisements_replaces_the_global_one():
         **{"node.n1": {"prefixAdvertisements": []}},
     )
     assert model.prefix_advertisements_of("n1") == ()
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ({}, "Enabled"),
+        ({"programClusterRoutes": "Disabled"}, "Disabled"),
+        ({"programClusterRoutes": "EnabledIPIPOnly"}, "EnabledIPIPOnly"),
+    ],
+)
+def test_program_cluster_routes(spec, expected):
+    raw = {
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "BGPConfiguration",
+        "metadata": {"name": "default"},
+        "spec": spec,
+    }
+    snapshot = Snapshot(revision=1, resources={"BGPConfiguration": {"default": raw}})
+    model, warnings = parse_snapshot(snapshot)
+    assert not warnings and model.program_cluster_routes == expected
+
+
+def test_program_cluster_routes_refuses_unknown_values():
+    with pytest.raises(ValidationError, match="spec.programClusterRoutes 'Sometimes' is not one of"):
+        parse_bgp_configuration("default", {"spec": {"programClusterRoutes": "Sometimes"}})

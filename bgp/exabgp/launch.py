@@ -1,0 +1,35 @@
+"""Starts ExaBGP as a child that dies with the node daemon.
+
+Stage: the BGP engine's process lifecycle (used by ``bgp.exabgp.supervisor``).
+
+Owns: the parent-death signal. The daemon's etcd client runs gRPC threads, and forking a threaded process
+to run Python in the child (``preexec_fn``) can crash the child (gRPC's fork handlers; seen as ExaBGP
+exiting with SIGSEGV right after a restart). So the daemon spawns this module with a plain fork+exec, and the
+child sets PR_SET_PDEATHSIG itself before handing over to ExaBGP's own entry point, in the same process.
+If the daemon is already gone by then, we exit instead of running an orphan that would hold port 179.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+PARENT_ENV = "CALICO_BGP_PARENT_PID"
+
+
+def main() -> int:
+    parent = os.environ.pop(PARENT_ENV, "")
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if parent and os.getppid() != int(parent):
+        return 0  # the daemon died between our fork and the prctl: nobody would stop us
+    from exabgp.application.main import main as exabgp_main
+
+    sys.argv = ["exabgp", *sys.argv[1:]]
+    return exabgp_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
