@@ -452,6 +452,7 @@ class Speaker:
         desired = getattr(table, "desired", {})
         conflicts = getattr(table, "conflicts", {})
         refused = getattr(table, "refused", {})
+        failures = getattr(table, "failures", {})
         rows = []
         for prefix in sorted(set(self._loc) | set(self._local)):
             row: dict = {"prefix": prefix}
@@ -479,7 +480,8 @@ class Speaker:
                     multipath=[p.nexthop for p in multipath],
                 )
             if prefix in desired:
-                row["kernel"] = {"installed": prefix not in conflicts, "why": conflicts.get(prefix, "")}
+                why = conflicts.get(prefix) or failures.get(prefix, "")
+                row["kernel"] = {"installed": not why, "why": why}
             else:
                 reason = refused.get(prefix) or self._not_installed_reason(prefix)
                 row["kernel"] = {"installed": False, "why": reason}

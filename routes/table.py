@@ -93,6 +93,7 @@ class RouteTable:
         self._dirty: set[str] = set()
         self._held: set[str] = set()
         self._retry: dict[str, tuple[float, float]] = {}  # dst -> (not before, current back-off)
+        self._failures: dict[str, str] = {}  # dst -> the kernel's last refusal, until it is programmed
         self._conflicts: dict[str, str] = {}
         self._links: dict[str, bool] = {}  # device -> admin up, from observed link events
         self._synced = False  # False: read the table back before the next decision
@@ -191,6 +192,11 @@ class RouteTable:
     @property
     def installed(self) -> int:
         return sum(len(v) for v in self._programmed.values())
+
+    @property
+    def failures(self) -> Mapping[str, str]:
+        """Desired dsts the kernel refused at the last attempt -> its error (they are retried)."""
+        return {dst: text for dst, text in self._failures.items() if dst in self._desired}
 
     @property
     def holding_deletes(self) -> bool:
@@ -392,6 +398,7 @@ class RouteTable:
                     held[route.priority] = route
                 if retries:
                     retries.pop(route.dst, None)
+                    self._failures.pop(route.dst, None)
             return len(writes), len(deletes), errors
         why = {id(route): text for route, text in failed}
         deleted = written = 0
@@ -407,6 +414,7 @@ class RouteTable:
             if text is None:
                 self._programmed.setdefault(route.dst, {})[route.priority] = route
                 self._retry.pop(route.dst, None)
+                self._failures.pop(route.dst, None)
                 written += 1
             elif text.startswith("EEXIST"):
                 # The exact kernel key appeared since our read-back and is not known to be ours.
@@ -419,6 +427,7 @@ class RouteTable:
                 self._synced = False  # outcome unknown: read the table back before the next decision
             backoff = min(RETRY_MAX, self._retry.get(route.dst, (0.0, RETRY_FIRST / 2))[1] * 2)
             self._retry[route.dst] = (now + backoff, backoff)
+            self._failures[route.dst] = text
             self._dirty.add(route.dst)
         self._m_errors.inc(len(errors))
         return written, deleted, errors

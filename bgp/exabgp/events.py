@@ -146,13 +146,26 @@ def _nlri(item) -> tuple[str, str]:
     return str(item), ""  # exabgp.api.compact=true prints bare strings
 
 
+def _link_local(nexthop: str) -> bool:
+    return nexthop.lower().startswith("fe8")
+
+
 def _update_events(peer: str, update: dict) -> Iterator[Event]:
     attributes = _attributes(update.get("attribute", {}))
     for family, by_nexthop in update.get("announce", {}).items():
         if not isinstance(by_nexthop, dict):
             continue
+        # An IPv6 next hop may come as global + link-local (RFC 2545); ExaBGP then lists each prefix under
+        # both. The global one is routable without knowing the interface, so it wins.
+        with_global = {
+            _nlri(i)[0] for nexthop, items in by_nexthop.items() if not _link_local(nexthop) for i in items
+        }
         for nexthop, items in by_nexthop.items():
             parsed = [_nlri(i) for i in items]
+            if _link_local(nexthop):
+                parsed = [p for p in parsed if p[0] not in with_global]
+                if not parsed:
+                    continue
             path_ids = tuple(p for _, p in parsed)
             yield RoutesLearned(
                 peer=peer,

@@ -111,3 +111,18 @@ def test_adj_rib_out_reply():
     )
     assert event == ev.AdjRibOutReport({"10.9.0.2": frozenset({"192.168.1.0/26"})})
     assert ev.parse_line("{}") == [ev.AdjRibOutReport({})]
+
+
+def test_global_ipv6_next_hop_wins_over_link_local():
+    line = json.dumps({"exabgp": "5.0.0", "type": "update", "neighbor": {
+        "address": {"local": "fd00::11", "peer": "fd00::1"}, "message": {"update": {
+            "attribute": {"origin": "igp"},
+            "announce": {"ipv6 unicast": {
+                "fd00::1": [{"nlri": "fd00:20::/64"}],
+                "fe80::1": [{"nlri": "fd00:20::/64"}, {"nlri": "fd00:30::/64"}],
+            }}}}}})  # fmt: skip
+    learned = ev.parse_line(line)
+    assert [(e.nexthop, e.prefixes) for e in learned] == [
+        ("fd00::1", ("fd00:20::/64",)),
+        ("fe80::1", ("fd00:30::/64",)),  # only a link-local next hop: kept (unnumbered peering)
+    ]

@@ -336,3 +336,15 @@ async def test_invalidate_makes_the_next_apply_read_the_table_back(table, kernel
     table.invalidate()  # the watcher re-dumped after an overflow
     result = await table.apply()
     assert kernel.dumps == dumps + 1 and result.replaced == 1 and set(ours(kernel)) == {"10.244.1.0/26"}
+
+
+async def test_kernel_refusals_are_reported_until_the_route_goes_in(table, kernel, clock):
+    route = block(1)
+    kernel.failures[route.dst] = "EINVAL: Egress device not specified"
+    table.set_desired([route])
+    await table.apply()
+    assert table.failures == {route.dst: "EINVAL: Egress device not specified"}
+    del kernel.failures[route.dst]
+    clock.now += 60
+    await table.apply()
+    assert table.failures == {} and route.dst in ours(kernel)
