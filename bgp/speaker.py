@@ -29,6 +29,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from ipaddress import ip_address
 
 from bgp.exabgp import events as ev
 from bgp.exabgp.commands import Advertisement, peer_commands
@@ -432,7 +433,7 @@ class Speaker:
         return self._intent is not None and self._synced >= self._status.keys()
 
     def peer_statuses(self) -> list[PeerStatus]:
-        return sorted(self._status.values(), key=lambda s: (s.family, s.address))
+        return sorted(self._status.values(), key=lambda s: (s.family, ip_address(s.address)))
 
     def announced_count(self, peer: str) -> int:
         return len(self._sent.get(peer, {}))
