@@ -1,11 +1,65 @@
-"""The text of `calico-bgp routes`: the Loc-RIB as a table.
+"""`calico-bgp routes`: the Loc-RIB as a report (built in the daemon) and as a table (printed by the CLI).
 
-Stage: observability of the route distributor. Pure: renders the report the daemon serves.
+Stage: observability of the route distributor. Pure: reads the speaker's tables and the route table's
+verdicts, changes nothing.
+
+Complicating factors: "not in the kernel" has several honest answers (a foreign route holds the
+destination, the kernel refused it, Felix or kube-proxy own it, we originate it), and the report says which.
 """
 
 from __future__ import annotations
 
+from bgp.policy import net, within
 from bgp.status import render_table
+
+
+def loc_rib_report(*, loc, local, sent, rib, table, intent, policy, unknown) -> list[dict]:
+    desired = getattr(table, "desired", {})
+    conflicts = getattr(table, "conflicts", {})
+    refused = getattr(table, "refused", {})
+    failures = getattr(table, "failures", {})
+    rows = []
+    for prefix in sorted(set(loc) | set(local)):
+        row: dict = {"prefix": prefix}
+        row["announced_to"] = sorted(a for a, out in sent.items() if prefix in out and out[prefix] != unknown)
+        if prefix in local:
+            row.update(origin="local", best=None, multipath=[])
+        else:
+            best, multipath = loc[prefix]
+            a = best.attributes
+            row.update(
+                origin="bgp",
+                best={
+                    "nexthop": best.nexthop,
+                    "learned_from": best.peer,
+                    "as_path": list(a.as_path),
+                    "local_pref": a.local_pref,
+                    "communities": [":".join(map(str, c)) for c in (*a.communities, *a.large_communities)],
+                    "stale": rib.is_stale(best.peer, prefix),
+                },
+                multipath=[p.nexthop for p in multipath],
+            )
+        if prefix in desired:
+            why = conflicts.get(prefix) or failures.get(prefix, "")
+            row["kernel"] = {"installed": not why, "why": why}
+        else:
+            why = refused.get(prefix) or _not_installed(prefix, local, intent, policy)
+            row["kernel"] = {"installed": False, "why": why}
+        rows.append(row)
+    return rows
+
+
+def _not_installed(prefix: str, local, intent, policy) -> str:
+    if prefix in local:
+        return "originated here (workload route or service range)"
+    if intent is None:
+        return "no configuration"
+    if prefix in policy.service_ranges():
+        return "service range: kube-proxy handles it"
+    for pool in intent.pools:
+        if pool.vxlan_mode != "Never" and within(net(prefix), net(pool.cidr)):
+            return "VXLAN pool: Felix programs it"
+    return "not programmed by policy"
 
 
 def render_routes(report: dict) -> str:

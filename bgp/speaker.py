@@ -33,8 +33,9 @@ from ipaddress import ip_address
 
 from bgp.exabgp import events as ev
 from bgp.exabgp.commands import Advertisement, peer_commands
-from bgp.policy import Candidate, NodePolicy, net, within
+from bgp.policy import Candidate, NodePolicy
 from bgp.rib import AdjRibIn, Path, select
+from bgp.routes_view import loc_rib_report
 from bgp.status import PeerStatus
 from confgen.intent import NodeIntent, PeerIntent
 from routes.export import local_exports
@@ -449,55 +450,13 @@ class Speaker:
 
     def routes_report(self) -> list[dict]:
         """The Loc-RIB for `calico-bgp routes`: every prefix we originate or selected, and its fate."""
-        table = self._table
-        desired = getattr(table, "desired", {})
-        conflicts = getattr(table, "conflicts", {})
-        refused = getattr(table, "refused", {})
-        failures = getattr(table, "failures", {})
-        rows = []
-        for prefix in sorted(set(self._loc) | set(self._local)):
-            row: dict = {"prefix": prefix}
-            announced_to = sorted(
-                a for a, sent in self._sent.items() if prefix in sent and sent[prefix] != UNKNOWN
-            )
-            row["announced_to"] = announced_to
-            if prefix in self._local:
-                row.update(origin="local", best=None, multipath=[])
-            else:
-                best, multipath = self._loc[prefix]
-                a = best.attributes
-                row.update(
-                    origin="bgp",
-                    best={
-                        "nexthop": best.nexthop,
-                        "learned_from": best.peer,
-                        "as_path": list(a.as_path),
-                        "local_pref": a.local_pref,
-                        "communities": [
-                            ":".join(map(str, c)) for c in (*a.communities, *a.large_communities)
-                        ],
-                        "stale": self._rib.is_stale(best.peer, prefix),
-                    },
-                    multipath=[p.nexthop for p in multipath],
-                )
-            if prefix in desired:
-                why = conflicts.get(prefix) or failures.get(prefix, "")
-                row["kernel"] = {"installed": not why, "why": why}
-            else:
-                reason = refused.get(prefix) or self._not_installed_reason(prefix)
-                row["kernel"] = {"installed": False, "why": reason}
-            rows.append(row)
-        return rows
-
-    def _not_installed_reason(self, prefix: str) -> str:
-        if prefix in self._local:
-            return "originated here (workload route or service range)"
-        intent = self._intent
-        if intent is None:
-            return "no configuration"
-        if prefix in self._policy.service_ranges():
-            return "service range: kube-proxy handles it"
-        for pool in intent.pools:
-            if pool.vxlan_mode != "Never" and within(net(prefix), net(pool.cidr)):
-                return "VXLAN pool: Felix programs it"
-        return "not programmed by policy"
+        return loc_rib_report(
+            loc=self._loc,
+            local=self._local,
+            sent=self._sent,
+            rib=self._rib,
+            table=self._table,
+            intent=self._intent,
+            policy=self._policy,
+            unknown=UNKNOWN,
+        )

@@ -44,3 +44,19 @@ def test_cells_wrap_at_30_chars():
     table = render_table(["a", "info"], [["x", "Active Socket: Connection refused by the far end"]])
     assert "| x | Active Socket: Connection |" in table.splitlines()
     assert "|   | refused by the far end    |" in table.splitlines()
+
+
+def test_routes_table():
+    from bgp.routes_view import render_routes
+
+    report = {"node": "node1", "routes": [
+        {"prefix": "192.168.1.0/26", "origin": "local", "best": None, "multipath": [],
+         "kernel": {"installed": True, "why": ""}},
+        {"prefix": "192.168.2.0/26", "origin": "bgp", "multipath": ["10.0.0.12", "10.0.0.13"],
+         "best": {"nexthop": "10.0.0.12", "learned_from": "10.0.0.12", "as_path": [65001], "stale": True},
+         "kernel": {"installed": False, "why": "EINVAL"}},
+    ]}  # fmt: skip
+    text = render_routes(report)
+    assert "| 192.168.1.0/26 | local" in text
+    assert "10.0.0.12, 10.0.0.13" in text and "10.0.0.12 (stale)" in text and "not installed: EINVAL" in text
+    assert render_routes({"node": "n", "routes": []}) == "No routes on n.\n"
