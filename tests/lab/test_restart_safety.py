@@ -170,7 +170,7 @@ def test_crash_of_the_daemon_loses_at_most_one_ping(lab):
 def test_crash_of_exabgp_loses_at_most_one_ping(lab):
     old = _node_process(lab, "node1", "bgp.exabgp.launch server")
     sent, lost, sampler, recovery = _ping_through(lab, lambda: os.kill(old, signal.SIGKILL))
-    _wait_new_process(lab, "node1", "bgp.exabgp.launch server", old)  # the daemon's supervisor started another
+    _wait_new_process(lab, "node1", "bgp.exabgp.launch server", old)  # the supervisor started another
     _assert_held(sent, lost, sampler, f"ExaBGP killed, sessions back after {recovery:.1f} s")
 
 
