@@ -172,6 +172,8 @@ class ExaBGPSupervisor:
             env=env,
         )
         self.starts += 1
+        if self._stopping:  # stop() ran while we were spawning: it could not see this process
+            self._proc.send_signal(signal.SIGTERM)
         log.info("ExaBGP started (pid %d)", self._proc.pid)
         if self._on_start is not None:
             self._on_start()

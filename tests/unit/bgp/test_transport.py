@@ -128,25 +128,29 @@ async def test_supervisor_reload_restart_and_stop(tmp_path, fake_exabgp):
         backoff_initial=0.05,
     )
     task = asyncio.create_task(s.run())
-    # First start crashes (exit 3); the supervisor starts it again after the backoff.
-    await _until(lambda: len(starts) == 2 and s.pid is not None)
-    await _until(lambda: log.exists() and log.read_text().count("start server") == 2)
-    s.reload()  # not ready yet (no API process connected): held back, not lost
-    await asyncio.sleep(0.3)
-    assert "usr1" not in log.read_text()
-    ignore.touch()  # the first SIGUSR1 is dropped, as ExaBGP does with updates queued
-    s.reload_confirm_timeout = 0.3
-    s.mark_ready()
-    await _until(lambda: log.read_text().count("usr1") == 2)
-    assert s.reloads_sent == 2
-    await _until(lambda: "performing reload" in (tmp_path / "exabgp.log").read_text())
-    # A new listen address needs a restart, not a reload.
-    assert s.set_environment({"exabgp_tcp_bind": "10.0.0.99"})
-    assert not s.set_environment({"exabgp_tcp_bind": "10.0.0.99"})
-    await _until(lambda: "10.0.0.99" in log.read_text())
-    await s.stop(timeout=5)
-    await asyncio.wait_for(task, 5)
-    assert log.read_text().count("term") >= 2 and s.pid is None
+    try:
+        # First start crashes (exit 3); the supervisor starts it again after the backoff.
+        await _until(lambda: len(starts) == 2 and s.pid is not None)
+        await _until(lambda: log.exists() and log.read_text().count("start server") == 2)
+        s.reload()  # not ready yet (no API process connected): held back, not lost
+        await asyncio.sleep(0.3)
+        assert "usr1" not in log.read_text()
+        ignore.touch()  # the first SIGUSR1 is dropped, as ExaBGP does with updates queued
+        s.reload_confirm_timeout = 0.3
+        s.mark_ready()
+        await _until(lambda: log.read_text().count("usr1") == 2)
+        assert s.reloads_sent == 2
+        await _until(lambda: "performing reload" in (tmp_path / "exabgp.log").read_text())
+        # A new listen address needs a restart, not a reload.
+        assert s.set_environment({"exabgp_tcp_bind": "10.0.0.99"})
+        assert not s.set_environment({"exabgp_tcp_bind": "10.0.0.99"})
+        await _until(lambda: "10.0.0.99" in log.read_text())
+        await s.stop(timeout=5)
+        await asyncio.wait_for(task, 5)
+        assert log.read_text().count("term") >= 2 and s.pid is None
+    finally:  # never leave the stand-in running, whatever failed
+        if s.pid is not None:
+            os.kill(s.pid, signal.SIGKILL)
 
 
 def test_environment_is_explicit():
