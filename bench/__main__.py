@@ -19,6 +19,7 @@ and lab is a context manager that removes itself in every outcome, including Ctr
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -101,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", help="override N of (a), e.g. 1000 10000")
     parser.add_argument("--mesh", type=int, nargs="+", help="override the mesh sizes of (e)")
     parser.add_argument("--repeats", type=int, help="override the repeats of (a), (c) and (e)")
+    parser.add_argument("--note", action="append", default=[], help="a line for the notes of the results")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        help="a latest.json of a run that stopped early: keep its figures, run the rest",
+    )
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     if os.geteuid() != 0:
@@ -134,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         args.speakers,
         None if args.no_save else args.out,
         quick=args.quick,
+        resume=json.loads(args.resume.read_text()) if args.resume else None,
+        extra_notes=args.note,
     )
 
 
@@ -141,17 +150,39 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run(config: dict, only: set[str], speakers: str, out: Path | None, *, quick: bool) -> int:
+def run(
+    config: dict,
+    only: set[str],
+    speakers: str,
+    out: Path | None,
+    *,
+    quick: bool,
+    resume: dict | None = None,
+    extra_notes: list[str] | None = None,
+) -> int:
     started = time.monotonic()
     plan: Plan = config["plan"]
     rows: list[Row] = []
     raw: dict[str, object] = {"plan": asdict(plan), "quick": quick}
-    notes: list[str] = []
+    notes: list[str] = list(extra_notes or [])
     bird_version = ""
     interrupted = None
     mesh: dict[int, list] = {}
+    prior = (resume or {}).get("raw", {})
+    if resume:
+        from bench.mesh import run_from_json
+        from bench.propagation import results_from_json
+
+        notes.append(f"resumed a run stopped early ({resume['machine'].get('date')}); its figures are kept")
+        notes += [n for n in resume.get("notes", []) if not n.startswith(("run stopped early", "resumed"))]
+        mesh = {int(n): [run_from_json(r) for r in runs] for n, runs in prior.get("mesh", {}).items()}
     try:
-        if only & set("abd"):
+        if "propagation" in prior:
+            results = {name: results_from_json(r) for name, r in prior["propagation"].items()}
+            bird_version = resume["machine"].get("bird", "")
+            raw["propagation"] = prior["propagation"]
+            rows += report.propagation_rows(results.get("bird"), results.get("calico-bgp"))
+        elif only & set("abd"):
             if "a" not in only:
                 plan = replace(plan, sizes=())
             if "b" not in only:
@@ -165,7 +196,10 @@ def run(config: dict, only: set[str], speakers: str, out: Path | None, *, quick:
                     f"{r.watcher_overflows} notification overflows; latency timeouts: {r.latency_failures}"
                 )
                 notes += [f"{name}: {e}" for e in r.errors]
-        if "c" in only:
+        if "install" in prior:
+            raw["install"] = runs = {int(n): r for n, r in prior["install"].items()}
+            rows += install.rows(list(config["install"]), runs)
+        elif "c" in only:
             runs = {}
             for n in config["install"]:
                 log.info("(c) routes.bench --routes %d, %d runs", n, config["install_repeats"])
@@ -179,7 +213,9 @@ def run(config: dict, only: set[str], speakers: str, out: Path | None, *, quick:
             from bench.mesh import run_mesh
 
             for n in config["mesh"]:
-                for repeat in range(config["mesh_repeats"]):
+                if any(r.error for r in mesh.get(n, [])):
+                    continue  # resumed: this size already failed once
+                for repeat in range(len(mesh.get(n, [])), config["mesh_repeats"]):
                     log.info("(e) %d-node mesh, run %d", n, repeat + 1)
                     result = run_mesh(n, timeout=config["mesh_timeout"])
                     log.info("(e) %d nodes: converged after %s s", n, result.converged_s)
@@ -197,6 +233,11 @@ def run(config: dict, only: set[str], speakers: str, out: Path | None, *, quick:
     rows.sort(key=lambda r: r.section)
     info = report.machine(bird_version)
     info["duration_s"] = round(time.monotonic() - started)
+    if resume:  # the figures kept are the earlier run's: say when they were taken and how long it ran
+        info["resumed_from"] = {
+            k: resume["machine"].get(k) for k in ("date", "duration_s", "git_commit", "load_average_at_start")
+        }
+        info["duration_s"] += int(resume["machine"].get("duration_s") or 0)
     info["mode"] = "quick" if quick else "full"
     print(report.render(rows))
     print(f"\n{info}")

@@ -74,6 +74,26 @@ def _process_name(frame: str) -> str:
     return f"{cmd[:40]} ({pid})"
 
 
+# Frames every stack of a process runs through (event loops, entry points): useless in an inclusive table.
+_PLUMBING = (
+    "(asyncio/",
+    "(click/",
+    "(threading.py)",
+    "(<frozen runpy>)",
+    "(exabgp/application/",
+    "(bgp/cli.py)",
+    "(bgp/daemon.py)",
+    "<module> (",
+    "(exabgp/reactor/asynchronous.py)",
+    "Reactor.run (exabgp/reactor/loop.py)",
+    "(concurrent/futures/thread.py)",
+)
+
+
+def _interesting(name: str) -> bool:
+    return not any(marker in name for marker in _PLUMBING)
+
+
 def render(profiles: dict[str, ProcessProfile], rate: int, top: int = 15) -> str:
     """Markdown: per process, the top functions by self and by inclusive time, in seconds and %."""
     out = []
@@ -83,7 +103,12 @@ def render(profiles: dict[str, ProcessProfile], rate: int, top: int = 15) -> str
         out.append(f"#### {prof.name}: {prof.samples} samples ≈ {prof.samples / rate:.1f} s on CPU\n")
         for title, counter in (("self", prof.self_time), ("inclusive", prof.inclusive)):
             out.append(f"| {title} s | % | function |\n|---|---|---|")
-            for name, n in counter.most_common(top):
+            ranked = (
+                counter.most_common()
+                if title == "self"
+                else [(name, n) for name, n in counter.most_common() if _interesting(name)]
+            )
+            for name, n in ranked[:top]:
                 out.append(f"| {n / rate:.2f} | {100 * n / prof.samples:.0f} | `{name}` |")
             out.append("")
     return "\n".join(out)

@@ -78,6 +78,15 @@ class PairResults:
 
 
 NODES = ("A", "B")
+_BY_SIZE = ("bulk_add", "bulk_del", "batch_add", "fill_rate")
+
+
+def results_from_json(data: dict) -> PairResults:
+    """A ``PairResults`` saved with ``dataclasses.asdict`` and JSON (whose object keys are strings)."""
+    fields = dict(data)
+    for name in _BY_SIZE:
+        fields[name] = {int(n): v for n, v in fields.get(name, {}).items()}
+    return PairResults(**fields)
 
 
 def _roots(pair) -> list[int]:
