@@ -262,7 +262,9 @@ def gr_rig():
 
     clock = Clock()
     table = FakeTable()
-    speaker = Speaker(send=send, route_table=table, clock=clock, wallclock=lambda: 1000.0)
+    speaker = Speaker(
+        send=send, route_table=table, clock=clock, wallclock=lambda: 1000.0, audit_interval=60.0
+    )
     speaker.set_intent(intent())
     return speaker, sent, table, clock
 
