@@ -89,6 +89,7 @@ class RouteTable:
         self._desired: dict[str, Route] = {}
         self._refused: dict[str, str] = {}
         self._programmed: dict[str, dict[int, Route]] = {}
+        self._installed = 0  # routes in _programmed, kept as it changes: the gauge is set on every apply
         self._foreign: dict[str, dict[int, str]] = {}
         self._dirty: set[str] = set()
         self._held: set[str] = set()
@@ -191,7 +192,7 @@ class RouteTable:
 
     @property
     def installed(self) -> int:
-        return sum(len(v) for v in self._programmed.values())
+        return self._installed
 
     @property
     def failures(self) -> Mapping[str, str]:
@@ -327,6 +328,7 @@ class RouteTable:
                             self.table, repairs)
                 self._m_repairs.inc(repairs)
         self._programmed, self._foreign = programmed, foreign
+        self._installed = sum(len(v) for v in programmed.values())
         self._dirty |= self._desired.keys() | programmed.keys() | self._held
         self._held.clear()
         self._synced = True
@@ -394,7 +396,9 @@ class RouteTable:
                 held = programmed.get(route.dst)
                 if held is None:
                     programmed[route.dst] = {route.priority: route}
+                    self._installed += 1
                 else:
+                    self._installed += route.priority not in held
                     held[route.priority] = route
                 if retries:
                     retries.pop(route.dst, None)
@@ -412,7 +416,9 @@ class RouteTable:
         for route in writes:
             text = why.get(id(route))
             if text is None:
-                self._programmed.setdefault(route.dst, {})[route.priority] = route
+                held = self._programmed.setdefault(route.dst, {})
+                self._installed += route.priority not in held
+                held[route.priority] = route
                 self._retry.pop(route.dst, None)
                 self._failures.pop(route.dst, None)
                 written += 1
@@ -435,7 +441,8 @@ class RouteTable:
     def _forget(self, route: Route) -> None:
         ours = self._programmed.get(route.dst)
         if ours is not None:
-            ours.pop(route.priority, None)
+            if ours.pop(route.priority, None) is not None:
+                self._installed -= 1
             if not ours:
                 del self._programmed[route.dst]
 

@@ -7,6 +7,7 @@ to run Python in the child (``preexec_fn``) can crash the child (gRPC's fork han
 exiting with SIGSEGV right after a restart). So the daemon spawns this module with a plain fork+exec, and the
 child sets PR_SET_PDEATHSIG itself before handing over to ExaBGP's own entry point, in the same process.
 If the daemon is already gone by then, we exit instead of running an orphan that would hold port 179.
+It is also where ``bgp.exabgp.tuning`` adjusts ExaBGP's scheduling before ExaBGP starts.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ def main() -> int:
     if parent and os.getppid() != int(parent):
         return 0  # the daemon died between our fork and the prctl: nobody would stop us
     from exabgp.application.main import main as exabgp_main
+
+    from bgp.exabgp import tuning
+
+    tuning.apply()
 
     sys.argv = ["exabgp", *sys.argv[1:]]
     return exabgp_main()

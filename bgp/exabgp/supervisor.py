@@ -22,7 +22,8 @@ Complicating factors (reference exabgp.md §3):
   handlers), and is confirmed from ExaBGP's own log ("performing reload"); unconfirmed, it is sent again.
 - ``reactor.speed`` is the poll() timeout in hundredths of a second. poll() wakes on API input and peer
   sockets, so single-route latency does not wait for the tick; the tick costs idle CPU (about 2 % of a core at
-  1.0, 6 % at 0.1). We keep 1.0 and let bulk work run in ExaBGP's immediate-reschedule path.
+  1.0, 6 % at 0.1). ``bgp.exabgp.tuning`` makes the loop skip the tick while it has work, so the tick only
+  paces timer checks and we run a long one (``IDLE_TICK_SPEED``, 100 ms).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from bgp.exabgp.launch import PARENT_ENV
+from bgp.exabgp.tuning import IDLE_TICK_SPEED
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +59,10 @@ def exabgp_environment(
     add ``exabgp.*`` settings (``EXTRA_ENV``); the ones the daemon depends on (bind, user, acks) win."""
     if reactor_speed is None:
         try:
-            reactor_speed = float(overrides.get(SPEED_ENV, "1.0"))
+            reactor_speed = float(overrides.get(SPEED_ENV, str(IDLE_TICK_SPEED)))
         except ValueError:
             log.warning("ignoring %s=%r: not a number", SPEED_ENV, overrides.get(SPEED_ENV))
-            reactor_speed = 1.0
+            reactor_speed = IDLE_TICK_SPEED
     extra = dict(
         item.partition("=")[::2]
         for item in overrides.get(EXTRA_ENV, "").split()

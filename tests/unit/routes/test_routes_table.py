@@ -348,3 +348,40 @@ async def test_kernel_refusals_are_reported_until_the_route_goes_in(table, kerne
     clock.now += 60
     await table.apply()
     assert table.failures == {} and route.dst in ours(kernel)
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_installed_count_follows_every_path_that_changes_the_programmed_view(kernel, clock, seed):
+    """``installed`` is a running count (the hot path must not sum 100k entries on every apply); a random
+    walk through desire, metric moves, refusals, foreign deletions and read-backs keeps it true."""
+    import random
+
+    rng = random.Random(seed)
+    table = RouteTable(kernel, clock=clock, hold_deletes=False)
+    watch = kernel.watch(exclude_proto=12)
+
+    def want(n: int, metric: int = 0) -> Route:
+        return Route(f"10.244.{n}.0/26", nexthops=(Nexthop("192.0.2.7"),), priority=metric)
+
+    for _ in range(60):
+        step = rng.choice(("desire", "metric", "refuse", "someone_deletes", "resync"))
+        kernel.failures.clear()
+        if step == "desire":
+            table.set_desired([want(n) for n in rng.sample(range(12), rng.randint(0, 12))])
+        elif step == "metric":
+            table.set_desired([want(n, rng.choice((0, 5))) for n in rng.sample(range(12), 6)])
+        elif step == "refuse":
+            kernel.failures[f"10.244.{rng.randrange(12)}.0/26"] = "EINVAL: refused by the test"
+            table.set_desired([want(n) for n in rng.sample(range(12), 8)])
+        elif step == "someone_deletes" and ours(kernel):
+            kernel.remove(ours(kernel)[rng.choice(sorted(ours(kernel)))])
+        elif step == "resync":
+            await table.resync()
+        while not watch.queue.empty():
+            event = watch.queue.get_nowait()
+            if event is not None:
+                table.observe(event)
+        clock.now += rng.choice((0.0, 60.0))  # sometimes past the retry back-off
+        await table.apply()
+        truth = sum(1 for r in kernel.routes.values() if r.proto == 12)
+        assert table.installed == sum(len(v) for v in table._programmed.values()) == truth

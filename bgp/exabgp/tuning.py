@@ -1,0 +1,150 @@
+"""In-process adjustments to ExaBGP 5.0.x, applied by ``bgp.exabgp.launch`` before ExaBGP's own entry point.
+
+Stage: the BGP engine's process (runs inside the ExaBGP child, never in the daemon).
+
+Owns: four measured changes to how ExaBGP schedules and copies work (bench/results/profile.md and
+settings.md hold the numbers that justify each). None touches BGP encoding or the FSM.
+
+1. Work-conserving reactor loop. ExaBGP's loop sleeps ``reactor.speed``/100 s in ``poll`` whenever no peer
+   asked to run again, even while API commands are still being turned into routes (``ASYNC``'s queue). So a
+   bulk announcement is paced by the tick, and the only way to go faster, a shorter tick, costs idle CPU
+   (speed 0.1: ~6 % of a core per process). We poll with timeout 0 while that queue holds work and with the
+   configured tick otherwise, so bulk speed and idle CPU stop trading against each other and the tick can
+   be long (``IDLE_TICK_SPEED``). Every socket ExaBGP waits on is registered with that poll, so a longer
+   tick delays only timer checks (keepalives, connect retries, accepts), by at most the tick.
+2. ``ASYNC`` steps generators synchronously, ``LIMIT`` steps per loop. Upstream wraps each loop's steps in
+   ``asyncio.run`` (a new event loop per reactor loop) although every API callback is a generator, and
+   stops after 50 NLRI. Coroutine callbacks, which we never send, still go the upstream way.
+3. ``Neighbor.remove_self`` deep-copies every route for every peer before looking whether its next hop is
+   ``self`` (21 % of the sending ExaBGP's CPU at 100k routes). We always send an explicit next hop, and the
+   Adj-RIB-Out copies before it mutates (``del_from_rib``), so the route is shared when nothing changes.
+4. Every API command is logged at INFO (``API.log_message``): 9-18 % of the sender's CPU in a bulk
+   announcement, and one log line per route. The daemon knows what it sent; we log those at DEBUG.
+
+Complicating factors: these are patches to a pinned dependency's internals. Each one checks that what it
+replaces still exists and is skipped with a warning on stderr otherwise (ExaBGP then runs unpatched:
+slower, never wrong). tests/unit/bgp/test_exabgp_tuning.py pins the behaviour each patch relies on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+
+ASYNC_LIMIT = 1000  # generator steps (about one NLRI each) per reactor loop before peers get a turn
+IDLE_TICK_SPEED = 10.0  # exabgp.reactor.speed: poll timeout when idle = speed/100 s = 100 ms
+
+
+_applied: list[str] | None = None
+
+
+def _warn(what: str, why: Exception | str) -> None:
+    print(f"calico-bgp: ExaBGP tuning '{what}' not applied: {why}", file=sys.stderr)
+
+
+def _sync_run(original):
+    def run(self):
+        queue = self._async
+        if not queue:
+            return False
+        self.worked = True  # the loop gives peers one more turn before it sleeps (see _work_conserving_wait)
+        if any(not inspect.isgenerator(callback) for _, callback in queue):
+            return original(self)  # coroutines: upstream's event-loop path
+        uid, callback = queue.popleft()
+        for _ in range(self.LIMIT):
+            try:
+                next(callback)
+            except StopIteration:
+                if not queue:
+                    return False
+                uid, callback = queue.popleft()
+            except Exception as exc:  # as upstream: report, tell the service, go on with the next one
+                for line in str(exc).split("\n"):
+                    _log_error(f"async | {uid} | problem with function: {line}")
+                self._notify_error(uid)
+                if not queue:
+                    return False
+                uid, callback = queue.popleft()
+        queue.appendleft((uid, callback))
+        return True
+
+    return run
+
+
+def _log_error(message: str) -> None:
+    from exabgp.logger import log
+
+    log.error(lambda: message, "reactor")
+
+
+def _work_conserving_wait(original):
+    def _wait_for_io(self, sleeptime):
+        jobs = self.asynchronous
+        if getattr(jobs, "worked", False) or not jobs.ready():
+            # Routes are still being parsed from API commands, or the last of them just went into the
+            # Adj-RIB-Out and the peers have not had their turn to send them: do not sleep the tick.
+            # (Not "Adj-RIB-Out pending": that stays true while a peer is down, and would spin.)
+            jobs.worked = False
+            sleeptime = 0
+        return original(self, sleeptime)
+
+    return _wait_for_io
+
+
+def _remove_self_sharing(original):
+    def remove_self(self, changes):
+        if not changes.nlri.nexthop.SELF:
+            return changes
+        return original(self, changes)
+
+    return remove_self
+
+
+def _log_command_debug(self, message, level="INFO"):
+    from exabgp.logger import log
+
+    log.debug(lambda: message, "processes")
+
+
+def apply() -> list[str]:
+    """Apply every patch that fits the installed ExaBGP, once per process; return the names applied."""
+    global _applied
+    if _applied is not None:
+        return _applied
+    applied = _applied = []
+    try:
+        from exabgp.reactor.asynchronous import ASYNC
+
+        if not callable(getattr(ASYNC, "run", None)) or not hasattr(ASYNC, "_notify_error"):
+            raise AttributeError("ASYNC.run/_notify_error")
+        ASYNC.run = _sync_run(ASYNC.run)
+        ASYNC.LIMIT = ASYNC_LIMIT
+        applied.append("async")
+    except Exception as exc:
+        _warn("async", exc)
+    try:
+        from exabgp.reactor.loop import Reactor
+
+        if "sleeptime" not in inspect.signature(Reactor._wait_for_io).parameters:
+            raise AttributeError("Reactor._wait_for_io(sleeptime)")
+        Reactor._wait_for_io = _work_conserving_wait(Reactor._wait_for_io)
+        applied.append("poll")
+    except Exception as exc:
+        _warn("poll", exc)
+    try:
+        from exabgp.bgp.neighbor import Neighbor
+
+        Neighbor.remove_self = _remove_self_sharing(Neighbor.remove_self)
+        applied.append("remove_self")
+    except Exception as exc:
+        _warn("remove_self", exc)
+    try:
+        from exabgp.reactor.api import API
+
+        if not callable(getattr(API, "log_message", None)):
+            raise AttributeError("API.log_message")
+        API.log_message = _log_command_debug
+        applied.append("api_log")
+    except Exception as exc:
+        _warn("api_log", exc)
+    return applied

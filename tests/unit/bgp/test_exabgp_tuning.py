@@ -1,0 +1,162 @@
+"""bgp.exabgp.tuning: each patch's behaviour, tested on the wrapped functions (the classes of this test
+process stay unpatched), and that all of them still fit the pinned ExaBGP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+from exabgp.bgp.message.update.attribute import Attribute
+from exabgp.bgp.neighbor import Neighbor
+from exabgp.protocol.family import AFI
+from exabgp.protocol.ip import IP
+from exabgp.reactor.asynchronous import ASYNC
+
+from bgp.exabgp import tuning
+
+
+def test_every_patch_fits_the_installed_exabgp():
+    # In a child: apply() patches classes for the whole process.
+    script = "import json; from bgp.exabgp import tuning; print(json.dumps(tuning.apply()))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == ["async", "poll", "remove_self", "api_log"]
+    assert out.stderr == ""
+
+
+class _QuietLog:
+    """ExaBGP's logger needs its environment loaded; these tests only need the calls to go somewhere."""
+
+    def __init__(self):
+        self.errors = []
+
+    def debug(self, message, source=""):
+        pass
+
+    def error(self, message, source=""):
+        self.errors.append(message())
+
+
+@pytest.fixture(autouse=True)
+def quiet_log(monkeypatch):
+    stub = _QuietLog()
+    monkeypatch.setattr("exabgp.reactor.asynchronous.log", stub)
+    monkeypatch.setattr("exabgp.logger.log", stub)
+    return stub
+
+
+def _counting(name, steps, trace):
+    for i in range(steps):
+        trace.append((name, i))
+        yield
+
+
+def _jobs(limit, **generators):
+    jobs = ASYNC()
+    jobs.LIMIT = limit
+    trace = []
+    for name, steps in generators.items():
+        jobs.schedule(name, name, _counting(name, steps, trace))
+    return jobs, trace
+
+
+@pytest.mark.parametrize(
+    ("limit", "steps", "runs_until_idle"),
+    [
+        (1000, {"a": 3, "b": 2}, 1),  # everything in one loop
+        (2, {"a": 3, "b": 2}, 4),  # 7 next() calls (each StopIteration counts, as upstream), 2 per loop
+        (1000, {}, 0),
+    ],
+)
+def test_async_runs_generators_in_order_limit_steps_per_loop(limit, steps, runs_until_idle):
+    jobs, trace = _jobs(limit, **steps)
+    run = tuning._sync_run(ASYNC.run)
+    runs = 0
+    while run(jobs):
+        runs += 1
+    if steps:
+        runs += 1  # the last call did work and reported that nothing is left
+    assert runs == runs_until_idle
+    assert trace == [(name, i) for name, n in steps.items() for i in range(n)]
+    assert jobs.ready()
+    assert getattr(jobs, "worked", False) is bool(steps)
+
+
+def test_async_failure_tells_the_service_and_goes_on(quiet_log):
+    jobs = ASYNC()
+    told = []
+    jobs.set_error_handler(told.append)
+
+    def broken():
+        raise ValueError("bad nlri")
+        yield
+
+    trace = []
+    jobs.schedule("bad", "x", broken())
+    jobs.schedule("good", "y", _counting("good", 2, trace))
+    tuning._sync_run(ASYNC.run)(jobs)
+    assert told == ["bad"]
+    assert quiet_log.errors == ["async | bad | problem with function: bad nlri"]
+    assert trace == [("good", 0), ("good", 1)]
+
+
+def test_async_coroutines_take_the_upstream_path():
+    jobs = ASYNC()
+    done = []
+
+    async def coro():
+        done.append(1)
+
+    pending = coro()
+    jobs.schedule("c", "c", pending)
+    called = []
+
+    def upstream(self):
+        called.append(self)
+        return False
+
+    assert tuning._sync_run(upstream)(jobs) is False
+    assert called == [jobs] and done == []
+    pending.close()
+
+
+@pytest.mark.parametrize(
+    ("worked", "ready", "given", "expected"),
+    [
+        (False, True, 100, 100),  # idle: the tick
+        (False, True, 0, 0),  # a peer asked to run again
+        (False, False, 100, 0),  # commands still queued
+        (True, True, 100, 0),  # the last chunk just ran: peers get a turn first
+    ],
+)
+def test_poll_timeout_is_zero_while_there_is_work(worked, ready, given, expected):
+    jobs = SimpleNamespace(worked=worked, ready=lambda: ready)
+    seen = []
+    wait = tuning._work_conserving_wait(lambda self, sleeptime: seen.append(sleeptime) or iter(()))
+    list(wait(SimpleNamespace(asynchronous=jobs), given))
+    assert seen == [expected]
+    assert jobs.worked is False
+
+
+def _change(nexthop):
+    return SimpleNamespace(nlri=SimpleNamespace(nexthop=nexthop, afi=AFI.ipv4), attributes={})
+
+
+def test_remove_self_shares_a_route_with_an_explicit_next_hop():
+    neighbor = Neighbor()
+    change = _change(IP.create("10.0.0.11"))
+    assert tuning._remove_self_sharing(Neighbor.remove_self)(neighbor, change) is change
+
+
+def test_remove_self_still_copies_and_rewrites_next_hop_self():
+    neighbor = Neighbor()
+    neighbor.ip_self = lambda afi: IP.create("10.0.0.12")
+    change = _change(SimpleNamespace(SELF=True))
+    change.attributes[Attribute.CODE.NEXT_HOP] = "placeholder"
+    out = tuning._remove_self_sharing(Neighbor.remove_self)(neighbor, change)
+    assert out is not change
+    assert str(out.nlri.nexthop) == "10.0.0.12"
+    assert str(out.attributes[Attribute.CODE.NEXT_HOP]) == "10.0.0.12"
+    assert change.nlri.nexthop.SELF is True  # the caller's route is untouched
