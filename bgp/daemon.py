@@ -29,6 +29,7 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
+from bgp.exabgp import bridge
 from bgp.exabgp.channel import ApiChannel
 from bgp.exabgp.supervisor import ExaBGPSupervisor, exabgp_environment
 from bgp.gtsm import Gtsm, GtsmError
@@ -66,7 +67,9 @@ class NodeConfig:
 def api_run_line(socket_path: Path) -> str:
     # ExaBGP splits the run line on spaces and confgen refuses quotes, so paths are used as they are; the
     # renderer rejects a path it cannot place safely with a clear error.
-    return f"{sys.executable} -m bgp.exabgp.bridge {socket_path}"
+    # -I -S: the bridge needs only the standard library; skipping site and the venv's .pth files saves
+    # ~1.5 MB of RSS and some start-up time on every (re)spawn.
+    return f"{sys.executable} -I -S {bridge.__file__} {socket_path}"
 
 
 class NodeDaemon:
@@ -139,8 +142,9 @@ class NodeDaemon:
         self.speaker.set_intent(intent)
         self.supervisor.set_environment(exabgp_environment(list(intent.listen_addresses), intent.listen_port))
 
-    def _workloads_changed(self, prefixes) -> None:
-        self.speaker.set_workload_routes(prefixes, self.watcher.devices)
+    def _workloads_changed(self, changes) -> None:
+        # Only the prefixes the burst touched (prefix -> device, None when gone): O(change), not O(workloads).
+        self.speaker.update_workload_routes(changes)
 
     def _routes(self) -> dict:
         return {"node": self.config.node, "routes": self.speaker.routes_report()}

@@ -144,6 +144,8 @@ def select(paths: list[Path]) -> tuple[Path | None, tuple[Path, ...]]:
     """Best path and the multipath set (best first) among ``paths``."""
     if not paths:
         return None, ()
+    if len(paths) == 1:  # the common case (one peer per prefix), and the hot one of a 100k-route burst
+        return paths[0], (paths[0],)
     ordered = sorted(paths, key=Path.sort_key)
     best = ordered[0]
     key = best.multipath_key()

@@ -38,7 +38,7 @@ from bgp.rib import AdjRibIn, Path, select
 from bgp.routes_view import loc_rib_report
 from bgp.status import PeerStatus
 from confgen.intent import NodeIntent, PeerIntent
-from routes.export import local_exports
+from routes.export import ExportRules
 from routes.model import Route
 from routes.resolve import KernelPool, Learned, Resolve, kernel_routes
 
@@ -89,6 +89,9 @@ class Speaker:
         self._workloads: dict[str, str] = {}  # prefix -> device
         self._workloads_seen = False
         self._local: dict[str, Candidate] = {}
+        # Prepared with each intent by _recompute_local, so that a workload change is evaluated alone.
+        self._export_rules: ExportRules | None = None
+        self._service_ranges: frozenset[str] = frozenset()
         self._rib = AdjRibIn()
         self._loc: dict[str, tuple[Path, tuple[Path, ...]]] = {}
         self._sent: dict[str, dict[str, Advertisement]] = {}
@@ -133,26 +136,68 @@ class Speaker:
         self._wake.set()
 
     def set_workload_routes(self, prefixes: Iterable[str], devices: Mapping[str, str] | None = None) -> None:
+        """The whole set of workload prefixes (and their devices): applied as its difference from ours."""
         devices = devices or {}
         workloads = {p: devices.get(p, "") for p in prefixes}
+        changes: dict[str, str | None] = {p: None for p in self._workloads if p not in workloads}
+        changes.update((p, d) for p, d in workloads.items() if self._workloads.get(p) != d)
+        self.update_workload_routes(changes)
+
+    def update_workload_routes(self, changes: Mapping[str, str | None]) -> None:
+        """Workload prefixes that changed (``routes.monitor``'s contract): prefix -> device, or None when
+        gone. Costs in proportion to ``changes``, not to the workloads held; an entry we hold is a no-op."""
+        touched = []
+        for prefix, device in changes.items():
+            if device is None:
+                if self._workloads.pop(prefix, None) is not None:
+                    touched.append(prefix)
+            elif self._workloads.get(prefix) != device:
+                self._workloads[prefix] = device
+                touched.append(prefix)
         self._workloads_seen = True
-        if workloads != self._workloads:
-            self._workloads = workloads
-            self._recompute_local()
+        if touched:
+            self._update_local(touched)
         self._wake.set()
 
     def _recompute_local(self) -> None:
         intent = self._intent
         if intent is None or self._policy is None:
             return
-        prefixes = local_exports(self._workloads, intent.local_blocks, kernel_pools(intent))
+        # Blocks, pools and service ranges come with the intent: everything is evaluated again.
+        rules = self._export_rules = ExportRules(intent.local_blocks, kernel_pools(intent))
+        services = self._policy.service_ranges()
+        self._service_ranges = frozenset(services)
+        prefixes = rules.select(self._workloads)
         local = {p: Candidate(p, None, self._workloads.get(p, "")) for p in prefixes}
-        for cidr in self._policy.service_ranges():
+        for cidr in services:
             local.setdefault(cidr, Candidate(cidr))
         changed = set(local.keys() ^ self._local.keys())
         changed |= {p for p in local.keys() & self._local.keys() if local[p] != self._local[p]}
         self._local = local
         self._changed |= changed
+
+    def _update_local(self, prefixes: Iterable[str]) -> None:
+        """_recompute_local for these prefixes only: what each would be in its output, were it run now."""
+        rules = self._export_rules
+        if rules is None:
+            return  # no intent yet: set_intent recomputes everything
+        # Prefixes are canonical (as the kernel and the datastore write them), so a string is its own key.
+        for prefix in prefixes:
+            # A touched prefix may also be a block (workload devices label it) or, in principle, a service
+            # range; the order follows _recompute_local's: exports first, service ranges where none.
+            if prefix in rules.blocks or (prefix in self._workloads and rules.announces(prefix)):
+                candidate: Candidate | None = Candidate(prefix, None, self._workloads.get(prefix, ""))
+            elif prefix in self._service_ranges:
+                candidate = Candidate(prefix)
+            else:
+                candidate = None
+            if candidate == self._local.get(prefix):
+                continue
+            if candidate is None:
+                del self._local[prefix]
+            else:
+                self._local[prefix] = candidate
+            self._changed.add(prefix)
 
     def kernel_changed(self) -> None:
         """Someone changed or removed a route of ours, or a device came back: program the table again."""

@@ -1,4 +1,4 @@
-"""local_exports: which locally originated prefixes this node announces (pure).
+"""ExportRules and local_exports: which locally originated prefixes this node announces (pure).
 
 Stage: between ``routes.monitor`` (Felix's workload /32s and /128s seen in the kernel) plus the node's
 intent (confirmed local blocks, pools), and the announcer in ``bgp``, which diffs the result against what
@@ -11,34 +11,75 @@ Owns: Calico's export policy for local routes (calico-bgp.md section 3.5), evalu
 3. a workload host route outside every local block (an IP borrowed from another node's block) is
    announced when it lies inside an exportable pool; anything outside every pool is not.
 
-Complicating factors: CIDRs arrive as strings from two sources (kernel and datastore) and are compared as
-``ipaddress`` networks; the output is sorted numerically (family, address, length), not as text, so equal
-inputs always give the same tuple and the announcer's diff stays quiet.
+Complicating factors:
+- The speaker asks about one workload prefix at a time (a pod came or went next to 100k others), so the
+  rules are prepared once per intent (``ExportRules``) and answer per prefix; ``local_exports`` is the
+  whole-set answer built on the same rules.
+- CIDRs arrive as strings from two sources (kernel and datastore) and are compared as ``ipaddress``
+  networks; blocks and pools are parsed once, into integer ranges, because ``subnet_of`` on ``ipaddress``
+  objects costs microseconds per pair. The output is sorted numerically (family, address, length), not as
+  text, so equal inputs always give the same tuple and the announcer's diff stays quiet.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from routes.pools import KernelPool, Network, inside, network
+from routes.pools import KernelPool, Network, network
+
+# (IP version, first address, last address): containment is two integer comparisons.
+Span = tuple[int, int, int]
 
 
 def sort_key(net: Network) -> tuple[int, int, int]:
     return (net.version, int(net.network_address), net.prefixlen)
 
 
+def span(net: Network) -> Span:
+    return (net.version, int(net.network_address), int(net.broadcast_address))
+
+
+def _within(inner: Span, outers: Iterable[Span]) -> bool:
+    """``inner`` lies within one of ``outers`` (same family, equal or more specific): ``pools.inside``."""
+    version, first, last = inner
+    return any(v == version and lo <= first and last <= hi for v, lo, hi in outers)
+
+
+class ExportRules:
+    """The export policy for one (local blocks, pools) pair, asked one workload prefix at a time."""
+
+    def __init__(self, local_blocks: Iterable[str], pools: Iterable[KernelPool]) -> None:
+        pools = tuple(pools)
+        self._suppressed = tuple(span(p.network) for p in pools if p.disable_bgp_export)
+        self._exportable = tuple(span(p.network) for p in pools if not p.disable_bgp_export)
+        blocks = {network(b) for b in local_blocks}
+        self._blocks = tuple(span(b) for b in blocks)
+        announced = [b for b in blocks if not _within(span(b), self._suppressed)]
+        self._announced_blocks = tuple(announced)
+        # The local blocks announced (rule 1 and 2), as canonical CIDR strings.
+        self.blocks: frozenset[str] = frozenset(b.with_prefixlen for b in announced)
+
+    def announces(self, prefix: str) -> bool:
+        """Whether the workload host route ``prefix`` is announced on its own (rules 1 and 3; a prefix
+        inside a local block is not: the block is)."""
+        return self._announces(span(network(prefix)))
+
+    def _announces(self, s: Span) -> bool:
+        if _within(s, self._suppressed) or _within(s, self._blocks):
+            return False
+        return _within(s, self._exportable)
+
+    def select(self, workload_prefixes: Iterable[str]) -> tuple[str, ...]:
+        """Everything announced for these workloads: the blocks and the workloads announced on their own."""
+        out = set(self._announced_blocks)
+        for prefix in workload_prefixes:
+            net = network(prefix)
+            if self._announces(span(net)):
+                out.add(net)
+        return tuple(n.with_prefixlen for n in sorted(out, key=sort_key))
+
+
 def local_exports(
     workload_prefixes: Iterable[str], local_blocks: Iterable[str], pools: Iterable[KernelPool]
 ) -> tuple[str, ...]:
-    pools = tuple(pools)
-    suppressed = [p.network for p in pools if p.disable_bgp_export]
-    exportable = [p.network for p in pools if not p.disable_bgp_export]
-    blocks = {network(b) for b in local_blocks}
-    out: set[Network] = {b for b in blocks if not any(inside(b, s) for s in suppressed)}
-    for prefix in workload_prefixes:
-        net = network(prefix)
-        if any(inside(net, b) for b in blocks) or any(inside(net, s) for s in suppressed):
-            continue
-        if any(inside(net, e) for e in exportable):
-            out.add(net)
-    return tuple(n.with_prefixlen for n in sorted(out, key=sort_key))
+    return ExportRules(local_blocks, pools).select(workload_prefixes)

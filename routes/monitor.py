@@ -2,37 +2,46 @@
 
 Stage: the kernel-to-BGP direction. Felix writes ``<podIP>/32 dev caliXXXX scope link proto boot`` (/128
 for IPv6) in the main table for every local workload; BIRD learns them with ``protocol kernel { learn; }``.
-This watcher keeps the set of such prefixes and hands it to ``routes.export.local_exports`` via the
-daemon's ``on_change`` callback. It also fans every event out to ``observers`` (the daemon passes
-``RouteTable.observe`` and ``NexthopResolver.observe``) and every full dump of the table to
-``dump_observers`` (``NexthopResolver.load``; a re-dump after lost notifications also tells the daemon to
-read its own routes back), so one monitor socket serves the whole package.
+This watcher keeps the map of such prefixes and hands what changed to the speaker (which applies
+``routes.export.ExportRules`` to each) via the daemon's ``on_change`` callback. It also fans every event
+out to ``observers`` (the daemon passes ``RouteTable.observe`` and ``NexthopResolver.observe``) and every
+full dump of the table to ``dump_observers`` (``NexthopResolver.load``; a re-dump after lost notifications
+also tells the daemon to read its own routes back), so one monitor socket serves the whole package.
 
-Owns: the map (prefix, metric) -> device of workload routes, the coalescing of bursts, and recovery from
-lost notifications.
+Owns: the map prefix -> metric -> device of workload routes (with an index device -> routes), the set of
+prefixes touched since the last report, the coalescing of bursts, and recovery from lost notifications.
 
 Design and complicating factors:
 - No polling. The watch is subscribed BEFORE the initial dump, so a route added in between is seen as an
   event; replaying such an event over the dump is harmless (last event per key wins).
+- Work per event and per report is proportional to what changed, not to the table: a node may hold 100k
+  workload routes, and one pod starting must not cost a pass over all of them (here or in the speaker).
 - IPv4 removes the routes of a deleted or downed device without RTM_DELROUTE (the pod's veth is deleted
   by the CNI before Felix cleans up), so link events drop every prefix on that device.
 - A route replaced at the same kernel key by a non-workload route is an ``add`` of something else: the
   key is dropped. Any protocol on a cali* device counts (Felix's default is proto boot, 3).
+- The same prefix may sit on two devices at different metrics (a pod recreated with the same IP before
+  Felix removed the old route): the lowest metric is the one the kernel uses, so its device is reported.
 - Lost notifications (ENOBUFS -> ``WatchOverflow``) trigger a fresh dump; the socket stays subscribed.
-  The kernel-side filter drops additions of our own protocol (``exclude_proto``) so programming 100k BGP
-  routes does not flood this socket; deletions of our routes pass, so ``RouteTable`` hears at once when
-  someone else removes one.
-- ``on_change`` is a plain synchronous callable receiving the full frozenset of prefixes, called once per
-  burst (first change + ``debounce`` seconds) and only when the set differs from the last call. It must
-  not block: hand the set to a queue or an event. The first call comes after the initial dump, even when
-  the set is empty, so the consumer knows the kernel has been read.
+  Every prefix held before or found by a dump counts as touched, so one that vanished while notifications
+  were lost is reported gone. The kernel-side filter drops additions of our own protocol
+  (``exclude_proto``) so programming 100k BGP routes does not flood this socket; deletions of our routes
+  pass, so ``RouteTable`` hears at once when someone else removes one.
+- ``on_change`` is a plain synchronous callable receiving a delta: a mapping prefix -> device for each
+  prefix touched in the burst that is now present, prefix -> None for each that is gone. It is called once
+  per burst (first change + ``debounce`` seconds) and only when some prefix's device differs from what
+  was last reported (added and removed within one burst says nothing). Reporting an entry the consumer
+  already holds is possible (after a failed call) and must be a no-op for it. A call that raises is not
+  lost: its entries are reported again with the next burst. It must not block: hand the delta to a queue
+  or an event. The first call comes after the initial dump (every prefix present), even when empty, so
+  the consumer knows the kernel has been read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from routes.model import RT_TABLE_MAIN, RTPROT_BIRD, UNICAST, Route
 from routes.netlink import ADD, LINK_UP, LinkEvent, Netlink, RouteEvent, WatchOverflow
@@ -42,12 +51,15 @@ log = logging.getLogger(__name__)
 
 WORKLOAD_DEVICE_PREFIX = "cali"
 
+# What on_change receives: prefix -> device now (the lowest metric's), or None once the prefix is gone.
+WorkloadChanges = Mapping[str, str | None]
+
 
 class WorkloadRouteWatcher:
     def __init__(
         self,
         netlink: Netlink,
-        on_change: Callable[[frozenset[str]], None],
+        on_change: Callable[[WorkloadChanges], None],
         *,
         debounce: float = 0.05,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -66,19 +78,28 @@ class WorkloadRouteWatcher:
         self._exclude = exclude_proto
         self._observers = tuple(observers)
         self._dump_observers = tuple(dump_observers)
-        self._routes: dict[tuple[str, int], str] = {}
-        self._reported: frozenset[str] | None = None
+        self._routes: dict[str, dict[int, str]] = {}  # prefix -> metric -> device
+        self._on_device: dict[str, set[tuple[str, int]]] = {}  # device -> (prefix, metric): link events
+        # Prefixes touched since the last successful report -> their device as reported then (None: absent).
+        # Comparing with it at report time drops flaps within a burst without a second map of everything.
+        self._touched: dict[str, str | None] = {}
+        self._reported = False
         self._flush: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()  # set after the first on_change call
 
     @property
     def prefixes(self) -> frozenset[str]:
-        return frozenset(dst for dst, _ in self._routes)
+        return frozenset(self._routes)
 
     @property
     def devices(self) -> dict[str, str]:
         """prefix -> workload device (lowest metric wins when a prefix sits on two devices)."""
-        return {dst: dev for (dst, _), dev in sorted(self._routes.items(), key=lambda kv: -kv[0][1])}
+        return {dst: metrics[min(metrics)] for dst, metrics in self._routes.items()}
+
+    def device(self, prefix: str) -> str | None:
+        """The device of ``prefix``'s lowest-metric workload route, None when there is none."""
+        metrics = self._routes.get(prefix)
+        return metrics[min(metrics)] if metrics else None
 
     async def run(self) -> None:
         """Watch until cancelled."""
@@ -103,7 +124,16 @@ class WorkloadRouteWatcher:
 
     async def _load(self) -> None:
         routes = await self._netlink.dump_routes(None, self._table)
-        self._routes = {(r.dst, r.priority): r.nexthops[0].ifname for r in routes if self._is_workload(r)}
+        # Whatever we held may have changed unseen: all of it, and all the dump holds, is touched.
+        for dst in self._routes:
+            self._touch(dst)
+        loaded = {(r.dst, r.priority): r.nexthops[0].ifname for r in routes if self._is_workload(r)}
+        self._routes.clear()
+        self._on_device.clear()
+        for (dst, metric), ifname in loaded.items():
+            self._touched.setdefault(dst, None)
+            self._routes.setdefault(dst, {})[metric] = ifname
+            self._on_device.setdefault(ifname, set()).add((dst, metric))
         for observer in self._dump_observers:
             observer(routes)
         self._changed()
@@ -117,20 +147,47 @@ class WorkloadRouteWatcher:
         route = event.route
         if route.table != self._table:
             return
-        key = (route.dst, route.priority)
         if event.action == ADD and self._is_workload(route):
-            if self._routes.get(key) != event.ifname:
-                self._routes[key] = event.ifname
-                self._changed()
-        elif self._routes.pop(key, None) is not None:  # deleted, or overwritten by a non-workload route
-            self._changed()
+            self._put(route.dst, route.priority, event.ifname)
+        else:  # deleted, or overwritten by a non-workload route
+            self._remove(route.dst, route.priority)
+
+    def _put(self, dst: str, metric: int, ifname: str) -> None:
+        metrics = self._routes.get(dst)
+        held = None if metrics is None else metrics.get(metric)
+        if held == ifname:
+            return
+        self._touch(dst)
+        if held is not None:
+            self._unindex(held, dst, metric)
+        self._routes.setdefault(dst, {})[metric] = ifname
+        self._on_device.setdefault(ifname, set()).add((dst, metric))
+        self._changed()
+
+    def _remove(self, dst: str, metric: int) -> None:
+        metrics = self._routes.get(dst)
+        if metrics is None or metric not in metrics:
+            return
+        self._touch(dst)
+        self._unindex(metrics.pop(metric), dst, metric)
+        if not metrics:
+            del self._routes[dst]
+        self._changed()
+
+    def _unindex(self, ifname: str, dst: str, metric: int) -> None:
+        keys = self._on_device[ifname]
+        keys.discard((dst, metric))
+        if not keys:
+            del self._on_device[ifname]
 
     def _drop_device(self, ifname: str) -> None:
-        gone = [key for key, dev in self._routes.items() if dev == ifname]
-        for key in gone:
-            del self._routes[key]
-        if gone:
-            self._changed()
+        for dst, metric in list(self._on_device.get(ifname, ())):
+            self._remove(dst, metric)
+
+    def _touch(self, dst: str) -> None:
+        """Call before changing ``dst``: the first touch in a burst remembers what was reported."""
+        if dst not in self._touched:
+            self._touched[dst] = self.device(dst)
 
     def _is_workload(self, route: Route) -> bool:
         if route.type != UNICAST or len(route.nexthops) != 1:
@@ -146,13 +203,19 @@ class WorkloadRouteWatcher:
 
     async def _report(self) -> None:
         await self._sleep(self._debounce)  # coalesce the burst that started with this change
-        current = self.prefixes
-        if current != self._reported:
+        changes: dict[str, str | None] = {}
+        for dst, before in self._touched.items():
+            now = self.device(dst)
+            if now != before:
+                changes[dst] = now
+        if changes or not self._reported:
             try:
-                self._on_change(current)
-            except Exception:  # the consumer's bug must not stop the watch; the next change retries
+                self._on_change(changes)
+            except Exception:  # the consumer's bug must not stop the watch; the next burst reports it again
                 log.exception("workload route consumer failed")
             else:
-                self._reported = current
+                self._touched.clear()
+                self._reported = True
+        else:
+            self._touched.clear()
         self.ready.set()
-

@@ -86,6 +86,7 @@ def kernel_routes(
     rejects = [network(c) for c in reject_cidrs]
     subnet = network(node_network) if node_network else None
     resolved: dict[str, tuple[Nexthop, ...]] = {}  # per call: one lookup per distinct next hop
+    gateways: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}  # per call: parsed once each
 
     def excluded(net: Network, pool: KernelPool | None) -> bool:
         if any(inside(net, r) for r in rejects):
@@ -113,7 +114,9 @@ def kernel_routes(
             paths = Learned(tuple(paths))
         hops: set[Nexthop] = set()
         for gw in paths.nexthops:
-            addr = ipaddress.ip_address(gw)
+            addr = gateways.get(gw)
+            if addr is None:
+                addr = gateways[gw] = ipaddress.ip_address(gw)
             if addr.version != net.version:
                 continue
             if _tunnelled(addr, pool, subnet):

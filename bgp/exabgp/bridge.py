@@ -8,7 +8,7 @@ daemon's commands come back and are written to our stdout (ExaBGP's command inpu
 Why a bridge and not the speaker itself: ExaBGP respawns its API process with no state (exabgp.md §2.2), may
 restart it on SIGUSR2, and kills it when it stops. Keeping the RIB, the kernel table and the status in the
 long-lived daemon means none of those events loses routes or state; this process can die at any moment and
-the daemon simply sees a reconnect. It is run as ``python -m bgp.exabgp.bridge SOCKET`` and imports nothing
+the daemon simply sees a reconnect. It is run as ``python -I -S bridge.py SOCKET`` and imports nothing
 heavy so that a respawn is quick.
 
 Complicating factors:
@@ -62,7 +62,7 @@ def _pump_commands(sock: socket.socket, out, stop: threading.Event) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m bgp.exabgp.bridge SOCKET", file=sys.stderr)
+        print("usage: bridge.py SOCKET", file=sys.stderr)
         return 2
     path = args[0]
     sock = _connect(path, time.monotonic() + RECONNECT_FOR)

@@ -1,4 +1,6 @@
 import json
+import random
+from dataclasses import replace
 
 import pytest
 
@@ -408,3 +410,128 @@ async def test_metrics_follow_the_speaker_and_forget_removed_peers():
     speaker.set_intent(intent(peers=("10.0.0.13",)))
     await speaker.flush()
     assert registry.get_sample_value("calico_bgp_session_up", labels) is None
+
+
+# ---------------------------------------------------------------- workload deltas (routes.monitor's contract)
+
+NOEXPORT = PoolIntent("10.99.0.0/16", disable_bgp_export=True)
+
+
+def delta_intent(**kwargs):
+    return replace(intent(**kwargs), pools=(*intent().pools, NOEXPORT))
+
+
+async def announcements_after(change, held, *, delta):
+    """The commands one change sends when 192.168.1.0/26 is our block and ``held`` the workloads so far."""
+    sent: list[str] = []
+
+    async def send(lines):
+        sent.extend(lines)
+
+    speaker = Speaker(send=send, route_table=FakeTable(), clock=lambda: 1000.0)
+    speaker.set_intent(delta_intent())
+    up(speaker)
+    speaker.set_workload_routes(held.keys(), held)
+    await speaker.flush()
+    sent.clear()
+    if delta:
+        speaker.update_workload_routes(change)
+    else:
+        after = {**held, **change}
+        after = {p: d for p, d in after.items() if d is not None}
+        speaker.set_workload_routes(after.keys(), after)
+    await speaker.flush()
+    return sent, speaker.exports()
+
+
+DELTA_CASES = [
+    ("borrowed /32 inside an exportable pool", {}, {"192.168.2.9/32": "cali1"}, ["192.168.2.9/32"], []),
+    ("/32 inside a local block is suppressed", {}, {"192.168.1.5/32": "cali1"}, [], []),
+    ("/32 in a disable_bgp_export pool", {}, {"10.99.0.5/32": "cali1"}, [], []),
+    ("/32 outside every pool", {}, {"172.16.0.5/32": "cali1"}, [], []),
+    ("removal", {"192.168.2.9/32": "cali1"}, {"192.168.2.9/32": None}, [], ["192.168.2.9/32"]),
+    (
+        "a borrowed /32 moving to a Felix-programmed device (not to iBGP peers)",
+        {"192.168.2.9/32": "cali1"},
+        {"192.168.2.9/32": "vxlan.calico"},
+        [],
+        ["192.168.2.9/32"],
+    ),
+    (
+        "one change among several held",
+        {"192.168.2.9/32": "cali1", "192.168.1.5/32": "cali2", "192.168.3.1/32": "cali3"},
+        {"192.168.3.1/32": None, "192.168.4.4/32": "cali4", "192.168.1.6/32": "cali5"},
+        ["192.168.4.4/32"],
+        ["192.168.3.1/32"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("held", "change", "announced", "withdrawn"),
+    [c[1:] for c in DELTA_CASES],
+    ids=[c[0] for c in DELTA_CASES],
+)
+async def test_update_workload_routes_announces_as_set_workload_routes(held, change, announced, withdrawn):
+    sent, exports = await announcements_after(change, held, delta=True)
+    full_sent, full_exports = await announcements_after(change, held, delta=False)
+    assert sent == full_sent and set(exports) == set(full_exports)
+    assert nlri_of(sent, "announce") == announced and nlri_of(sent, "withdraw") == withdrawn
+    assert {line.split()[1] for line in sent} == (set(PEERS) if announced or withdrawn else set())
+
+
+async def test_an_unchanged_re_report_sends_nothing(rig):
+    speaker, sent, table = rig
+    speaker.set_intent(delta_intent())
+    up(speaker)
+    speaker.update_workload_routes({"192.168.2.9/32": "cali1", "192.168.1.5/32": "cali2"})
+    await speaker.flush()
+    assert nlri_of(sent, "announce") == ["192.168.1.0/26", "192.168.2.9/32"]
+    sent.clear()
+    applies = table.applies
+    # What we hold already, and a prefix we never held reported gone: both no-ops.
+    speaker.update_workload_routes(
+        {"192.168.2.9/32": "cali1", "192.168.1.5/32": "cali2", "192.168.7.7/32": None}
+    )
+    await speaker.flush()
+    assert sent == [] and table.applies == applies
+
+
+async def test_workload_deltas_before_the_intent_count_once_it_arrives(rig):
+    speaker, sent, _ = rig
+    speaker.update_workload_routes({"192.168.2.9/32": "cali1", "192.168.2.10/32": "cali1"})
+    speaker.update_workload_routes({"192.168.2.10/32": None})
+    speaker.set_intent(delta_intent())
+    up(speaker)
+    await speaker.flush()
+    assert nlri_of(sent, "announce") == ["192.168.1.0/26", "192.168.2.9/32"]
+
+
+def test_random_deltas_leave_the_same_local_routes_as_a_full_recompute():
+    rng = random.Random(7)
+    # Blocks (one a /32, equal to a workload prefix), a service range touched as if it were a workload,
+    # borrowed IPs, IPs in the no-export pool and outside every pool.
+    the_intent = replace(
+        delta_intent(blocks=("192.168.1.0/26", "192.168.5.5/32")), service_cluster_ips=("10.96.0.0/12",)
+    )
+    universe = [
+        *(f"192.168.{rng.choice((1, 2, 3))}.{rng.randrange(256)}/32" for _ in range(30)),
+        *(f"10.99.0.{i}/32" for i in range(5)),
+        *(f"172.16.0.{i}/32" for i in range(5)),
+        "192.168.5.5/32",
+        "192.168.1.0/26",
+        "10.96.0.0/12",
+    ]
+
+    async def send(lines):
+        pass
+
+    speaker = Speaker(send=send, route_table=FakeTable())
+    speaker.set_intent(the_intent)
+    for _ in range(300):
+        changes = {p: rng.choice(("cali1", "cali2", None)) for p in rng.sample(universe, rng.randrange(1, 6))}
+        speaker.update_workload_routes(changes)
+        reference = Speaker(send=send, route_table=FakeTable())
+        reference.set_workload_routes(speaker._workloads.keys(), speaker._workloads)
+        reference.set_intent(the_intent)  # the full path: _recompute_local over every workload
+        assert speaker._local == reference._local

@@ -1,4 +1,4 @@
-"""WorkloadRouteWatcher against FakeNetlink: initial dump, events, coalescing, link loss, overflow."""
+"""WorkloadRouteWatcher against FakeNetlink: initial dump, deltas, coalescing, link loss, overflow."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def kernel() -> FakeNetlink:
 
 @pytest.fixture
 async def running(kernel):
-    calls: list[frozenset[str]] = []
+    calls: list[dict[str, str | None]] = []
     seen: list[object] = []
     gate = Gate()
     watcher = WorkloadRouteWatcher(kernel, calls.append, sleep=gate.sleep, observers=[seen.append])
@@ -52,6 +52,13 @@ async def running(kernel):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def report(gate: Gate) -> None:
+    """Let the pending burst's debounce end and its report run."""
+    await settle()
+    gate.opened.set()
+    await settle()
 
 
 async def test_initial_dump_selects_workload_host_routes():
@@ -65,84 +72,161 @@ async def test_initial_dump_selects_workload_host_routes():
         Route("10.244.1.8/32", nexthops=(Nexthop("", "cali1"),), table=100),  # not the main table
     ]:
         kernel.add_foreign(route)
-    calls: list[frozenset[str]] = []
+    calls: list[dict[str, str | None]] = []
     watcher = WorkloadRouteWatcher(kernel, calls.append, sleep=lambda _: asyncio.sleep(0))
     task = asyncio.create_task(watcher.run())
     await asyncio.wait_for(watcher.ready.wait(), 1)
     task.cancel()
-    assert calls == [frozenset({"10.244.1.5/32", "fd00:244::5/128"})]
+    assert calls == [{"10.244.1.5/32": "cali1", "fd00:244::5/128": "cali2"}]  # the first call: all present
     assert watcher.devices == {"10.244.1.5/32": "cali1", "fd00:244::5/128": "cali2"}
+    assert watcher.prefixes == frozenset({"10.244.1.5/32", "fd00:244::5/128"})
 
 
 async def test_empty_kernel_still_reports_once(running):
     watcher, calls, gate, _ = running
-    gate.opened.set()
-    await settle()
-    assert calls == [frozenset()] and watcher.ready.is_set()
+    assert not watcher.ready.is_set()
+    await report(gate)
+    assert calls == [{}] and watcher.ready.is_set()
 
 
 async def test_burst_is_coalesced_into_one_call(running, kernel):
     watcher, calls, gate, seen = running
-    gate.opened.set()
-    await settle()
+    await report(gate)
     for i in range(1, 50):
         kernel.add_foreign(workload(f"10.244.1.{i}/32"))
     await settle()
     assert len(calls) == 1  # still debouncing
     gate.opened.set()
     await settle()
-    assert len(calls) == 2 and len(calls[1]) == 49
+    assert calls[1] == {f"10.244.1.{i}/32": "cali1" for i in range(1, 50)}
+    assert len(calls) == 2 and gate.waits == [0.05, 0.05]
     assert len(seen) == 49 and all(isinstance(e, RouteEvent) and e.action == ADD for e in seen)
 
 
-async def test_unchanged_set_is_not_reported_again(running, kernel):
+async def test_only_the_prefixes_touched_by_a_burst_are_reported(running, kernel):
+    watcher, calls, gate, _ = running
+    kernel.add_foreign(workload("10.244.1.5/32"))
+    kernel.add_foreign(workload("10.244.1.6/32"))
+    await report(gate)
+    kernel.remove(workload("10.244.1.5/32"))
+    kernel.add_foreign(workload("10.244.1.7/32", dev="cali2"))
+    await report(gate)
+    assert calls == [
+        {"10.244.1.5/32": "cali1", "10.244.1.6/32": "cali1"},
+        {"10.244.1.5/32": None, "10.244.1.7/32": "cali2"},
+    ]
+
+
+async def test_flap_within_the_first_burst_is_not_reported(running, kernel):
     watcher, calls, gate, _ = running
     kernel.add_foreign(workload("10.244.1.5/32"))
     kernel.remove(workload("10.244.1.5/32"))
-    await settle()
-    gate.opened.set()
-    await settle()
-    assert calls == [frozenset()]  # added and removed within one burst: nothing to say beyond the first call
+    await report(gate)
+    assert calls == [{}]  # added and removed within one burst: nothing to say beyond the first call
 
 
-async def test_deleted_device_drops_its_ipv4_routes_without_route_events(running, kernel):
+async def test_no_call_when_nothing_changed_after_the_first(running, kernel):
+    watcher, calls, gate, _ = running
+    kernel.add_foreign(workload("10.244.1.5/32"))
+    await report(gate)
+    assert len(calls) == 1
+    kernel.add_foreign(workload("10.244.1.6/32"))
+    kernel.remove(workload("10.244.1.6/32"))  # a flap
+    kernel.add_foreign(workload("10.244.1.5/32", priority=100))  # a second route, same device
+    kernel.remove(workload("10.244.1.5/32"))  # the first one goes: the device stays cali1
+    await report(gate)
+    assert len(calls) == 1 and watcher.devices == {"10.244.1.5/32": "cali1"}
+
+
+async def test_deleted_device_reports_its_ipv4_prefixes_gone_without_route_events(running, kernel):
     watcher, calls, gate, _ = running
     kernel.add_foreign(workload("10.244.1.5/32", dev="cali1"))
+    kernel.add_foreign(workload("10.244.1.8/32", dev="cali1"))
     kernel.add_foreign(workload("10.244.1.6/32", dev="cali2"))
-    await settle()
-    gate.opened.set()
-    await settle()
+    await report(gate)
     kernel.delete_link("cali1")  # the CNI deleted the veth: no RTM_DELROUTE for IPv4
-    await settle()
-    gate.opened.set()
-    await settle()
-    assert calls[-1] == frozenset({"10.244.1.6/32"})
+    await report(gate)
+    assert calls[-1] == {"10.244.1.5/32": None, "10.244.1.8/32": None}
+    assert watcher.prefixes == frozenset({"10.244.1.6/32"})
+
+
+async def test_pod_recreated_on_a_new_device_reports_the_new_device(running, kernel):
+    watcher, calls, gate, _ = running
+    kernel.add_foreign(workload("10.244.1.5/32", dev="cali1"))
+    await report(gate)
+    kernel.delete_link("cali1")
+    kernel.add_foreign(workload("10.244.1.5/32", dev="cali2"))  # same IP, same burst
+    await report(gate)
+    assert calls[-1] == {"10.244.1.5/32": "cali2"}
+
+
+async def test_lowest_metric_device_wins(running, kernel):
+    watcher, calls, gate, _ = running
+    kernel.add_foreign(workload("10.244.1.5/32", dev="cali1", priority=200))
+    kernel.add_foreign(workload("10.244.1.5/32", dev="cali2", priority=100))
+    await report(gate)
+    assert calls == [{"10.244.1.5/32": "cali2"}]
+    assert watcher.devices == {"10.244.1.5/32": "cali2"} and watcher.device("10.244.1.5/32") == "cali2"
+    kernel.remove(workload("10.244.1.5/32", dev="cali2", priority=100))
+    await report(gate)
+    assert calls[-1] == {"10.244.1.5/32": "cali1"}
+    kernel.add_foreign(workload("10.244.1.5/32", dev="cali2", priority=300))  # behind cali1: no change
+    await report(gate)
+    assert len(calls) == 2
+    kernel.remove(workload("10.244.1.5/32", dev="cali1", priority=200))
+    kernel.remove(workload("10.244.1.5/32", dev="cali2", priority=300))
+    await report(gate)
+    assert calls[-1] == {"10.244.1.5/32": None} and watcher.device("10.244.1.5/32") is None
 
 
 async def test_route_overwritten_by_a_non_workload_route_is_dropped(running, kernel):
     watcher, calls, gate, _ = running
     kernel.add_foreign(workload("10.244.1.5/32"))
-    await settle()
+    await report(gate)
     kernel.add_foreign(Route("10.244.1.5/32", nexthops=(Nexthop("192.0.2.7", "eth0"),), proto=80))
-    await settle()
-    gate.opened.set()
-    await settle()
-    assert watcher.prefixes == frozenset() and calls == [frozenset()]
+    await report(gate)
+    assert watcher.prefixes == frozenset()
+    assert calls == [{"10.244.1.5/32": "cali1"}, {"10.244.1.5/32": None}]
 
 
-async def test_overflow_triggers_a_fresh_dump(running, kernel):
+async def test_overflow_re_dump_reports_what_changed_unseen(running, kernel):
     watcher, calls, gate, _ = running
-    gate.opened.set()
-    await settle()
+    kernel.add_foreign(workload("10.244.1.5/32"))
+    kernel.add_foreign(workload("10.244.1.6/32"))
+    await report(gate)
     dumps = kernel.dumps
     # Changes whose notifications were lost: written straight into the model.
     kernel.routes[(254, "10.244.1.9/32", 0)] = workload("10.244.1.9/32")
+    del kernel.routes[(254, "10.244.1.5/32", 0)]
     kernel.overflow()
     await settle()
     assert kernel.dumps == dumps + 1
-    gate.opened.set()
-    await settle()
-    assert calls[-1] == frozenset({"10.244.1.9/32"})
+    await report(gate)
+    assert calls[-1] == {"10.244.1.5/32": None, "10.244.1.9/32": "cali1"}  # .6 did not change: not said
+    assert watcher.prefixes == frozenset({"10.244.1.6/32", "10.244.1.9/32"})
+
+
+async def test_a_failed_report_is_repeated_with_the_next_burst(kernel):
+    calls: list[dict[str, str | None]] = []
+
+    def consumer(changes):
+        calls.append(dict(changes))
+        if len(calls) == 2:
+            raise RuntimeError("consumer bug")
+
+    gate = Gate()
+    watcher = WorkloadRouteWatcher(kernel, consumer, sleep=gate.sleep)
+    task = asyncio.create_task(watcher.run())
+    try:
+        await report(gate)
+        kernel.add_foreign(workload("10.244.1.5/32"))
+        await report(gate)
+        kernel.add_foreign(workload("10.244.1.6/32"))
+        await report(gate)
+        assert calls == [{}, {"10.244.1.5/32": "cali1"}, {"10.244.1.5/32": "cali1", "10.244.1.6/32": "cali1"}]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_own_protocol_is_excluded_from_the_watch(running, kernel):
