@@ -68,7 +68,7 @@ def _process_name(frame: str) -> str:
     # 'process 1234:"/venv/bin/python /venv/bin/exabgp server x.conf"'
     pid, _, cmd = frame.removeprefix("process ").partition(":")
     cmd = cmd.strip('"')
-    for role, marker in (("bridge", "bgp.exabgp.bridge"), ("exabgp", "exabgp"), ("daemon", "calico-bgp")):
+    for role, marker in (("bridge", "exabgp/bridge.py"), ("exabgp", "exabgp"), ("daemon", "calico-bgp")):
         if marker in cmd:
             return f"{role} ({pid})"
     return f"{cmd[:40]} ({pid})"

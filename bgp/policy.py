@@ -33,6 +33,7 @@ from bgp.exabgp.commands import Advertisement
 from bgp.rib import Path
 from confgen.bgpfilter import BGPFilter, FilterRule
 from confgen.intent import MESH, NEXT_HOP_KEEP, NEXT_HOP_SELF, NodeIntent, PeerIntent
+from routes.pools import network
 
 ACCEPT = "accept"
 REJECT = "reject"
@@ -43,9 +44,9 @@ ORIGINATED_LOCAL_PREF = 2**31 - 1 - NORMAL_PRIORITY
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@lru_cache(maxsize=1 << 18)
+@lru_cache(maxsize=4096)  # one flush asks about the same prefixes once per peer; bounded: ~1 MB at most
 def net(prefix: str) -> Network:
-    return ipaddress.ip_network(prefix, strict=False)
+    return network(prefix)
 
 
 def within(inner: Network, outer: Network) -> bool:

@@ -12,16 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from bgp.daemon import api_run_line
 from bgp.exabgp import supervisor as sup
 from bgp.exabgp.channel import ApiChannel
 
 
 async def _start_bridge(sock: Path):
     return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bgp.exabgp.bridge",
-        str(sock),
+        *api_run_line(sock).split(),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
