@@ -161,31 +161,37 @@ async def test_kernel_filters_our_protocol_off_the_watch(ns, netlink):
 
 
 async def test_watcher_follows_workload_routes_within_a_second(ns, netlink):
-    changes: asyncio.Queue[frozenset[str]] = asyncio.Queue()
+    changes: asyncio.Queue[dict[str, str | None]] = asyncio.Queue()
+    held: dict[str, str] = {}  # what a consumer of the deltas holds
     ip(ns, "route", "add", "10.244.1.1/32", "dev", CALI, "proto", "boot", "scope", "link")
     watcher = WorkloadRouteWatcher(netlink, changes.put_nowait, debounce=0.01)
     task = asyncio.create_task(watcher.run())
     try:
-        assert await asyncio.wait_for(changes.get(), 1) == {"10.244.1.1/32"}
+        assert await asyncio.wait_for(changes.get(), 1) == {"10.244.1.1/32": CALI}
+        held["10.244.1.1/32"] = CALI
         ip(ns, "route", "add", "10.244.1.2/32", "dev", CALI, "proto", "boot", "scope", "link")
         ip(ns, "-6", "route", "add", "fd00:244::2/128", "dev", CALI, "proto", "boot")
         ip(ns, "route", "add", "10.244.1.3/32", "dev", "v0", "proto", "boot", "scope", "link")  # not cali
         want = {"10.244.1.1/32", "10.244.1.2/32", "fd00:244::2/128"}
-        assert await asyncio.wait_for(_until(changes, want), 1) == want
+        assert await asyncio.wait_for(_until(changes, held, want), 1) == want
         ip(ns, "route", "del", "10.244.1.1/32", "dev", CALI)
         want = {"10.244.1.2/32", "fd00:244::2/128"}
-        assert await asyncio.wait_for(_until(changes, want), 1) == want
+        assert await asyncio.wait_for(_until(changes, held, want), 1) == want
         ip(ns, "link", "del", CALI)  # pod gone: IPv4 routes vanish without RTM_DELROUTE
-        assert await asyncio.wait_for(_until(changes, set()), 1) == set()
+        assert await asyncio.wait_for(_until(changes, held, set()), 1) == set()
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def _until(queue: asyncio.Queue[frozenset[str]], want: set[str]) -> frozenset[str]:
-    while (got := await queue.get()) != want:
-        pass
-    return got
+async def _until(queue: asyncio.Queue, held: dict[str, str], want: set[str]) -> set[str]:
+    while set(held) != want:
+        for prefix, device in (await queue.get()).items():
+            if device is None:
+                held.pop(prefix, None)
+            else:
+                held[prefix] = device
+    return set(held)
 
 
 async def test_restart_adopts_previous_routes_and_sweeps_only_when_released(ns, netlink):
