@@ -137,6 +137,8 @@ def _build(
     for node in topo.nodes:
         _add_node(state, topo, node)
         echo(f"node {node.name}: {netns_name(state.name, node.name)} {NODE_IFNAME} {node.ipv4}")
+    if pinned := _pin_node_neighbours(state, topo):
+        echo(f"neighbours: {pinned} static entries between nodes (large lab; see _pin_node_neighbours)")
 
     items = topology.calico_resources(topo)
     etcd.wait_healthy(state.etcd_endpoints, timeout=etcd_timeout)
@@ -160,6 +162,35 @@ def _build(
     for node in state.nodes:
         _start_daemon(state, node)
         echo(f"daemon {node.name}: pid {node.pid}, log {node.log}")
+
+
+# The kernel's ARP and NDP caches are one table each for ALL namespaces of the host, and dynamic entries
+# beyond net.ipv4.neigh.default.gc_thresh3 (1024 by default) are refused: a 50-node mesh needs 50 x 49
+# entries, and its sessions then fail with unanswered SYNs ("neighbor table overflow" in dmesg), which no
+# real cluster sees (every node has its own kernel). Permanent entries are exempt from that limit (Linux
+# 4.20+), so large labs pin node-to-node neighbours instead of changing the host's sysctls. Small labs keep
+# ARP, as real nodes do.
+PIN_NEIGHBOURS_ABOVE = 256  # node-to-node entries of a lab (n x (n - 1)); 17+ nodes
+
+
+def _pin_node_neighbours(state: LabState, topo: topology.Topology) -> int:
+    nodes = list(topo.nodes)
+    if len(nodes) * (len(nodes) - 1) <= PIN_NEIGHBOURS_ABOVE:
+        return 0
+    macs = {n.name: netns.link_mac(netns_name(state.name, n.name), NODE_IFNAME) for n in nodes}
+    pinned = 0
+    for node in nodes:
+        lines = []
+        for other in nodes:
+            if other is node or other.segment != node.segment:
+                continue
+            for address in (other.address, other.address6):
+                if address:
+                    lines.append(f"neighbour replace {address} lladdr {macs[other.name]} dev {NODE_IFNAME}"
+                                 " nud permanent")
+        netns.ip_batch(netns_name(state.name, node.name), lines)
+        pinned += len(lines)
+    return pinned
 
 
 def _record_netns(state: LabState, ns: str) -> None:

@@ -148,6 +148,15 @@ def replace_neighbour(netns: str, address: str, mac: str, ifname: str) -> None:
     ip(netns, "neighbour", "replace", address, "lladdr", mac, "dev", ifname, "nud", "permanent")
 
 
+def ip_batch(netns: str, commands: Sequence[str]) -> None:
+    """Run many ``ip`` commands in one process (``ip -batch``): thousands of neighbours in one call."""
+    argv = ["ip", "-n", netns, "-batch", "-"]
+    proc = subprocess.run(argv, input="".join(f"{c}\n" for c in commands), capture_output=True, text=True,
+                          timeout=60)
+    if proc.returncode != 0:
+        raise NetnsError(f"`{' '.join(argv)}` exited {proc.returncode}: {proc.stderr.strip()}")
+
+
 def set_sysctl(netns: str, key: str, value: str | int) -> None:
     """Write a net.* sysctl as seen from inside netns (per-namespace values under /proc/sys/net)."""
     proc = run_in(netns, ["sysctl", "-q", "-w", f"{key}={value}"])

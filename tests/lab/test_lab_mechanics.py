@@ -282,3 +282,27 @@ def test_lab_on_the_users_etcd_leaves_it_running_and_clean(lab_name, etcd_server
     labs_lab.down(lab_name)
     assert process.alive(etcd_server.pid)
     assert etcd.get_prefix([etcd_server.client_url], "/calico/") == {"/calico/users-own": b"keep"}
+
+
+@pytest.mark.parametrize(("threshold", "pinned"), [(0, True), (10_000, False)])
+def test_large_labs_pin_node_neighbours_small_ones_use_arp(lab_name, monkeypatch, threshold, pinned):
+    """The host's ARP table is shared by every namespace (gc_thresh3 = 1024 dynamic entries): above the
+    threshold node-to-node neighbours are permanent entries, below it ARP works as on real nodes."""
+    monkeypatch.setattr(labs_lab, "PIN_NEIGHBOURS_ABOVE", threshold)
+    try:
+        with pytest.raises(labs_lab.LabError):  # stops after the nodes are wired: no etcd to reach
+            labs_lab.up("mesh", 3, name=lab_name, etcd_endpoints=["http://127.0.0.1:1"], etcd_timeout=1)
+        prefix = state.netns_prefix(lab_name)
+        for me, others in (("node1", ("10.0.0.12", "10.0.0.13")), ("node3", ("10.0.0.11", "10.0.0.12"))):
+            shown = netns.ip(f"{prefix}{me}", "neighbour", "show", "nud", "permanent").stdout
+            entries = {line.split()[0]: line for line in shown.splitlines()}
+            if pinned:
+                assert set(entries) == set(others)
+                for address in others:  # the MAC pinned is the other node's eth0
+                    owner = f"{prefix}node{address[-1]}"
+                    assert netns.link_mac(owner, "eth0") in entries[address]
+            else:
+                assert entries == {}
+        assert netns.run_in(f"{prefix}node1", ["ping", "-c1", "-W2", "10.0.0.13"]).returncode == 0
+    finally:
+        labs_lab.down(lab_name)
