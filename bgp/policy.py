@@ -53,7 +53,7 @@ def within(inner: Network, outer: Network) -> bool:
     return inner.version == outer.version and inner.subnet_of(outer)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """A route we could export: originated here (``path`` None) or the best path of the Loc-RIB."""
 

@@ -26,7 +26,7 @@ ORIGIN_RANK = {"igp": 0, "egp": 1, "incomplete": 2}
 DEFAULT_LOCAL_PREF = 100
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Path:
     prefix: str
     peer: str  # address of the peer that sent it

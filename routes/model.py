@@ -19,14 +19,14 @@ UNICAST = "unicast"
 BLACKHOLE = "blackhole"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Nexthop:
     gateway: str = ""  # "" for a device-only next hop
     ifname: str = ""  # "" lets the kernel resolve the device from the gateway
     onlink: bool = False  # tunl0 routes: gateway is not on the device's subnet
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Route:
     dst: str  # CIDR, normalised (ipaddress.ip_network(...).with_prefixlen)
     type: str = UNICAST  # UNICAST | BLACKHOLE

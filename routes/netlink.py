@@ -62,14 +62,14 @@ _SO_RCVBUFFORCE = 33
 _SO_ATTACH_FILTER = 26
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RouteEvent:
     action: str  # ADD (also a replace) | DEL
     route: Route
     ifname: str  # device of the first next hop; "" for blackholes and devices already gone
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LinkEvent:
     action: str  # LINK_UP | LINK_DOWN | LINK_DEL
     ifindex: int

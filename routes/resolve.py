@@ -58,7 +58,7 @@ Resolve = Callable[[str], tuple[Nexthop, ...]]
 __all__ = ["KernelPool", "Learned", "bgp_metric", "kernel_routes"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Learned:
     """The selected paths of one prefix: the next hops of the multipath set and the best path's local-pref."""
 

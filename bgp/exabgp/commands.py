@@ -23,7 +23,7 @@ from dataclasses import dataclass
 NLRI_PER_LINE = 1000
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Advertisement:
     """The attributes we send with one prefix to one peer."""
 

@@ -25,7 +25,7 @@ STATE_UP = "up"
 STATE_DOWN = "down"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PathAttributes:
     origin: str = "igp"
     as_path: tuple[int, ...] = ()
@@ -37,7 +37,7 @@ class PathAttributes:
     cluster_list: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerState:
     peer: str
     state: str  # connected | up | down
@@ -46,7 +46,7 @@ class PeerState:
     peer_as: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RoutesLearned:
     peer: str
     family: str  # "ipv4 unicast" | "ipv6 unicast"
@@ -56,20 +56,20 @@ class RoutesLearned:
     path_ids: tuple[str, ...] = ()  # parallel to prefixes when add-path is in use, else empty
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RoutesWithdrawn:
     peer: str
     family: str
     prefixes: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndOfRib:
     peer: str
     family: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Notification:
     peer: str
     direction: str
@@ -78,7 +78,7 @@ class Notification:
     message: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Open:
     """An OPEN message; ``direction`` "receive" is the peer's."""
 
@@ -91,14 +91,14 @@ class Open:
     families: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AdjRibOutReport:
     """ExaBGP's answer to ``show adj-rib out json``: peer -> prefixes it holds for that peer."""
 
     routes: dict[str, frozenset[str]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Unparsed:
     """A line we could not use; kept so the caller can count and log it."""
 
