@@ -33,7 +33,8 @@ from bgp.exabgp.commands import Advertisement
 from bgp.rib import Path
 from confgen.bgpfilter import BGPFilter, FilterRule
 from confgen.intent import MESH, NEXT_HOP_KEEP, NEXT_HOP_SELF, NodeIntent, PeerIntent
-from routes.pools import network
+from routes.export import Span, span, within_any
+from routes.pools import network, parse_prefix
 
 ACCEPT = "accept"
 REJECT = "reject"
@@ -47,6 +48,11 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 @lru_cache(maxsize=4096)  # one flush asks about the same prefixes once per peer; bounded: ~1 MB at most
 def net(prefix: str) -> Network:
     return network(prefix)
+
+
+def prefix_span(prefix: str) -> Span:
+    _, version, first, _, last = parse_prefix(prefix)
+    return (version, first, last)
 
 
 def within(inner: Network, outer: Network) -> bool:
@@ -68,16 +74,18 @@ class NodePolicy:
     def __init__(self, intent: NodeIntent, filters: Mapping[str, BGPFilter] | None = None) -> None:
         self.intent = intent
         self.filters = dict(filters or {})
-        pools = [(net(p.cidr), p.disable_bgp_export) for p in intent.pools]
+        # Integer spans (routes.export.Span): the export policy runs per prefix and per peer, 100k times
+        # in a burst, and two integer comparisons are far cheaper than ipaddress's subnet_of.
+        pools = [(span(net(p.cidr)), p.disable_bgp_export) for p in intent.pools]
         self._suppressed = [n for n, off in pools if off]
         self._exportable = [n for n, off in pools if not off]
-        self._blocks = [net(b) for b in intent.local_blocks]
-        self._services = [net(c) for c in self.service_ranges()]
+        self._blocks = [span(net(b)) for b in intent.local_blocks]
+        self._services = [span(net(c)) for c in self.service_ranges()]
         self._reflected_services = [
-            net(c) for c in (*intent.service_loadbalancer_ips, *intent.service_external_ips)
+            span(net(c)) for c in (*intent.service_loadbalancer_ips, *intent.service_external_ips)
         ]
         self._advertisements = [
-            (net(a.cidr), a.communities, a.large_communities) for a in intent.prefix_advertisements
+            (span(net(a.cidr)), a.communities, a.large_communities) for a in intent.prefix_advertisements
         ]
 
     def service_ranges(self) -> tuple[str, ...]:
@@ -93,28 +101,28 @@ class NodePolicy:
     # ------------------------------------------------------------------ Calico's default export policy
 
     def calico_export(self, candidate: Candidate, to_ibgp: bool) -> bool:
-        n = net(candidate.prefix)
-        if any(within(n, s) for s in self._suppressed):
+        n = prefix_span(candidate.prefix)
+        if within_any(n, self._suppressed):
             return False
         if to_ibgp and (candidate.ifname.endswith(".cali") or candidate.ifname.endswith(".calico")):
             return False  # VXLAN / WireGuard devices: Felix programs those routes on every node
         for block in self._blocks:
-            if within(n, block):
+            if within_any(n, (block,)):
                 return n == block
-        if any(within(n, s) for s in self._services):
+        if within_any(n, self._services):
             return True
-        if self.intent.rr_cluster_id and any(within(n, s) for s in self._reflected_services):
+        if self.intent.rr_cluster_id and within_any(n, self._reflected_services):
             return True
-        return any(within(n, e) for e in self._exportable)
+        return within_any(n, self._exportable)
 
     def communities(
         self, prefix: str
     ) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int, int], ...]]:
-        n = net(prefix)
+        n = prefix_span(prefix)
         std: set[tuple[int, int]] = set()
         large: set[tuple[int, int, int]] = set()
         for cidr, communities, large_communities in self._advertisements:
-            if within(n, cidr):
+            if within_any(n, (cidr,)):
                 std.update(_community(c) for c in communities)
                 large.update(_community(c) for c in large_communities)
         return tuple(sorted(std)), tuple(sorted(large))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from routes.pools import KernelPool, Network, network
+from routes.pools import KernelPool, Network, network, parse_prefix
 
 # (IP version, first address, last address): containment is two integer comparisons.
 Span = tuple[int, int, int]
@@ -39,7 +39,7 @@ def span(net: Network) -> Span:
     return (net.version, int(net.network_address), int(net.broadcast_address))
 
 
-def _within(inner: Span, outers: Iterable[Span]) -> bool:
+def within_any(inner: Span, outers: Iterable[Span]) -> bool:
     """``inner`` lies within one of ``outers`` (same family, equal or more specific): ``pools.inside``."""
     version, first, last = inner
     return any(v == version and lo <= first and last <= hi for v, lo, hi in outers)
@@ -54,7 +54,7 @@ class ExportRules:
         self._exportable = tuple(span(p.network) for p in pools if not p.disable_bgp_export)
         blocks = {network(b) for b in local_blocks}
         self._blocks = tuple(span(b) for b in blocks)
-        announced = [b for b in blocks if not _within(span(b), self._suppressed)]
+        announced = [b for b in blocks if not within_any(span(b), self._suppressed)]
         self._announced_blocks = tuple(announced)
         # The local blocks announced (rule 1 and 2), as canonical CIDR strings.
         self.blocks: frozenset[str] = frozenset(b.with_prefixlen for b in announced)
@@ -62,12 +62,13 @@ class ExportRules:
     def announces(self, prefix: str) -> bool:
         """Whether the workload host route ``prefix`` is announced on its own (rules 1 and 3; a prefix
         inside a local block is not: the block is)."""
-        return self._announces(span(network(prefix)))
+        _, version, first, _, last = parse_prefix(prefix)
+        return self._announces((version, first, last))
 
     def _announces(self, s: Span) -> bool:
-        if _within(s, self._suppressed) or _within(s, self._blocks):
+        if within_any(s, self._suppressed) or within_any(s, self._blocks):
             return False
-        return _within(s, self._exportable)
+        return within_any(s, self._exportable)
 
     def select(self, workload_prefixes: Iterable[str]) -> tuple[str, ...]:
         """Everything announced for these workloads: the blocks and the workloads announced on their own."""

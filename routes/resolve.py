@@ -35,7 +35,7 @@ import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from routes.export import sort_key
+from routes.export import Span, sort_key, span
 from routes.model import BLACKHOLE, RTPROT_BIRD, Nexthop, Route
 from routes.pools import (
     ALWAYS,
@@ -43,9 +43,8 @@ from routes.pools import (
     ENABLED,
     KernelPool,
     Network,
-    inside,
-    longest_match,
     network,
+    parse_prefix,
     programs_pool,
 )
 
@@ -82,16 +81,29 @@ def kernel_routes(
     program_cluster_routes: str = ENABLED,
     resolve: Resolve | None = None,
 ) -> list[Route]:
+    # The hot path of a 100k-route burst: pools, blocks and rejects become integer spans once per call,
+    # each prefix is parsed once, and the next hops of a (next hops, pool) pair are worked out once.
     pools = tuple(pools)
-    rejects = [network(c) for c in reject_cidrs]
+    by_specificity = sorted(pools, key=lambda p: -p.network.prefixlen)  # stable: ties keep pool order
+    pool_spans = [(span(p.network), p) for p in by_specificity]
+    rejects = [span(network(c)) for c in reject_cidrs]
     subnet = network(node_network) if node_network else None
+    programmed = {id(p): programs_pool(p, program_cluster_routes) for p in pools}
     resolved: dict[str, tuple[Nexthop, ...]] = {}  # per call: one lookup per distinct next hop
-    gateways: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}  # per call: parsed once each
+    hops_of: dict[tuple[tuple[str, ...], int, int], tuple[Nexthop, ...]] = {}
 
-    def excluded(net: Network, pool: KernelPool | None) -> bool:
-        if any(inside(net, r) for r in rejects):
+    def pool_of(s: Span) -> KernelPool | None:
+        version, first, last = s
+        for (v, lo, hi), pool in pool_spans:
+            if v == version and lo <= first and last <= hi:
+                return pool
+        return None
+
+    def excluded(s: Span, pool: KernelPool | None) -> bool:
+        version, first, last = s
+        if any(v == version and lo <= first and last <= hi for v, lo, hi in rejects):
             return True
-        return pool is not None and not programs_pool(pool, program_cluster_routes)
+        return pool is not None and not programmed[id(pool)]
 
     def plain(gateway: str) -> tuple[Nexthop, ...]:
         if resolve is None:
@@ -100,37 +112,45 @@ def kernel_routes(
             resolved[gateway] = resolve(gateway)
         return resolved[gateway]
 
-    wanted: dict[Network, Route] = {}
+    def hops_for(nexthops: tuple[str, ...], version: int, pool: KernelPool | None) -> tuple[Nexthop, ...]:
+        key = (nexthops, version, id(pool))
+        hops = hops_of.get(key)
+        if hops is None:
+            found: set[Nexthop] = set()
+            for gw in nexthops:
+                addr = ipaddress.ip_address(gw)
+                if addr.version != version:
+                    continue
+                if _tunnelled(addr, pool, subnet):
+                    found.add(Nexthop(addr.compressed, TUNNEL_DEVICE, onlink=True))
+                else:
+                    found.update(plain(addr.compressed))
+            hops = hops_of[key] = tuple(sorted(found))
+        return hops
+
+    wanted: dict[tuple[int, int, int], Route] = {}  # sort key (family, address, length) -> route
     blocks = {network(b) for b in local_blocks}
+    block_spans = {span(b) for b in blocks}
     for block in blocks:
-        if block.prefixlen != block.max_prefixlen and not excluded(block, longest_match(block, pools)):
-            wanted[block] = Route(block.with_prefixlen, BLACKHOLE, proto=RTPROT_BIRD)
+        s = span(block)
+        if block.prefixlen != block.max_prefixlen and not excluded(s, pool_of(s)):
+            wanted[sort_key(block)] = Route(block.with_prefixlen, BLACKHOLE, proto=RTPROT_BIRD)
     for prefix, paths in learned.items():
-        net = network(prefix)
-        pool = longest_match(net, pools)
-        if net in blocks or excluded(net, pool):
+        dst, version, first, length, last = parse_prefix(prefix)
+        s = (version, first, last)
+        if s in block_spans:
+            continue
+        pool = pool_of(s)
+        if excluded(s, pool):
             continue
         if not isinstance(paths, Learned):
             paths = Learned(tuple(paths))
-        hops: set[Nexthop] = set()
-        for gw in paths.nexthops:
-            addr = gateways.get(gw)
-            if addr is None:
-                addr = gateways[gw] = ipaddress.ip_address(gw)
-            if addr.version != net.version:
-                continue
-            if _tunnelled(addr, pool, subnet):
-                hops.add(Nexthop(addr.compressed, TUNNEL_DEVICE, onlink=True))
-            else:
-                hops.update(plain(addr.compressed))
+        hops = hops_for(tuple(paths.nexthops), version, pool)
         if hops:
-            wanted[net] = Route(
-                net.with_prefixlen,
-                nexthops=tuple(sorted(hops)),
-                proto=RTPROT_BIRD,
-                priority=bgp_metric(paths.local_pref),
+            wanted[(version, first, length)] = Route(
+                dst, nexthops=hops, proto=RTPROT_BIRD, priority=bgp_metric(paths.local_pref)
             )
-    return [wanted[n] for n in sorted(wanted, key=sort_key)]
+    return [wanted[k] for k in sorted(wanted)]
 
 
 def _tunnelled(gw: ipaddress.IPv4Address | ipaddress.IPv6Address, pool: KernelPool | None,

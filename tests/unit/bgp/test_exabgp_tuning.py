@@ -22,7 +22,7 @@ def test_every_patch_fits_the_installed_exabgp():
     # In a child: apply() patches classes for the whole process.
     script = "import json; from bgp.exabgp import tuning; print(json.dumps(tuning.apply()))"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == ["async", "poll", "remove_self", "api_log"]
+    assert json.loads(out.stdout) == ["async", "poll", "remove_self", "api_log", "nlri_sort"]
     assert out.stderr == ""
 
 
@@ -160,3 +160,30 @@ def test_remove_self_still_copies_and_rewrites_next_hop_self():
     assert str(out.nlri.nexthop) == "10.0.0.12"
     assert str(out.attributes[Attribute.CODE.NEXT_HOP]) == "10.0.0.12"
     assert change.nlri.nexthop.SELF is True  # the caller's route is untouched
+
+
+class _Nlri:
+    def __init__(self, key):
+        self.key, self.indexed = key, 0
+
+    def index(self):
+        self.indexed += 1
+        return self.key
+
+    def __lt__(self, other):
+        return self.index() < other.index()
+
+
+def test_nlri_sort_keeps_upstreams_order_and_builds_each_index_once_up_front():
+    keys = [b"0101" + bytes([n % 7, n]) for n in range(200, 0, -1)]
+    update = SimpleNamespace(nlris=[_Nlri(k) for k in keys])
+    seen = []
+
+    def upstream(self, negotiated):
+        seen.append([n.key for n in sorted(self.nlris)])  # what upstream does with the list
+        return "split"
+
+    assert tuning._presorted_split(upstream)(update, None) == "split"
+    assert seen == [sorted(keys)]
+    # one index per NLRI for our sort, then a linear pass of upstream's comparisons (2 per pair)
+    assert sum(n.indexed for n in update.nlris) <= len(keys) + 2 * (len(keys) - 1)
