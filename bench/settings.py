@@ -6,7 +6,10 @@ propagation of N routes (default 10k), single-route latency, RSS and idle CPU. T
 ``bench/results/settings.md`` (and ``settings.json``).
 
 Variants (reference exabgp.md sections 3.2 and 4):
-- ``exabgp.reactor.speed`` 1.0 (default), 0.5, 0.1, through ``CALICO_BGP_EXABGP_SPEED``, which
+- our ExaBGP tuning (``bgp.exabgp.tuning``) on, the default, or off (``CALICO_BGP_EXABGP_TUNING=off``:
+  ExaBGP as shipped);
+- ``exabgp.reactor.speed`` 10 (our default: with the tuning it paces only idle timer checks), 1.0
+  (ExaBGP's default), 0.1, through ``CALICO_BGP_EXABGP_SPEED``, which
   ``bgp.exabgp.supervisor.exabgp_environment`` reads;
 - ``exabgp.cache.attributes=false`` through ``CALICO_BGP_EXABGP_ENV``;
 - ``adj-rib-out false`` on the neighbours: it is neighbour configuration, which confgen renders, so the
@@ -34,19 +37,21 @@ from bench import procs, stats
 from bench.calico import BENCH_POOL, CalicoPair
 from bench.propagation import Plan, run_pair
 from bgp.exabgp.supervisor import EXTRA_ENV, SPEED_ENV
+from bgp.exabgp.tuning import TUNING_ENV
 from labs import ops
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS: dict[str, dict[str, str]] = {
-    "reactor.speed 1.0 (default)": {},
-    "reactor.speed 0.5": {SPEED_ENV: "0.5"},
-    "reactor.speed 0.1": {SPEED_ENV: "0.1"},
-    "cache.attributes false": {EXTRA_ENV: "exabgp.cache.attributes=false"},
-    "adj-rib-out false": {},
+    "tuned, reactor.speed 10 (default)": {},
+    "untuned, reactor.speed 1.0 (ExaBGP as shipped)": {TUNING_ENV: "off", SPEED_ENV: "1.0"},
+    "untuned, reactor.speed 0.1": {TUNING_ENV: "off", SPEED_ENV: "0.1"},
+    "tuned, reactor.speed 1.0": {SPEED_ENV: "1.0"},
+    "tuned, cache.attributes false": {EXTRA_ENV: "exabgp.cache.attributes=false"},
+    "tuned, adj-rib-out false": {},
 }
-ADJ_RIB_OUT_OFF = "adj-rib-out false"
+ADJ_RIB_OUT_OFF = "tuned, adj-rib-out false"
 
 
 def _exabgp_pids(pair: CalicoPair) -> list[int]:
@@ -76,7 +81,7 @@ def disable_adj_rib_out(pair: CalicoPair, timeout: float = 60.0) -> None:
 
 
 def run_variant(name: str, env: dict[str, str], plan: Plan) -> dict[str, object]:
-    saved = {k: os.environ.get(k) for k in (SPEED_ENV, EXTRA_ENV)}
+    saved = {k: os.environ.get(k) for k in (SPEED_ENV, EXTRA_ENV, TUNING_ENV)}
     os.environ.update(env)
     try:
         with CalicoPair() as pair:

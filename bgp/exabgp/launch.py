@@ -33,7 +33,8 @@ def main() -> int:
 
     from bgp.exabgp import tuning
 
-    tuning.apply()
+    if os.environ.get(tuning.TUNING_ENV, "on") != "off":
+        tuning.apply()
 
     sys.argv = ["exabgp", *sys.argv[1:]]
     return exabgp_main()

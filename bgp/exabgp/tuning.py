@@ -34,6 +34,7 @@ from __future__ import annotations
 import inspect
 import sys
 
+TUNING_ENV = "CALICO_BGP_EXABGP_TUNING"  # "off": ExaBGP as shipped (benchmarks compare both)
 ASYNC_LIMIT = 1000  # generator steps (about one NLRI each) per reactor loop before peers get a turn
 IDLE_TICK_SPEED = 10.0  # exabgp.reactor.speed: poll timeout when idle = speed/100 s = 100 ms
 
