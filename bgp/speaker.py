@@ -19,7 +19,8 @@ Complicating factors:
 - Graceful restart (RFC 4724), receive side: a peer that offered it keeps its paths (stale) for its restart
   time when the session drops; its End-of-RIB sweeps what it did not re-announce. Without it, the paths go
   at once. Timers are driven by ``tick(now)`` with an injectable clock.
-- ExaBGP's Adj-RIB-Out is audited against ours (``show adj-rib out json``) and any difference repaired.
+- ExaBGP's Adj-RIB-Out can be audited against ours (``show adj-rib out json``, differences repaired), but
+  that is off by default (``AUDIT_INTERVAL``): on a large table the audit itself costs more than it guards.
 """
 
 from __future__ import annotations
