@@ -94,7 +94,7 @@ def _role(pid: int, name: str) -> str:
     except (FileNotFoundError, ProcessLookupError):
         return name
     text = b" ".join(argv).decode(errors="replace")
-    if "bgp/exabgp/bridge.py" in text or "bgp.exabgp.bridge" in text:
+    if "bgp/exabgp/bridge.py" in text:
         return "bridge"
     if "exabgp" in text and "server" in text:
         return "exabgp"

@@ -33,8 +33,7 @@ from bgp.exabgp.commands import Advertisement
 from bgp.rib import Path
 from confgen.bgpfilter import BGPFilter, FilterRule
 from confgen.intent import MESH, NEXT_HOP_KEEP, NEXT_HOP_SELF, NodeIntent, PeerIntent
-from routes.export import Span, span, within_any
-from routes.pools import network, parse_prefix
+from routes.pools import network, prefix_span, span, within_any
 
 ACCEPT = "accept"
 REJECT = "reject"
@@ -48,11 +47,6 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 @lru_cache(maxsize=4096)  # one flush asks about the same prefixes once per peer; bounded: ~1 MB at most
 def net(prefix: str) -> Network:
     return network(prefix)
-
-
-def prefix_span(prefix: str) -> Span:
-    _, version, first, _, last = parse_prefix(prefix)
-    return (version, first, last)
 
 
 def within(inner: Network, outer: Network) -> bool:
@@ -74,7 +68,7 @@ class NodePolicy:
     def __init__(self, intent: NodeIntent, filters: Mapping[str, BGPFilter] | None = None) -> None:
         self.intent = intent
         self.filters = dict(filters or {})
-        # Integer spans (routes.export.Span): the export policy runs per prefix and per peer, 100k times
+        # Integer spans (routes.pools.Span): the export policy runs per prefix and per peer, 100k times
         # in a burst, and two integer comparisons are far cheaper than ipaddress's subnet_of.
         pools = [(span(net(p.cidr)), p.disable_bgp_export) for p in intent.pools]
         self._suppressed = [n for n, off in pools if off]

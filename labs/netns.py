@@ -29,8 +29,10 @@ class NetnsError(RuntimeError):
     """A plumbing command failed; the message carries the command and its stderr."""
 
 
-def run(argv: Sequence[str], *, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+def run(
+    argv: Sequence[str], *, check: bool = True, timeout: float = 30, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input)
     if check and proc.returncode != 0:
         raise NetnsError(f"`{' '.join(argv)}` exited {proc.returncode}: {proc.stderr.strip()}")
     return proc
@@ -150,11 +152,7 @@ def replace_neighbour(netns: str, address: str, mac: str, ifname: str) -> None:
 
 def ip_batch(netns: str, commands: Sequence[str]) -> None:
     """Run many ``ip`` commands in one process (``ip -batch``): thousands of neighbours in one call."""
-    argv = ["ip", "-n", netns, "-batch", "-"]
-    proc = subprocess.run(argv, input="".join(f"{c}\n" for c in commands), capture_output=True, text=True,
-                          timeout=60)
-    if proc.returncode != 0:
-        raise NetnsError(f"`{' '.join(argv)}` exited {proc.returncode}: {proc.stderr.strip()}")
+    run(["ip", "-n", netns, "-batch", "-"], input="".join(f"{c}\n" for c in commands), timeout=60)
 
 
 def set_sysctl(netns: str, key: str, value: str | int) -> None:

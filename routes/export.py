@@ -25,24 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from routes.pools import KernelPool, Network, network, parse_prefix
-
-# (IP version, first address, last address): containment is two integer comparisons.
-Span = tuple[int, int, int]
+from routes.pools import KernelPool, Network, Span, network, prefix_span, span, within_any
 
 
 def sort_key(net: Network) -> tuple[int, int, int]:
     return (net.version, int(net.network_address), net.prefixlen)
-
-
-def span(net: Network) -> Span:
-    return (net.version, int(net.network_address), int(net.broadcast_address))
-
-
-def within_any(inner: Span, outers: Iterable[Span]) -> bool:
-    """``inner`` lies within one of ``outers`` (same family, equal or more specific): ``pools.inside``."""
-    version, first, last = inner
-    return any(v == version and lo <= first and last <= hi for v, lo, hi in outers)
 
 
 class ExportRules:
@@ -62,8 +49,7 @@ class ExportRules:
     def announces(self, prefix: str) -> bool:
         """Whether the workload host route ``prefix`` is announced on its own (rules 1 and 3; a prefix
         inside a local block is not: the block is)."""
-        _, version, first, _, last = parse_prefix(prefix)
-        return self._announces((version, first, last))
+        return self._announces(prefix_span(prefix))
 
     def _announces(self, s: Span) -> bool:
         if within_any(s, self._suppressed) or within_any(s, self._blocks):

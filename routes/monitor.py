@@ -127,13 +127,11 @@ class WorkloadRouteWatcher:
         # Whatever we held may have changed unseen: all of it, and all the dump holds, is touched.
         for dst in self._routes:
             self._touch(dst)
-        loaded = {(r.dst, r.priority): r.nexthops[0].ifname for r in routes if self._is_workload(r)}
         self._routes.clear()
         self._on_device.clear()
-        for (dst, metric), ifname in loaded.items():
-            self._touched.setdefault(dst, None)
-            self._routes.setdefault(dst, {})[metric] = ifname
-            self._on_device.setdefault(ifname, set()).add((dst, metric))
+        for route in routes:
+            if self._is_workload(route):
+                self._put(route.dst, route.priority, route.nexthops[0].ifname)
         for observer in self._dump_observers:
             observer(routes)
         self._changed()

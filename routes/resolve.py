@@ -35,7 +35,7 @@ import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from routes.export import Span, sort_key, span
+from routes.export import sort_key
 from routes.model import BLACKHOLE, RTPROT_BIRD, Nexthop, Route
 from routes.pools import (
     ALWAYS,
@@ -43,9 +43,12 @@ from routes.pools import (
     ENABLED,
     KernelPool,
     Network,
+    Span,
     network,
     parse_prefix,
     programs_pool,
+    span,
+    within_any,
 )
 
 TUNNEL_DEVICE = "tunl0"
@@ -100,8 +103,7 @@ def kernel_routes(
         return None
 
     def excluded(s: Span, pool: KernelPool | None) -> bool:
-        version, first, last = s
-        if any(v == version and lo <= first and last <= hi for v, lo, hi in rejects):
+        if within_any(s, rejects):
             return True
         return pool is not None and not programmed[id(pool)]
 

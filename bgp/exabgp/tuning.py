@@ -31,6 +31,7 @@ slower, never wrong). tests/unit/bgp/test_exabgp_tuning.py pins the behaviour ea
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import sys
 
@@ -123,54 +124,47 @@ def _log_command_debug(self, message, level="INFO"):
     log.debug(lambda: message, "processes")
 
 
+def _replace_log_message(original):
+    return _log_command_debug
+
+
+# name, module, class, method, a parameter the method must take ("" for none), attributes the class must
+# have for the wrapper, and the wrapper factory (given upstream's method, returns ours).
+PATCHES = (
+    ("async", "exabgp.reactor.asynchronous", "ASYNC", "run", "", ("_notify_error", "LIMIT"), _sync_run),
+    ("poll", "exabgp.reactor.loop", "Reactor", "_wait_for_io", "sleeptime", (), _work_conserving_wait),
+    ("remove_self", "exabgp.bgp.neighbor", "Neighbor", "remove_self", "changes", (), _remove_self_sharing),
+    ("api_log", "exabgp.reactor.api", "API", "log_message", "message", (), _replace_log_message),
+    ("nlri_sort", "exabgp.bgp.message.update", "Update", "_split_nlris", "negotiated", (), _presorted_split),
+)
+
+
+def _patch(module: str, cls: str, method: str, parameter: str, requires: tuple[str, ...], wrap) -> None:
+    owner = getattr(importlib.import_module(module), cls)
+    original = getattr(owner, method)
+    if parameter and parameter not in inspect.signature(original).parameters:
+        raise AttributeError(f"{cls}.{method} no longer takes '{parameter}'")
+    missing = [name for name in requires if not hasattr(owner, name)]
+    if missing:
+        raise AttributeError(f"{cls} has no {', '.join(missing)}")
+    setattr(owner, method, wrap(original))
+
+
 def apply() -> list[str]:
     """Apply every patch that fits the installed ExaBGP, once per process; return the names applied."""
     global _applied
     if _applied is not None:
         return _applied
-    applied = _applied = []
-    try:
+    _applied = []
+    for name, *where in PATCHES:
+        try:
+            _patch(*where)
+        except Exception as exc:
+            _warn(name, exc)
+        else:
+            _applied.append(name)
+    if "async" in _applied:
         from exabgp.reactor.asynchronous import ASYNC
 
-        if not callable(getattr(ASYNC, "run", None)) or not hasattr(ASYNC, "_notify_error"):
-            raise AttributeError("ASYNC.run/_notify_error")
-        ASYNC.run = _sync_run(ASYNC.run)
         ASYNC.LIMIT = ASYNC_LIMIT
-        applied.append("async")
-    except Exception as exc:
-        _warn("async", exc)
-    try:
-        from exabgp.reactor.loop import Reactor
-
-        if "sleeptime" not in inspect.signature(Reactor._wait_for_io).parameters:
-            raise AttributeError("Reactor._wait_for_io(sleeptime)")
-        Reactor._wait_for_io = _work_conserving_wait(Reactor._wait_for_io)
-        applied.append("poll")
-    except Exception as exc:
-        _warn("poll", exc)
-    try:
-        from exabgp.bgp.neighbor import Neighbor
-
-        Neighbor.remove_self = _remove_self_sharing(Neighbor.remove_self)
-        applied.append("remove_self")
-    except Exception as exc:
-        _warn("remove_self", exc)
-    try:
-        from exabgp.reactor.api import API
-
-        if not callable(getattr(API, "log_message", None)):
-            raise AttributeError("API.log_message")
-        API.log_message = _log_command_debug
-        applied.append("api_log")
-    except Exception as exc:
-        _warn("api_log", exc)
-    try:
-        from exabgp.bgp.message.update import Update
-
-        if "negotiated" not in inspect.signature(Update._split_nlris).parameters:
-            raise AttributeError("Update._split_nlris(negotiated)")
-        Update._split_nlris = _presorted_split(Update._split_nlris)
-        applied.append("nlri_sort")
-    except Exception as exc:
-        _warn("nlri_sort", exc)
-    return applied
+    return _applied

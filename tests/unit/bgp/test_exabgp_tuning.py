@@ -187,3 +187,28 @@ def test_nlri_sort_keeps_upstreams_order_and_builds_each_index_once_up_front():
     assert seen == [sorted(keys)]
     # one index per NLRI for our sort, then a linear pass of upstream's comparisons (2 per pair)
     assert sum(n.indexed for n in update.nlris) <= len(keys) + 2 * (len(keys) - 1)
+
+
+def test_a_patch_that_no_longer_fits_is_refused_and_leaves_upstream_alone():
+    import types
+
+    class Target:
+        LIMIT = 1
+
+        def method(self, sleeptime):
+            return "upstream"
+
+    module = types.ModuleType("fake_exabgp_module")
+    module.Target = Target
+    sys.modules[module.__name__] = module
+    try:
+        wrap = lambda original: lambda self, sleeptime: "ours"  # noqa: E731
+        with pytest.raises(AttributeError, match="no longer takes 'timeout'"):
+            tuning._patch(module.__name__, "Target", "method", "timeout", (), wrap)
+        with pytest.raises(AttributeError, match="has no _notify_error"):
+            tuning._patch(module.__name__, "Target", "method", "sleeptime", ("_notify_error",), wrap)
+        assert Target().method(0) == "upstream"
+        tuning._patch(module.__name__, "Target", "method", "sleeptime", ("LIMIT",), wrap)
+        assert Target().method(0) == "ours"
+    finally:
+        del sys.modules[module.__name__]
