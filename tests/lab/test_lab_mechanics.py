@@ -213,6 +213,9 @@ def test_down_stops_unrecorded_helpers_but_spares_bystanders(lab_name, namespace
     watched = lab_dir / "logs" / "proxy.log"
     bystander = subprocess.Popen(["tail", "-f", str(watched)], stdout=subprocess.DEVNULL)
     try:
+        deadline = time.monotonic() + 5  # until tail has exec'd: before that /proc shows the forked parent
+        while "tail" not in process.cmdline(bystander.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert process.owned(bystander.pid, state.marker(lab_name))  # it does name a file of the lab
         labs_lab.down(lab_name)
         assert not process.alive(proxy)
