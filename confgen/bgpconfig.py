@@ -122,7 +122,8 @@ def _prefix_advertisements(r: Reader) -> tuple[PrefixAdvertisement, ...] | None:
         if not isinstance(communities, list):
             raise r.error(f"{path}.communities", f"{show(communities)} is not a list")
         for j, community in enumerate(communities):
-            parsed = parse_community(community) or defined.get(community)  # type: ignore[arg-type]
+            named = defined.get(community) if isinstance(community, str) else None
+            parsed = parse_community(community) or named
             if parsed is None:
                 problem = f"{show(community)} is not a community (aa:nn, aa:nn:mm) or a defined name"
                 raise r.error(f"{path}.communities[{j}]", problem)

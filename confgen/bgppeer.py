@@ -20,11 +20,11 @@ Complicating factors:
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from confgen import addresses
 from confgen.selector import Selector
 from confgen.validate import NAME_RE, Reader, SecretRef, show
 
@@ -87,8 +87,8 @@ def parse_peer_ip(value: Any) -> tuple[str, int] | None:
     if match and not 1 <= port <= 65535:
         return None
     try:
-        return str(ipaddress.ip_address(address)), port
-    except ValueError:
+        return addresses.canonical_ip(address), port
+    except addresses.AddressError:
         return None
 
 
@@ -111,8 +111,11 @@ def parse_bgp_peer(name: str, raw: Any) -> BGPPeer:
             raise r.error("spec.peerIP", "must be empty when spec.peerSelector is set")
         parsed = parse_peer_ip(raw_peer_ip)
         if parsed is None:
+            # Say why when the address itself is the problem (a scope id, a mapped address), not its shape.
+            problem = addresses.address_problem(raw_peer_ip)
+            reason = f": it {problem}" if problem and not problem.startswith("is not") else ""
             raise r.error(
-                "spec.peerIP", f"{show(raw_peer_ip)} is not an IP address (or ip:port, [ipv6]:port)"
+                "spec.peerIP", f"{show(raw_peer_ip)} is not an IP address (or ip:port, [ipv6]:port){reason}"
             )
         peer_ip, peer_port = parsed
     elif peer_selector is None:

@@ -51,6 +51,20 @@ def router_id_setting(value: str | None, node_name: str) -> str | None:
     return str(ipaddress.IPv4Address(value))
 
 
+# Warnings travel in every intent, every status report and the log. A datastore full of broken resources
+# (10,000 invalid BGPPeers) must not make each of those megabytes long; calico_bgp_invalid_resources still
+# counts every one.
+MAX_WARNINGS = 100
+
+
+def bounded_warnings(warnings: list[str]) -> tuple[str, ...]:
+    """The first ``MAX_WARNINGS`` warnings, the last one saying how many more were left out."""
+    if len(warnings) <= MAX_WARNINGS:
+        return tuple(warnings)
+    kept = warnings[: MAX_WARNINGS - 1]
+    return (*kept, f"... and {len(warnings) - len(kept)} more problems (the first {len(kept)} are shown)")
+
+
 def mesh_name(address: str) -> str:
     """Calico's protocol name for a mesh session: dots and colons become underscores.
 
@@ -107,7 +121,7 @@ def intent_from_model(
     if me is None:
         warnings.append(f"Node {node_name}: not found in the datastore; no BGP sessions")
         return NodeIntent(
-            router_id=router_id or "", local_as=model.as_number, warnings=tuple(warnings), **common
+            router_id=router_id or "", local_as=model.as_number, warnings=bounded_warnings(warnings), **common
         )
 
     local_as = model.as_number_of(me)
@@ -131,7 +145,7 @@ def intent_from_model(
         ipv6_address=me.ipv6_address,
         ipv6_network=me.ipv6_network,
         peers=peers,
-        warnings=tuple(warnings),
+        warnings=bounded_warnings(warnings),
         rr_cluster_id=me.route_reflector_cluster_id,
         **common,
     )

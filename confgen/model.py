@@ -28,16 +28,20 @@ Complicating factors:
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from confgen import addresses
 from confgen.bgpconfig import BGPConfiguration, parse_bgp_configuration
 from confgen.bgpfilter import BGPFilter, parse_bgp_filter
 from confgen.bgppeer import BGPPeer, parse_bgp_peer
 from confgen.datastore.base import Snapshot
 from confgen.intent import PrefixAdvertisement
 from confgen.validate import Reader, SecretRef, ValidationError, parse_as_number, show
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BGPConfiguration",
@@ -202,11 +206,11 @@ def _node_address(r: Reader, path: str, version: int) -> tuple[str, str]:
     if value == "":
         return "", ""
     try:
-        if not isinstance(value, str):
-            raise ValueError
-        interface = ipaddress.ip_interface(value)
-    except ValueError:
-        raise r.error(path, f"{show(value)} is not an IP address or address/prefix") from None
+        interface = addresses.parse_interface(value)
+    except addresses.AddressError as exc:
+        problem = str(exc)
+        reason = "" if problem.startswith("is not") else f": it {problem}"
+        raise r.error(path, f"{show(value)} is not an IP address or address/prefix{reason}") from None
     if interface.version != version:
         raise r.error(path, f"{show(value)} is not an IPv{version} address")
     return str(interface.ip), interface.network.with_prefixlen
@@ -301,6 +305,20 @@ _MODEL_FIELDS = {
 }
 
 
+def _failure(kind: str, name: str, exc: Exception) -> str:
+    """The warning for a resource that could not be used.
+
+    A ``ValidationError`` already names the field and the problem. Anything else escaping a parser (a
+    ``RecursionError`` from a pathological value, a ``TypeError`` from a JSON type nobody expected) is a
+    gap in validation, but it is still this one resource's problem: it is reported the same way, and the
+    snapshot's other resources are parsed as if it were not there.
+    """
+    if isinstance(exc, ValidationError):
+        return str(exc)
+    log.warning("parsing %s %s raised %s", kind, show(name), exc.__class__.__name__, exc_info=exc)
+    return str(ValidationError(kind, name, "", f"could not be parsed ({exc.__class__.__name__})"))
+
+
 def parse_snapshot(snapshot: Snapshot, last_good: Model | None = None) -> tuple[Model, list[str]]:
     """Validate every resource confgen uses. An invalid one is reported as a warning and replaced by
     its version in ``last_good`` (the previous model of this process) if there is one, else skipped."""
@@ -315,13 +333,14 @@ def parse_snapshot(snapshot: Snapshot, last_good: Model | None = None) -> tuple[
         for name in sorted(raw_by_name):
             try:
                 good[name] = parser(name, raw_by_name[name])
-            except ValidationError as exc:
+            except Exception as exc:
                 bad.append(name)
+                message = _failure(kind, name, exc)
                 if name in previous:
                     good[name] = previous[name]
-                    warnings.append(f"{exc}; keeping its last valid version")
+                    warnings.append(f"{message}; keeping its last valid version")
                 else:
-                    warnings.append(str(exc))
+                    warnings.append(message)
         for broken_kind, name in snapshot.broken:
             if broken_kind == kind:
                 bad.append(name)
@@ -334,8 +353,8 @@ def parse_snapshot(snapshot: Snapshot, last_good: Model | None = None) -> tuple[
     for cidr in sorted(snapshot.affinities):
         try:
             affinities[cidr] = parse_block_affinity(cidr, snapshot.affinities[cidr])
-        except ValidationError as exc:
-            warnings.append(str(exc))
+        except Exception as exc:
+            warnings.append(_failure("BlockAffinity", cidr, exc))
     model = Model(
         bgp_configurations=parsed["BGPConfiguration"],
         nodes=parsed["Node"],

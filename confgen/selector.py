@@ -27,6 +27,9 @@ Complicating factors:
 - Selectors come from a shared datastore: errors quote the selector cut short and say at which
   character parsing stopped, and nothing is ever ``eval``-ed.
 - An empty selector means ``all()``, as in Calico.
+- Length and nesting are bounded (4096 characters, 64 levels of ``!`` and parentheses): the parser,
+  evaluator and printer recurse per level, and a selector of 4,000 ``!`` must be a validation error of
+  its resource, not a ``RecursionError`` that takes the whole snapshot down.
 
 >>> s = parse("rack == 'r1' && !has(route-reflector)")
 >>> s.matches({"rack": "r1"}), s.matches({"rack": "r1", "route-reflector": ""}), str(s)
@@ -35,11 +38,13 @@ Complicating factors:
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 MAX_SELECTOR_LENGTH = 4096
+MAX_NESTING = 64
 _LABEL_RE = re.compile(r"[A-Za-z0-9_./-]{1,512}")
 _SPACE_RE = re.compile(r"\s*")
 _TOKEN_RE = re.compile(r"\|\||&&|==|!=|[!(){},]|\"[^\"]*\"|'[^']*'|[A-Za-z0-9_./-]+")
@@ -181,6 +186,19 @@ class _Parser:
             self.tokens.append((match.group(), pos))
             pos = match.end()
         self.index = 0
+        self.depth = 0
+
+    @contextlib.contextmanager
+    def nested(self) -> Iterator[None]:
+        # The parser, the evaluator and the printer all recurse once per level: bounding the levels here
+        # bounds all three far below Python's recursion limit.
+        if self.depth >= MAX_NESTING:
+            self.fail(self.position(), f"nested deeper than {MAX_NESTING} levels of '!' and '('")
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     def fail(self, position: int, problem: str) -> None:
         raise SelectorError(self.text, position, problem)
@@ -225,14 +243,16 @@ class _Parser:
     def unary(self) -> Selector:
         if self.peek() == "!":
             self.index += 1
-            return Not(self.unary())
+            with self.nested():
+                return Not(self.unary())
         return self.primary()
 
     def primary(self) -> Selector:
         token = self.peek()
         if token == "(":
             self.index += 1
-            inner = self.or_expr()
+            with self.nested():
+                inner = self.or_expr()
             self.take(")", "')'")
             return inner
         if token in ("all", "has") and self.peek(1) == "(":

@@ -20,11 +20,11 @@ Complicating factors:
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from confgen import addresses
 from confgen import selector as selector_lang
 
 MAX_AS_NUMBER = 2**32 - 1
@@ -63,6 +63,12 @@ class ValidationError(ValueError):
         self.kind, self.name, self.field, self.problem = kind, name, field, problem
         shown = name if _PLAIN_RE.fullmatch(name) else show(name)
         super().__init__(f"{kind} {shown}: " + " ".join(part for part in (field, problem) if part))
+
+
+def _address_problem(exc: addresses.AddressError, what: str) -> str:
+    # "is not an IP address" alone for garbage; the specific reason when there is one worth knowing.
+    problem = str(exc)
+    return problem if problem.startswith("is not") else f"is not {what}: it {problem}"
 
 
 def show(value: Any) -> str:
@@ -273,20 +279,16 @@ class Reader:
         if value == "":
             return ""
         try:
-            if not isinstance(value, str):
-                raise ValueError
-            return str(ipaddress.ip_address(value))
-        except ValueError:
-            raise self.error(path, f"{show(value)} is not an IP address") from None
+            return addresses.canonical_ip(value)
+        except addresses.AddressError as exc:
+            raise self.error(path, f"{show(value)} {_address_problem(exc, 'an IP address')}") from None
 
     def cidr(self, path: str, value: Any) -> str:
         """A network (a bare address means /32 or /128), normalised; host bits are cleared."""
         try:
-            if not isinstance(value, str):
-                raise ValueError
-            return ipaddress.ip_network(value, strict=False).with_prefixlen
-        except ValueError:
-            raise self.error(path, f"{show(value)} is not an IP network") from None
+            return addresses.canonical_network(value, strict=False)
+        except addresses.AddressError as exc:
+            raise self.error(path, f"{show(value)} {_address_problem(exc, 'an IP network')}") from None
 
     def items(self, path: str) -> list[Any]:
         value = self.get(path, [])

@@ -15,6 +15,9 @@ Complicating factors:
 - A snapshot is a value. Delivered snapshots are never mutated afterwards (the syncer builds fresh outer
   dicts each time and replaces, never edits, decoded values), so consumers may keep them across awaits.
 - An empty affinity value means ``{}`` (older Calico versions wrote affinities without a body).
+- Values may be hostile: a 100k-deep JSON array makes ``json.loads`` raise ``RecursionError``, a megabyte
+  of data costs every snapshot. ``decode_value`` bounds size and depth and never raises, so one key can
+  only ever break itself.
 """
 
 from __future__ import annotations
@@ -25,6 +28,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from confgen.datastore import keys
+
+# Bounds on one stored value. etcd's own default request limit is 1.5 MiB; the largest resource confgen
+# reads in practice (a BGPFilter with a few hundred rules, a Node with its annotations) is a few KiB, so
+# 256 KiB leaves two orders of magnitude and caps what one key can cost the parser and every snapshot.
+# The deepest legitimate path (BGPFilter spec.exportV4[i].operations[j].prependASPath.prefix[k]) is 7
+# containers deep; 32 leaves room for metadata and future fields, and keeps every later walk over a value
+# far from Python's recursion limit.
+MAX_VALUE_BYTES = 256 * 1024
+MAX_VALUE_DEPTH = 32
 
 
 class DatastoreError(Exception):
@@ -72,8 +84,31 @@ class Undecodable:
         return f"Undecodable({self.problem!r})"
 
 
+_JSON_TYPES = {list: "a JSON array", str: "a JSON string", int: "a JSON number", float: "a JSON number"}
+_JSON_TYPES.update({bool: "a JSON boolean", type(None): "JSON null"})
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests containers deeper than ``limit`` (iterative: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, dict | list))
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
+    return False
+
+
 def decode_value(key: str, raw: bytes) -> Any:
-    """Decode one stored value: a dict, or an ``Undecodable`` saying why not."""
+    """Decode one stored value: a dict, or an ``Undecodable`` saying why not.
+
+    Never raises: whatever a value holds, the worst it can do is make its own key undecodable.
+    """
+    if len(raw) > MAX_VALUE_BYTES:
+        return Undecodable(f"value is {len(raw)} bytes long (at most {MAX_VALUE_BYTES})")
     if not raw.strip():
         # Calico reads an empty affinity as {}; an empty resource is still an empty object to the model,
         # which then reports the missing spec fields it needs.
@@ -82,8 +117,12 @@ def decode_value(key: str, raw: bytes) -> Any:
         value = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         return Undecodable(f"value is not valid JSON ({exc.__class__.__name__})")
+    except RecursionError:
+        return Undecodable(f"value nests deeper than {MAX_VALUE_DEPTH} levels")
     if not isinstance(value, dict):
-        return Undecodable(f"value is a JSON {type(value).__name__}, not an object")
+        return Undecodable(f"value is {_JSON_TYPES.get(type(value), 'something else')}, not an object")
+    if _depth_exceeds(value, MAX_VALUE_DEPTH):
+        return Undecodable(f"value nests deeper than {MAX_VALUE_DEPTH} levels")
     return value
 
 
@@ -111,10 +150,14 @@ def build_snapshot(revision: int, decoded: Mapping[str, Any], node: str) -> Snap
         else:
             affinity = keys.parse_affinity_key(key)
             if affinity is None or affinity[0] != node:
+                if key.startswith(keys.IPAM_HOST_PREFIX + node + "/"):
+                    # Under this node's own affinities but not a block: say so rather than lose a block
+                    # silently (a scope id or a stray host bit in the CIDR lands here).
+                    errors.append(f"{_shown(key)}: not a block affinity key (a canonical CIDR is expected)")
                 continue
             target, name = affinities, affinity[1]
         if isinstance(value, Undecodable):
-            errors.append(f"{key}: {value.problem}")
+            errors.append(f"{_shown(key)}: {value.problem}")
             if parsed is not None:
                 broken.append(parsed)
             continue
@@ -126,6 +169,12 @@ def build_snapshot(revision: int, decoded: Mapping[str, Any], node: str) -> Snap
         errors=tuple(errors),
         broken=tuple(broken),
     )
+
+
+def _shown(key: str) -> str:
+    # Keys are datastore text too: one printable line, cut short.
+    text = key if key.isprintable() and len(key) <= 200 else repr(key)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def decode_all(items: Iterable[tuple[str, bytes]]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ Complicating factors:
 
 from __future__ import annotations
 
-import ipaddress
+from confgen import addresses
 
 RESOURCE_PREFIX = "/calico/resources/v3/projectcalico.org/"
 IPAM_HOST_PREFIX = "/calico/ipam/v2/host/"
@@ -77,7 +77,7 @@ def affinity_prefix(node: str, family: str = "ipv4") -> str:
 
 def affinity_key(node: str, cidr: str) -> str:
     """The key of a node's affinity to a block: the CIDR's '/' becomes '-'."""
-    network = ipaddress.ip_network(cidr)  # ValueError for anything that is not a network
+    network = addresses.parse_network(cidr, strict=True)  # ValueError for anything that is not a network
     family = "ipv4" if network.version == 4 else "ipv6"
     return affinity_prefix(node, family) + network.with_prefixlen.replace("/", "-")
 
@@ -94,7 +94,8 @@ def parse_affinity_key(key: str) -> tuple[str, str] | None:
     if not sep or not length.isdigit():
         return None
     try:
-        network = ipaddress.ip_network(f"{address}/{length}")
+        # Strict: a key's CIDR is the block's identity, and a scope id or a stray host bit is no block.
+        network = addresses.parse_network(f"{address}/{length}", strict=True)
     except ValueError:
         return None
     if (network.version == 4) != (family == "ipv4"):

@@ -14,7 +14,7 @@ def test_decode_value():
     assert decode_value("k", b"") == {}
     assert decode_value("k", b"  \n") == {}
     assert decode_value("k", b'{"a": 1}') == {"a": 1}
-    assert decode_value("k", b"[1]").problem == "value is a JSON list, not an object"
+    assert decode_value("k", b"[1]").problem == "value is a JSON array, not an object"
     assert decode_value("k", b"{").problem == "value is not valid JSON (JSONDecodeError)"
     assert decode_value("k", b"\xff\xfe").problem.startswith("value is not valid JSON")
 
@@ -35,7 +35,9 @@ def test_build_snapshot_groups_keys_and_ignores_the_rest():
     assert snapshot.resource("IPPool", "p") == {"spec": {"cidr": "10.65.0.0/16"}}
     assert snapshot.resources["BGPPeer"] == {} and snapshot.resource("BGPPeer", "bad") is None
     assert snapshot.affinities == {"10.65.1.0/26": {}}
+    # A key under this node's own affinities that is not a block is reported, not dropped silently.
     assert snapshot.errors == (
+        "/calico/ipam/v2/host/n1/ipv4/block/garbage: not a block affinity key (a canonical CIDR is expected)",
         f"{keys.resource_key('BGPPeer', 'bad')}: value is not valid JSON (JSONDecodeError)",
     )
 

@@ -218,9 +218,19 @@ def test_hostile_passwords_are_rejected_or_rendered_inert(tmp_path, hostile):
         assert len(warnings) == 1 and warnings[0].startswith("BGPPeer evil: password secret bgp/tor: ")
 
 
-def test_a_huge_document_is_one_warning_not_a_crash():
+def test_a_long_document_is_one_warning_not_a_crash():
     store = base_store()
-    store.put_resource(peer({**P, "filters": ["a"] * 100_000 + ["B"]}))
+    store.put_resource(peer({**P, "filters": ["a"] * 20_000 + ["B"]}))
     text, warnings = rendered(store)
     assert text == BASELINE
-    assert warnings == ("BGPPeer evil: spec.filters[100000] 'B' is not a valid BGPFilter name",)
+    assert warnings == ("BGPPeer evil: spec.filters[20000] 'B' is not a valid BGPFilter name",)
+
+
+def test_a_value_over_the_size_limit_is_refused_before_parsing():
+    store = base_store()
+    store.put_resource(peer({**P, "filters": ["a"] * 100_000}))
+    text, warnings = rendered(store)
+    assert text == BASELINE
+    assert len(warnings) == 1
+    assert warnings[0].startswith(keys.resource_key("BGPPeer", "evil") + ": value is ")
+    assert "bytes long (at most 262144)" in warnings[0]
