@@ -18,21 +18,28 @@ Complicating factors (reference exabgp.md §3.4):
 - Updates are one ``nft -f`` transaction that creates, deletes and recreates the table: atomic (no moment
   without rules), idempotent, and it never touches tables owned by anyone else. Removal is the same
   transaction without the recreation. An unchanged ruleset is not re-applied.
-- The script is built from validated values only (``ipaddress``-normalised addresses, ints), so nothing
-  from the datastore reaches nft's parser as text.
+- The script is built from checked tokens only (``confgen.tokens``: canonical addresses, ints in range, a
+  fixed table-name grammar), however they were validated upstream. A session whose values fail is left out
+  of the rules and reported (``calico_bgp_refused_sink_values_total{sink="nft"}``), never the whole
+  ruleset; the renderer runs the same checks on those values and leaves that session out of the ExaBGP
+  config, so no session runs unprotected because its rules were refused. A last check refuses a script
+  with any character outside the few nft's grammar needs here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from confgen.intent import NodeIntent
+from confgen import tokens
+from confgen.intent import NodeIntent, PeerIntent
+from confgen.refusals import NFT, SinkRefusals
+from confgen.tokens import TokenError, shown
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,9 @@ TABLE = "calico_bgp_gtsm"
 # Before the usual filter (0) so a later "accept" elsewhere cannot let a spoofed far-away packet in, and
 # in the output path before anything else sees the packet's TTL.
 PRIORITY = -150
+_TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+# Every character a script of ours can hold: names, numbers, addresses, "{ } ; < -" and spaces.
+_SCRIPT_LINE = re.compile(r"[A-Za-z0-9_ .:;{}<-]*")
 
 
 class GtsmError(Exception):
@@ -51,21 +61,62 @@ def _table_reset(table: str) -> list[str]:
     return [f"add table inet {table}", f"delete table inet {table}"]
 
 
-def ruleset(intent: NodeIntent, table: str = TABLE) -> str:
+def _checked_session(peer: PeerIntent) -> tuple[str, int, int, int]:
+    """(address, IP version, hops, port) of a session, or ``TokenError`` naming the bad field."""
+    fields = (
+        ("family", tokens.family_version, peer.family),
+        ("ttlSecurity", tokens.integer, peer.ttl_security, 1, 255),
+        ("port", tokens.integer, peer.port, 1, 65535),
+    )
+    checked = []
+    for what, check, value, *args in fields:
+        try:
+            checked.append(check(value, *args))
+        except TokenError as exc:
+            raise TokenError(f"{what} {shown(value)} {exc}") from None
+    version, hops, port = checked
+    try:
+        address = tokens.address(peer.address, version)
+    except TokenError as exc:
+        raise TokenError(f"peer address {shown(peer.address)} {exc}") from None
+    return address, version, hops, port
+
+
+def _session_label(peer: object) -> str:
+    name = getattr(peer, "name", None)
+    resource = getattr(peer, "resource", "")
+    owner = f"BGPPeer {shown(resource)} " if resource else ""
+    return f"{owner}session {shown(name)}"
+
+
+def _log_refusal(message: str) -> None:
+    log.warning("%s", message)
+
+
+def ruleset(intent: NodeIntent, table: str = TABLE, *, refused: Callable[[str], None] = _log_refusal) -> str:
     """The nft script that makes the table hold exactly the GTSM rules ``intent`` needs.
 
-    With no session asking for TTL security the script only removes the table.
+    With no session asking for TTL security the script only removes the table. A session whose values
+    fail the checks is reported through ``refused`` and gets no rules; a bad table name or listen port
+    (the whole table's, not one session's) raises ``GtsmError``.
     """
+    if type(table) is not str or not _TABLE_NAME.fullmatch(table):
+        raise GtsmError(f"TTL security: {shown(table)} is not an nftables table name")
+    try:
+        listen_port = tokens.integer(intent.listen_port, 1, 65535)
+    except TokenError as exc:
+        raise GtsmError(f"TTL security: listen port {shown(intent.listen_port)} {exc}") from None
     lines = _table_reset(table)
     input_rules: list[str] = []
     output_rules: list[str] = []
-    listen_port = int(intent.listen_port)
-    for peer in sorted(intent.gtsm_peers, key=lambda p: (p.family, p.address)):
-        address = ipaddress.ip_address(peer.address)  # ValueError on anything that is not an address
-        hops, port = int(peer.ttl_security), int(peer.port)
-        if not 1 <= hops <= 255 or not 1 <= port <= 65535:
-            raise ValueError(f"session {peer.name}: ttl security {hops} / port {port} out of range")
-        ip, ttl = ("ip", "ip ttl") if address.version == 4 else ("ip6", "ip6 hoplimit")
+    sessions = []
+    for peer in intent.gtsm_peers:
+        try:
+            sessions.append(_checked_session(peer))
+        except TokenError as exc:
+            refused(f"TTL security: no nftables rules for {_session_label(peer)}: {exc}")
+    for address, version, hops, port in sorted(sessions, key=lambda s: (s[1], s[0])):
+        ip, ttl = ("ip", "ip ttl") if version == 4 else ("ip6", "ip6 hoplimit")
         minimum = 256 - hops
         for match in (f"tcp dport {listen_port}", f"tcp sport {port}"):
             if minimum > 1:
@@ -83,6 +134,9 @@ def ruleset(intent: NodeIntent, table: str = TABLE) -> str:
         lines.extend(f"        {rule}" for rule in output_rules)
         lines.append("    }")
         lines.append("}")
+    for line in lines:
+        if not _SCRIPT_LINE.fullmatch(line):
+            raise GtsmError(f"TTL security: refusing an nft script line outside its grammar: {shown(line)}")
     return "\n".join(lines) + "\n"
 
 
@@ -94,11 +148,15 @@ class Gtsm:
         table: str = TABLE,
         registry: CollectorRegistry | None = None,
         timeout: float = 10.0,
+        refusals: SinkRefusals | None = None,  # counts and logs the sessions left out of the rules
     ) -> None:
+        if not _TABLE_NAME.fullmatch(table):
+            raise ValueError(f"{shown(table)} is not an nftables table name")
         self._nft = tuple(nft)  # the command, e.g. ("ip", "netns", "exec", "ns1", "nft") in tests
         self.table = table
         self._timeout = timeout
         self._applied: str | None = None  # the script nft last accepted
+        self._refused = (refusals if refusals is not None else SinkRefusals()).reporter(NFT)
         registry = registry if registry is not None else CollectorRegistry()
         self._m_sessions = Gauge(
             "calico_bgp_gtsm_sessions",
@@ -112,12 +170,19 @@ class Gtsm:
     async def apply(self, intent: NodeIntent, *, force: bool = False) -> bool:
         """Make the table match ``intent``; True when nft ran. Raises ``GtsmError`` if nft fails (the
         previous rules then stay in place: the transaction is all or nothing)."""
-        script = ruleset(intent, self.table)
+        refused: list[str] = []
+        try:
+            script = ruleset(intent, self.table, refused=refused.append)
+        except GtsmError:
+            self._m_errors.inc()
+            raise
+        for message in refused:
+            self._refused(message)
         if script == self._applied and not force:
             return False
         await self._run(script)
         self._applied = script
-        self._m_sessions.set(len(intent.gtsm_peers))
+        self._m_sessions.set(len(intent.gtsm_peers) - len(refused))
         return True
 
     async def remove(self) -> None:

@@ -37,7 +37,7 @@ from confgen.datastore.base import DatastoreError, build_snapshot, decode_all, w
 from confgen.datastore.etcd import EtcdClient
 from confgen.intent import intent_document
 from confgen.model import parse_snapshot
-from confgen.render import RenderError, render
+from confgen.render import RenderError, render_config
 from confgen.resources import (
     SUMMARY_COLUMNS,
     DocumentError,
@@ -272,10 +272,11 @@ def render_command(
     try:
         rid = router_id_setting(router_id, node_name)
         intent = intent_for(snapshot, node_name, router_id=rid, secrets=secrets)
-        text = render(intent, api_run=api_run_line(run_dir / "api.sock"))
+        rendered = render_config(intent, api_run=api_run_line(run_dir / "api.sock"))
     except (RenderError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    for warning in intent.warnings:
+    text = rendered.text
+    for warning in intent.warnings + rendered.refused:
         click.echo(f"warning: {warning}", err=True)
     if show_intent:
         click.echo(json.dumps(intent_document(intent), indent=2, sort_keys=True))

@@ -6,7 +6,8 @@ intent to the other dataplanes through ``on_intent``. ``bgp.daemon`` builds it, 
 
 Owns: the debounce window, the last intent handed out, the last valid model (whose resources stand in
 for ones that turn invalid), the secrets poll, the retry policy and the
-``calico_bgp_config_renders_total{result}`` / ``calico_bgp_invalid_resources{kind}`` metrics.
+``calico_bgp_config_renders_total{result}`` / ``calico_bgp_invalid_resources{kind}`` metrics; it reports
+the sessions the renderer leaves out to ``calico_bgp_refused_sink_values_total{sink="exabgp_config"}``.
 
 Complicating factors:
 - Datastores deliver bursts (a calicoctl apply of many resources, a relist after reconnect). Snapshots
@@ -16,6 +17,10 @@ Complicating factors:
   warnings, so consumers comparing intents see no change when only a warning came or went; status still
   gets the new warnings), and ``reload`` only when the file's bytes changed, so a no-op datastore write
   costs one render and nothing downstream.
+- A session the renderer refuses (a value outside the config grammar that got past validation) is left
+  out of the file, not the whole config: its message joins the intent's warnings before the intent goes
+  downstream, so it is logged once, counted and shown by ``calico-bgp status`` like an invalid resource.
+  The render therefore runs before ``on_intent``; the file is still written only after it.
 - Failures keep the last good state. A bad intent or a config the validator rejects will not improve by
   retrying the same snapshot, so those wait for the next change; I/O errors (disk, validator timeout, a
   failing callback) are retried with backoff. A reload that failed is remembered and retried even though
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import time
@@ -45,7 +51,8 @@ from confgen.datastore.base import Datastore, Snapshot
 from confgen.datastore.keys import PLURALS
 from confgen.intent import NodeIntent
 from confgen.model import Model, parse_snapshot
-from confgen.render import RenderError, render
+from confgen.refusals import EXABGP_CONFIG, SinkRefusals
+from confgen.render import Rendered, RenderError, render_config
 from confgen.secrets import Fingerprint, SecretStore
 from confgen.validate import SecretRef
 
@@ -85,12 +92,15 @@ class Confgen:
         registry: CollectorRegistry | None = None,
         secrets: SecretStore | None = None,
         secrets_poll: float = 2.0,
+        refusals: SinkRefusals | None = None,  # shared with the other sinks: one counter per registry
+        renderer: Callable[..., Rendered] = render_config,
     ) -> None:
         self._datastore = datastore
         self.node = node
         self._writer = writer
         self._api_run = api_run
         self._api_process = api_process
+        self._renderer = renderer
         self._router_id = router_id
         self._on_intent = on_intent
         self._reload = reload
@@ -139,6 +149,7 @@ class Confgen:
         )
         for kind in PLURALS:
             self._invalid.labels(kind)
+        self._refusals = refusals if refusals is not None else SinkRefusals(registry)
 
     async def first_render(self) -> None:
         """Wait until a valid config file exists (the daemon starts ExaBGP only after this)."""
@@ -242,6 +253,15 @@ class Confgen:
             log.exception("computing the intent for revision %s failed", snapshot.revision)
             self._renders.labels(ERROR).inc()
             return
+        try:
+            rendered: Rendered | Exception = self._renderer(
+                intent, api_run=self._api_run, api_process=self._api_process
+            )
+        except Exception as exc:  # RenderError (the whole file is unusable) or a bug: handled below
+            rendered = exc
+        if isinstance(rendered, Rendered) and rendered.refused:
+            intent = dataclasses.replace(intent, warnings=intent.warnings + rendered.refused)
+            self._refusals.count(EXABGP_CONFIG, len(rendered.refused))
         self._log_warnings(intent)
 
         if self.intent is None or intent != self.intent or intent.warnings != self.intent.warnings:
@@ -253,7 +273,9 @@ class Confgen:
             self.intent = intent
 
         try:
-            text = render(intent, api_run=self._api_run, api_process=self._api_process)
+            if isinstance(rendered, Exception):
+                raise rendered
+            text = rendered.text
             changed = await self._writer.write(text)
         except (RenderError, ConfigRejected) as exc:
             log.error("keeping the last good ExaBGP config: %s", exc)

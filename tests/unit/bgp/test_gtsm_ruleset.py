@@ -4,13 +4,17 @@ nft that records what it is given (tests/netns/test_gtsm.py runs the real thing)
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from bgp.gtsm import Gtsm, GtsmError, ruleset
 from confgen.intent import NodeIntent, PeerIntent
+from confgen.refusals import SinkRefusals
 
 
 def session(address, hops, port=179, family=None):
@@ -75,19 +79,91 @@ def test_no_ttl_security_means_no_table():
     )
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [
-        dataclasses.replace(session("10.0.0.2", 1), address="10.0.0.2; flush ruleset"),
-        dataclasses.replace(session("10.0.0.2", 1), address="10.0.0.2\ntable ip x {}"),
-        dataclasses.replace(session("10.0.0.2", 1), ttl_security=256),
-        dataclasses.replace(session("10.0.0.2", 1), port=0),
-    ],
-    ids=["semicolon", "newline", "hops", "port"],
+GOOD = (session("10.0.0.2", 1), session("fd00::2", 3, port=1790))
+BAD_SESSIONS = [
+    ({"address": "10.0.0.3; flush ruleset"}, "whitespace"),
+    ({"address": "10.0.0.3\ntable ip x {}"}, "whitespace or a control character"),
+    ({"address": "fe80::3%eth0\nflush ruleset", "family": "ipv6"}, "scope id"),
+    ({"address": "::ffff:10.0.0.3", "family": "ipv6"}, "IPv4-mapped"),
+    ({"address": "fd00:0::3", "family": "ipv6"}, "canonical form (fd00::3)"),
+    ({"address": "010.0.0.3"}, "not an IP address"),
+    ({"address": "fd00::3"}, "not an IPv4 address"),  # the family says ipv4
+    ({"family": "ip"}, "family"),
+    ({"ttl_security": 256}, "ttlSecurity 256 is out of range"),
+    ({"ttl_security": -1}, "ttlSecurity"),
+    ({"ttl_security": "1; flush ruleset"}, "not an integer"),
+    ({"port": 0}, "port 0 is out of range"),
+    ({"port": 2**70}, "port"),
+    ({"port": True}, "not an integer"),
+]
+
+
+@pytest.mark.parametrize(("change", "reason"), BAD_SESSIONS, ids=[str(c) for c, _ in BAD_SESSIONS])
+def test_a_bad_session_is_left_out_and_reported_not_the_ruleset(change, reason):
+    bad = dataclasses.replace(session("10.0.0.3", 2), name="Node_evil", resource="evil", **change)
+    refused = []
+    script = ruleset(intent(*GOOD, bad), "t", refused=refused.append)
+    assert script == ruleset(intent(*GOOD), "t")  # byte-identical to the ruleset without it
+    assert len(refused) == 1
+    assert reason in refused[0] and "BGPPeer 'evil' session 'Node_evil'" in refused[0]
+    assert "\n" not in refused[0]
+
+
+@pytest.mark.parametrize("listen_port", [0, 65536, "179", None])
+def test_a_bad_listen_port_or_table_refuses_the_whole_ruleset(listen_port):
+    with pytest.raises(GtsmError, match="listen port"):
+        ruleset(intent(*GOOD, listen_port=listen_port))
+    for table in ("t; flush ruleset", "t\n", "", "1t", None):
+        with pytest.raises(GtsmError, match="table name"):
+            ruleset(intent(*GOOD), table)
+    with pytest.raises(ValueError, match="table name"):
+        Gtsm(table="t x")
+
+
+TEXT = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(["10.0.0.9", "fd00::9", "fe80::1%eth0", "::ffff:10.0.0.9", "ipv4", "ipv6"]),
 )
-def test_values_are_validated_before_they_reach_nft(bad):
-    with pytest.raises(ValueError):
-        ruleset(intent(bad))
+VALUE = st.one_of(st.integers(min_value=-300, max_value=70000), st.booleans(), st.none(), TEXT)
+SCRIPT_LINE = re.compile(
+    r"(?:add|delete) table inet t|table inet t \{|    chain (?:input|output) \{|    \}|\}"
+    r"|        type filter hook (?:input|output) priority -150; policy accept;"
+    r"|        ip6? saddr [0-9a-f.:]+ tcp [ds]port [0-9]+ (?:ip ttl|ip6 hoplimit) < [0-9]+ drop"
+    r"|        ip6? daddr [0-9a-f.:]+ tcp [ds]port [0-9]+ (?:ip ttl|ip6 hoplimit) set 255"
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(address=TEXT, family=TEXT, hops=VALUE, port=VALUE, name=TEXT)
+def test_arbitrary_session_values_never_escape_and_never_break_the_grammar(address, family, hops, port, name):
+    bad = dataclasses.replace(
+        session("10.0.0.3", 2), address=address, family=family, ttl_security=hops, port=port, name=name
+    )
+    refused = []
+    script = ruleset(intent(*GOOD, bad), "t", refused=refused.append)
+    lines = script.splitlines()
+    assert script.endswith("\n") and all(SCRIPT_LINE.fullmatch(line) for line in lines), script
+    if refused or not hops:
+        assert script == ruleset(intent(*GOOD), "t")
+    else:  # accepted: only if every value is in the grammar, and then the good sessions are untouched
+        assert any(f" {address} " in line for line in lines)
+        assert set(ruleset(intent(*GOOD), "t").splitlines()) <= set(lines)
+
+
+async def test_apply_reports_and_counts_left_out_sessions(tmp_path):
+    log = tmp_path / "nft.log"
+    registry = CollectorRegistry()
+    gtsm = Gtsm(
+        nft=(sys.executable, "-c", RECORDER, str(log)),
+        table="t",
+        registry=registry,
+        refusals=SinkRefusals(registry),
+    )
+    bad = dataclasses.replace(session("10.0.0.3", 1), address="10.0.0.3\nflush ruleset")
+    assert await gtsm.apply(intent(*GOOD, bad)) is True
+    assert log.read_text() == ruleset(intent(*GOOD), "t") + "=====\n"
+    assert registry.get_sample_value("calico_bgp_refused_sink_values_total", {"sink": "nft"}) == 1
+    assert registry.get_sample_value("calico_bgp_gtsm_sessions") == 2
 
 
 RECORDER = "import pathlib, sys; pathlib.Path(sys.argv[1]).open('a').write(sys.stdin.read() + '=====\\n')"

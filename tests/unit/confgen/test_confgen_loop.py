@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from confgen.apply import ConfigRejected
 from confgen.datastore.memory import MemoryDatastore
+from confgen.intent import PeerIntent
 from confgen.loop import Confgen
+from confgen.render import render, render_config
 from confgen.secrets import SecretStore
 
 API_RUN = "/usr/bin/env calico-bgp api"
@@ -45,7 +49,7 @@ class FakeWriter:
 
 
 class Harness:
-    def __init__(self, fake_time, *, api_run=API_RUN, secrets=None) -> None:
+    def __init__(self, fake_time, *, api_run=API_RUN, secrets=None, renderer=render_config) -> None:
         self.time = fake_time
         self.store = MemoryDatastore("node1")
         for i in (1, 2, 3):
@@ -67,6 +71,7 @@ class Harness:
             sleep=fake_time.sleep,
             registry=self.registry,
             secrets=secrets,
+            renderer=renderer,
         )
 
     async def _on_intent(self, intent) -> None:
@@ -384,3 +389,40 @@ async def test_a_new_warning_reaches_downstream_even_when_the_sessions_did_not_c
     assert len(harness.intents) == 2 and harness.intents[0] == harness.intents[1]
     assert harness.intents[1].warnings == ("IPPool bad: spec.cidr 'nope' is not an IP network",)
     assert harness.reloads == 1 and harness.confgen.intent.warnings == harness.intents[1].warnings
+
+
+# A session whose values got past validation but not past the renderer (the sink does not trust its input).
+SMUGGLED = PeerIntent(
+    "Global_fd00__99", "fd00::99%x\nshutdown\n", "ipv6", 65000, 64512, "fd00::11", resource="evil"
+)
+
+
+def smuggling(intent, **kwargs):
+    return render_config(dataclasses.replace(intent, peers=(*intent.peers, SMUGGLED)), **kwargs)
+
+
+async def test_a_session_the_renderer_refuses_costs_only_that_session(fake_time, caplog):
+    h = Harness(fake_time, renderer=smuggling)
+    task = asyncio.create_task(h.confgen.run())
+    try:
+        with caplog.at_level(logging.WARNING, logger="confgen.loop"):
+            await fake_time.advance(0.2)
+            h.store.put_resource(node("node4", "10.0.0.14"))  # an unrelated change: renders again
+            await fake_time.advance(0.2)
+        # The rest of the cluster renders exactly as it would without the session, and keeps moving.
+        assert h.writer.text == render(h.confgen.intent, api_run=API_RUN)
+        assert "neighbor 10.0.0.14 {" in h.writer.text and "shutdown" not in h.writer.text
+        assert h.reloads == 2 and h.renders("error") == 0
+        # The refusal names the resource, the session and the field; it is a warning like an invalid resource.
+        (warning,) = h.confgen.intent.warnings
+        assert warning.startswith("BGPPeer 'evil' session 'Global_fd00__99': left out of the ExaBGP config")
+        assert "peer address" in warning and "scope id" in warning
+        assert h.intents[-1].warnings == (warning,)
+        assert h.registry.get_sample_value("calico_bgp_config_warnings") == 1
+        refused = {"sink": "exabgp_config"}
+        assert h.registry.get_sample_value("calico_bgp_refused_sink_values_total", refused) == 2  # per render
+        assert [r.getMessage() for r in caplog.records].count(warning) == 1  # logged once
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 import subprocess
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from confgen.apply import find_executable
 from confgen.intent import MESH, NodeIntent, PeerIntent
-from confgen.render import RenderError, render
+from confgen.render import RenderError, render, render_config
 
 API_RUN = "/usr/bin/env calico-bgp api"
 
@@ -139,67 +142,137 @@ HOSTILE = ['x"', "x'", "x{", "x}", "x;", "x#", "x\\", "x[", "x]", "x,", "x\ny", 
     "build",
     [
         lambda bad: render(intent(), api_run="/bin/true " + bad),
-        lambda bad: render(intent(peer("10.0.0.12", name=bad)), api_run=API_RUN),
         lambda bad: render(intent(node=bad), api_run=API_RUN),
         lambda bad: render(intent(peer("10.0.0.12")), api_run=API_RUN, api_process=bad),
     ],
-    ids=["api-run", "description", "node-name-comment", "process-name"],
+    ids=["api-run", "node-name-comment", "process-name"],
 )
-def test_unsafe_strings_are_refused_not_escaped(build, bad):
+def test_unsafe_strings_in_the_whole_file_are_refused_not_escaped(build, bad):
     with pytest.raises(RenderError):
         build(bad)
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [
-        peer("10.0.0.300"),
-        peer("10.0.0.12; neighbor 6.6.6.6"),
-        peer("10.0.0.12", local="fd00::1"),
-        peer("fd00::2", local="fd00::1"),  # ipv4 family with v6 addresses
-        peer("10.0.0.12", family="l2vpn"),
-        peer("10.0.0.12", peer_as=0),
-        peer("10.0.0.12", local_as=2**32),
-        peer("10.0.0.12", port=0),
-        peer("10.0.0.12", hold_time=2),
-        peer("10.0.0.12", password="p" * 81),
-        peer("10.0.0.12", password="line\nbreak"),
-        peer("10.0.0.12", name="Mesh 10"),
-        peer("10.0.0.12", source_address="Auto"),
-        peer("10.0.0.12", restart_time=4096),
-        peer("10.0.0.12", ttl_security=256),
-        peer("10.0.0.12", next_hop_mode="Maybe"),
-    ],
-    ids=[
-        "bad-ip",
-        "injection",
-        "local-family",
-        "family-mismatch",
-        "family",
-        "as-0",
-        "as-big",
-        "port",
-        "hold",
-        "md5-len",
-        "md5-newline",
-        "name",
-        "source-address",
-        "restart-time",
-        "ttl",
-        "next-hop-mode",
-    ],
+GOOD_PEERS = (
+    peer("10.0.0.12", passive=True),
+    peer("10.0.0.13", password="s3cret", ttl_security=1),
+    peer("fd00::12", local="fd00::11", family="ipv6"),
 )
-def test_invalid_peers_are_refused(bad):
-    with pytest.raises(RenderError):
-        render(intent(bad), api_run=API_RUN)
+SCOPE_ID_ATTACK = "fd00::99%x\nshutdown\n"
+
+BAD_PEERS = [
+    (peer("10.0.0.99", name="Mesh_x\ny"), "session name"),
+    (peer("10.0.0.99", name='x"'), "session name"),
+    (peer("10.0.0.300"), "peer address '10.0.0.300' is not an IP address"),
+    (peer("10.0.0.99; neighbor 6.6.6.6"), "whitespace"),
+    (peer(SCOPE_ID_ATTACK, local="fd00::11", family="ipv6"), "scope id"),
+    (peer("fe80::1%eth0", local="fd00::11", family="ipv6"), "scope id"),
+    (peer("::ffff:10.0.0.99", local="fd00::11", family="ipv6"), "IPv4-mapped"),
+    (peer("fd00:0::99", local="fd00::11", family="ipv6"), "canonical form (fd00::99)"),
+    (peer("FD00::99", local="fd00::11", family="ipv6"), "canonical form (fd00::99)"),
+    (peer("010.0.0.99"), "is not an IP address"),
+    (peer("10.0.0.99", local="fd00::1"), "local address"),
+    (peer("10.0.0.99", local="10.0.0.11%1"), "local address '10.0.0.11%1' carries a scope id"),
+    (peer("fd00::99", local="fd00::1"), "not an IPv4 address"),  # ipv4 family with v6 addresses
+    (peer("10.0.0.99", family="l2vpn"), "family"),
+    (peer("10.0.0.99", peer_as=0), "peer AS 0 is out of range"),
+    (peer("10.0.0.99", local_as=2**32), "local AS"),
+    (peer("10.0.0.99", peer_as="65000; passive true"), "not an integer"),
+    (peer("10.0.0.99", port=0), "port 0"),
+    (peer("10.0.0.99", port="179;"), "port"),
+    (peer("10.0.0.99", port=True), "not an integer"),
+    (peer("10.0.0.99", hold_time=2), "hold time 2"),
+    (peer("10.0.0.99", hold_time=-1), "hold time"),
+    (peer("10.0.0.99", password="p" * 81), "password"),
+    (peer("10.0.0.99", password="line\nbreak"), "password"),
+    (peer("10.0.0.99", password=None), "password is not text"),
+    (peer("10.0.0.99", source_address="Auto"), "source address mode"),
+    (peer("10.0.0.99", restart_time=4096), "graceful-restart time"),
+    (peer("10.0.0.99", ttl_security=256), "TTL security"),
+    (peer("10.0.0.99", ttl_security=1.5), "TTL security"),
+    (peer("10.0.0.99", next_hop_mode="Maybe"), "next-hop mode"),
+]
+
+
+@pytest.mark.parametrize(("bad", "reason"), BAD_PEERS, ids=[f"{i}-{r}" for i, (_, r) in enumerate(BAD_PEERS)])
+def test_a_bad_session_is_left_out_and_reported_not_the_config(bad, reason):
+    bad = dataclasses.replace(bad, resource="evil")
+    rendered = render_config(intent(*GOOD_PEERS, bad), api_run=API_RUN)
+    assert rendered.text == render(intent(*GOOD_PEERS), api_run=API_RUN)  # byte-identical without it
+    (message,) = rendered.refused
+    assert message.startswith(f"BGPPeer 'evil' session {bad.name!r}: left out of the ExaBGP config: ")
+    assert reason in message and "\n" not in message
+    if bad.password:
+        assert str(bad.password) not in message  # a secret is never shown
+
+
+def test_a_mesh_session_is_named_without_a_resource():
+    bad = peer("10.0.0.99", port=0)
+    (message,) = render_config(intent(bad), api_run=API_RUN).refused
+    assert message == (
+        "session 'Mesh_10_0_0_99': left out of the ExaBGP config: port 0 is out of range (1-65535)"
+    )
+
+
+# Every line the template can produce, with each interpolated value in its token's grammar.
+CONFIG_LINE = re.compile(
+    r"#[ -~]*|process calico-bgp-api \{|    run [ -~]+;|    encoder json;|neighbor [0-9a-f.:]+ \{"
+    r'|    description "[A-Za-z][A-Za-z0-9_]*";|    (?:router-id|local-address) [0-9a-f.:]+;'
+    r"|    (?:local-as|peer-as|hold-time|connect|outgoing-ttl) [0-9]+;"
+    r'|    (?:passive|manual-eor|md5-base64) (?:true|false);|    md5-password "[A-Za-z0-9+/=]+";'
+    r"|    (?:family|capability|api) \{|        ipv[46] unicast;|        route-refresh;"
+    r"|        graceful-restart [0-9]+;|        processes \[ calico-bgp-api \];|        neighbor-changes;"
+    r"|        receive \{|            (?:parsed|update|notification|open);|        \}|    \}|\}|"
+)
+TEXT = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(
+        ["10.0.0.99", "fd00::99", "fd00::11", SCOPE_ID_ATTACK, "::ffff:10.0.0.99", "ipv4", "ipv6", "Self"]
+    ),
+)
+VALUE = st.one_of(st.integers(min_value=-(2**33), max_value=2**33), st.booleans(), st.none(), TEXT)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    strings=st.fixed_dictionaries(
+        {},
+        optional={
+            field: TEXT
+            for field in ("address", "local_address", "family", "name", "password", "source_address")
+            + ("next_hop_mode", "resource")
+        },
+    ),
+    numbers=st.fixed_dictionaries(
+        {},
+        optional={
+            field: VALUE
+            for field in ("peer_as", "local_as", "port", "hold_time", "restart_time", "ttl_security")
+        },
+    ),
+)
+def test_arbitrary_session_values_never_escape_and_never_break_the_grammar(strings, numbers):
+    candidate = dataclasses.replace(peer("10.0.0.99"), **strings, **numbers)
+    rendered = render_config(intent(*GOOD_PEERS, candidate), api_run=API_RUN)
+    for line in rendered.text.splitlines():
+        assert CONFIG_LINE.fullmatch(line), line
+    without = _blocks(render(intent(*GOOD_PEERS), api_run=API_RUN))
+    blocks = _blocks(rendered.text)
+    if rendered.refused:
+        (message,) = rendered.refused
+        assert "left out of the ExaBGP config" in message and "\n" not in message
+        assert blocks == without
+    else:  # accepted: its block is the only addition, every other block byte-identical
+        assert blocks.keys() - without.keys() == {candidate.address}
+        assert {a: b for a, b in blocks.items() if a in without} == without
 
 
 def test_router_id_must_be_ipv4_when_there_are_peers():
-    with pytest.raises(RenderError):
-        render(intent(peer("10.0.0.12"), router_id=""), api_run=API_RUN)
-    with pytest.raises(RenderError):
-        render(intent(peer("10.0.0.12"), router_id="fd00::1"), api_run=API_RUN)
+    for router_id in ("", "fd00::1", "10.0.0.11%x", "010.0.0.11"):
+        with pytest.raises(RenderError, match="router id"):
+            render(intent(peer("10.0.0.12"), router_id=router_id), api_run=API_RUN)
     assert render(intent(router_id=""), api_run=API_RUN)  # nothing to identify: fine
+    # nor when every session was left out
+    assert render(intent(peer("10.0.0.12", port=0), router_id=""), api_run=API_RUN)
 
 
 @pytest.mark.exabgp
@@ -224,11 +297,15 @@ def test_exabgp_accepts_what_we_render(tmp_path, peers):
         assert f"neighbor  {p.address}" in result.stdout + result.stderr
 
 
-def test_two_sessions_with_one_address_are_refused():
-    with pytest.raises(RenderError, match="one neighbour per address"):
-        render(
-            intent(peer("10.0.0.12"), peer("10.0.0.12", port=1790, name="Node_10_0_0_12_port_1790")),
-            api_run=API_RUN,
+def test_two_sessions_with_one_address_keep_the_first_in_sort_order():
+    first = peer("10.0.0.12", resource="")
+    second = peer("10.0.0.12", port=1790, name="Node_10_0_0_12_port_1790", resource="rack")
+    for order in ((first, second), (second, first)):
+        rendered = render_config(intent(*order, peer("10.0.0.13")), api_run=API_RUN)
+        assert rendered.text == render(intent(first, peer("10.0.0.13")), api_run=API_RUN)
+        assert rendered.refused == (
+            "BGPPeer 'rack' session 'Node_10_0_0_12_port_1790': left out of the ExaBGP config: peer address "
+            "10.0.0.12 is taken by session 'Mesh_10_0_0_12' (ExaBGP holds one neighbour per address)",
         )
 
 
