@@ -17,6 +17,8 @@ from pathlib import Path
 
 import click
 
+from bgp.limits import DEFAULT_MAX_AS_PATH_LENGTH, DEFAULT_MAX_PREFIXES
+
 DEFAULT_RUN_DIR = "/var/run/calico-bgp"
 
 
@@ -101,6 +103,24 @@ def node() -> None:
     help="Seconds between full read-backs of our kernel routes, repairing any drift (Felix's "
     "RouteRefreshInterval; env CALICO_BGP_ROUTE_REFRESH_INTERVAL).",
 )
+@click.option(
+    "--max-prefixes",
+    envvar="CALICO_BGP_MAX_PREFIXES",
+    default=DEFAULT_MAX_PREFIXES,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Prefixes one peer may send (both families); crossing it tears the session down and holds the "
+    "peer idle (30 s, doubling to 10 min). 0 = unlimited (env CALICO_BGP_MAX_PREFIXES).",
+)
+@click.option(
+    "--max-as-path-length",
+    envvar="CALICO_BGP_MAX_AS_PATH_LENGTH",
+    default=DEFAULT_MAX_AS_PATH_LENGTH,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="A path with a longer AS_PATH is treated as a withdraw. 0 = unlimited "
+    "(env CALICO_BGP_MAX_AS_PATH_LENGTH).",
+)
 def node_run(
     node_name: str,
     etcd_endpoints: str,
@@ -110,6 +130,8 @@ def node_run(
     secrets_dir: Path | None,
     router_id: str | None,
     route_refresh_interval: float,
+    max_prefixes: int,
+    max_as_path_length: int,
 ) -> None:
     """Run the node daemon: etcd watch, config rendering, ExaBGP, route programming."""
     from bgp.daemon import NodeConfig, run_node
@@ -135,6 +157,8 @@ def node_run(
             secrets_dir=secrets_dir,
             router_id=router_id,
             resync_interval=route_refresh_interval,
+            max_prefixes=max_prefixes,
+            max_as_path_length=max_as_path_length,
         )
     )
 

@@ -33,6 +33,7 @@ from bgp.exabgp import bridge
 from bgp.exabgp.channel import ApiChannel
 from bgp.exabgp.supervisor import ExaBGPSupervisor, exabgp_environment
 from bgp.gtsm import Gtsm, GtsmError
+from bgp.limits import DEFAULT_MAX_AS_PATH_LENGTH, DEFAULT_MAX_PREFIXES, LimitSettings, PeerLimits
 from bgp.metrics import SpeakerMetrics, build_registry
 from bgp.speaker import Speaker
 from bgp.status import ControlServer, status_report
@@ -41,7 +42,9 @@ from confgen.calc import router_id_setting
 from confgen.datastore.etcd import EtcdClient, EtcdSyncer
 from confgen.intent import NodeIntent
 from confgen.loop import Confgen
+from confgen.refusals import SinkRefusals
 from confgen.secrets import SecretStore
+from routes.addresses import InterfaceAddressWatcher
 from routes.model import RTPROT_BIRD
 from routes.monitor import WorkloadRouteWatcher
 from routes.netlink import KernelNetlink
@@ -62,6 +65,8 @@ class NodeConfig:
     sweep_hold: float = 120.0  # BIRD's default graceful-restart time
     secrets_dir: Path | None = None  # BGP passwords' secretKeyRef, laid out like a Kubernetes secret volume
     router_id: str | None = None  # CALICO_ROUTER_ID: an IPv4 literal or "hash"
+    max_prefixes: int = DEFAULT_MAX_PREFIXES  # per peer; 0 = unlimited (bgp.limits says why this default)
+    max_as_path_length: int = DEFAULT_MAX_AS_PATH_LENGTH  # longer AS_PATHs are treated as withdraws
 
 
 def api_run_line(socket_path: Path) -> str:
@@ -77,6 +82,8 @@ class NodeDaemon:
         self.config = config
         run_dir = config.run_dir
         self.registry = build_registry()
+        # One per registry: the API command builder, the config renderer and the nft writer all report here.
+        self.refusals = SinkRefusals(self.registry)
         self.netlink = KernelNetlink()
         self.table = RouteTable(self.netlink, proto=RTPROT_BIRD, registry=self.registry)
         self.resolver = NexthopResolver(proto=RTPROT_BIRD)
@@ -86,6 +93,8 @@ class NodeDaemon:
             route_table=self.table,
             metrics=SpeakerMetrics(self.registry),
             resolve=self.resolver.resolve,
+            limits=PeerLimits(LimitSettings(config.max_prefixes, config.max_as_path_length)),
+            refusals=self.refusals,
         )
         self.supervisor = ExaBGPSupervisor(
             run_dir / "exabgp.conf",
@@ -105,8 +114,9 @@ class NodeDaemon:
             registry=self.registry,
             router_id=router_id_setting(config.router_id, config.node),
             secrets=SecretStore(config.secrets_dir) if config.secrets_dir else None,
+            refusals=self.refusals,
         )
-        self.gtsm = Gtsm(registry=self.registry)
+        self.gtsm = Gtsm(registry=self.registry, refusals=self.refusals)
         self.watcher = WorkloadRouteWatcher(
             self.netlink,
             # No timer: a report waits only for the watcher to drain what the socket already holds, so a burst
@@ -118,6 +128,8 @@ class NodeDaemon:
             observers=[self._kernel_event],
             dump_observers=[self._kernel_dump],
         )
+        # The import guard's connected subnets: the networks of this node's interface addresses.
+        self.addresses = InterfaceAddressWatcher(self.netlink, on_change=self.speaker.set_interface_addresses)
         self.control = ControlServer(run_dir / "ctl.sock", {"status": self._status, "routes": self._routes})
         self._intent: NodeIntent | None = None
         self._started = time.monotonic()
@@ -205,6 +217,7 @@ class NodeDaemon:
         tasks = [
             asyncio.create_task(self.confgen.run(), name="confgen"),
             asyncio.create_task(self.watcher.run(), name="kernel-watcher"),
+            asyncio.create_task(self.addresses.run(), name="address-watcher"),
             asyncio.create_task(self.speaker.run(), name="speaker"),
             asyncio.create_task(self._resync_loop(), name="route-resync"),
         ]

@@ -53,6 +53,7 @@ class SpeakerMetrics:
         self._unparsed_seen = 0
         self._repairs_seen = 0
         self._labels: set[tuple[str, str, str]] = set()
+        self.guards = GuardMetrics(registry)
 
     def observe_speaker(self, speaker) -> None:
         current: set[tuple[str, str, str]] = set()
@@ -75,3 +76,66 @@ class SpeakerMetrics:
         if speaker.unparsed_lines > self._unparsed_seen:
             self.unparsed_lines.inc(speaker.unparsed_lines - self._unparsed_seen)
             self._unparsed_seen = speaker.unparsed_lines
+        self.guards.observe(speaker)
+
+
+class GuardMetrics:
+    """The receive-side guards (``bgp.import_guard``, ``bgp.limits``), per peer. The speaker keeps the
+    counts per configured peer; the counters here advance by the difference, and a peer's series go when
+    the peer leaves the intent."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.routes_refused = Gauge(
+            "calico_bgp_routes_refused",
+            "Learned routes the import guard keeps out of the Loc-RIB and the kernel",
+            ["peer", "reason"],
+            registry=registry,
+        )
+        self.prefix_limit_exceeded = Counter(
+            "calico_bgp_prefix_limit_exceeded",
+            "Times the peer crossed its prefix limit (session torn down, peer held idle)",
+            ["peer"],
+            registry=registry,
+        )
+        self.as_path_too_long = Counter(
+            "calico_bgp_as_path_too_long",
+            "Prefixes treated as withdrawn because their AS_PATH was longer than the limit",
+            ["peer"],
+            registry=registry,
+        )
+        self.peer_held = Gauge(
+            "calico_bgp_peer_held",
+            "1 while the peer is held idle after crossing its prefix limit",
+            ["peer"],
+            registry=registry,
+        )
+        self._refused: set[tuple[str, str]] = set()
+        self._seen: dict[tuple[str, str], int] = {}  # (counter, peer) -> the speaker's count last seen
+        self._peers: set[str] = set()
+
+    def observe(self, speaker) -> None:
+        refused = speaker.refused_counts()
+        for key, count in refused.items():
+            self.routes_refused.labels(*key).set(count)
+        for gone in self._refused - refused.keys():
+            self.routes_refused.remove(*gone)
+        self._refused = set(refused)
+        limits = speaker.limits
+        peers = {s.address for s in speaker.peer_statuses()}
+        for name, counter, counts in (
+            ("prefix-limit", self.prefix_limit_exceeded, limits.prefix_limit_trips),
+            ("as-path", self.as_path_too_long, limits.as_path_withdraws),
+        ):
+            for peer in peers:
+                count = counts.get(peer, 0)
+                seen = self._seen.get((name, peer), 0)
+                counter.labels(peer).inc(max(count - seen, 0))
+                self._seen[(name, peer)] = count
+        for peer in peers:
+            self.peer_held.labels(peer).set(1 if limits.held(peer) else 0)
+        for peer in self._peers - peers:
+            for metric in (self.prefix_limit_exceeded, self.as_path_too_long, self.peer_held):
+                metric.remove(peer)
+            self._seen.pop(("prefix-limit", peer), None)
+            self._seen.pop(("as-path", peer), None)
+        self._peers = peers

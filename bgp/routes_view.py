@@ -4,28 +4,36 @@ Stage: observability of the route distributor. Pure: reads the speaker's tables 
 verdicts, changes nothing.
 
 Complicating factors: "not in the kernel" has several honest answers (a foreign route holds the
-destination, the kernel refused it, Felix or kube-proxy own it, we originate it), and the report says which.
+destination, the kernel refused it, Felix or kube-proxy own it, we originate it, the import guard refused
+it), and the report says which. A route the import guard refused is in no Loc-RIB, but it is listed, with
+the path it would have had, so that the refusal is visible where the route is looked for.
 """
 
 from __future__ import annotations
 
 from bgp.policy import net, within
+from bgp.rib import select
 from bgp.status import render_table
 
 
-def loc_rib_report(*, loc, local, sent, rib, table, intent, policy, unknown) -> list[dict]:
+def loc_rib_report(
+    *, loc, local, sent, rib, table, intent, policy, unknown, guard_refused=None
+) -> list[dict]:
     desired = getattr(table, "desired", {})
     conflicts = getattr(table, "conflicts", {})
     refused = getattr(table, "refused", {})
     failures = getattr(table, "failures", {})
+    guard_refused = guard_refused or {}  # prefix -> bgp.import_guard.Refusal
     rows = []
-    for prefix in sorted(set(loc) | set(local)):
+    for prefix in sorted(set(loc) | set(local) | set(guard_refused)):
         row: dict = {"prefix": prefix}
         row["announced_to"] = sorted(a for a, out in sent.items() if prefix in out and out[prefix] != unknown)
         if prefix in local:
             row.update(origin="local", best=None, multipath=[])
         else:
-            best, multipath = loc[prefix]
+            best, multipath = loc[prefix] if prefix in loc else select(rib.paths(prefix))
+            if best is None:
+                continue  # refused, then withdrawn since the last selection
             a = best.attributes
             row.update(
                 origin="bgp",
@@ -39,7 +47,11 @@ def loc_rib_report(*, loc, local, sent, rib, table, intent, policy, unknown) -> 
                 },
                 multipath=[p.nexthop for p in multipath],
             )
-        if prefix in desired:
+        if prefix in guard_refused and prefix not in local:
+            refusal = guard_refused[prefix]
+            row["refused"] = refusal.reason
+            row["kernel"] = {"installed": False, "why": f"refused by the import guard: {refusal.detail}"}
+        elif prefix in desired:
             why = conflicts.get(prefix) or failures.get(prefix, "")
             row["kernel"] = {"installed": not why, "why": why}
         else:

@@ -21,6 +21,10 @@ Complicating factors:
   at once. Timers are driven by ``tick(now)`` with an injectable clock.
 - ExaBGP's Adj-RIB-Out can be audited against ours (``show adj-rib out json``, differences repaired), but
   that is off by default (``AUDIT_INTERVAL``): on a large table the audit itself costs more than it guards.
+- A peer is not trusted with our memory or our forwarding: ``bgp.limits`` caps its prefixes (crossing the
+  cap tears the session down and holds the peer idle; its paths go, not stale) and its AS_PATH length
+  (treat-as-withdraw); ``bgp.import_guard`` keeps link-local, loopback, multicast and on-link prefixes out
+  of selection, while their paths stay in the Adj-RIB-In to be re-screened when the node's addresses change.
 """
 
 from __future__ import annotations
@@ -30,15 +34,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
 from ipaddress import ip_address
 
 from bgp.exabgp import events as ev
-from bgp.exabgp.commands import Advertisement, peer_commands
+from bgp.exabgp.commands import Advertisement, eor_command, peer_commands
+from bgp.import_guard import ImportScreen
+from bgp.limits import PeerLimits, teardown_command
 from bgp.policy import Candidate, NodePolicy
 from bgp.rib import AdjRibIn, Path, select
 from bgp.routes_view import loc_rib_report
 from bgp.status import PeerStatus
 from confgen.intent import NodeIntent, PeerIntent
+from confgen.refusals import EXABGP_API, SinkRefusals
 from routes.export import ExportRules
 from routes.model import Route
 from routes.resolve import KernelPool, Learned, Resolve, kernel_routes
@@ -76,6 +84,8 @@ class Speaker:
         wallclock: Callable[[], float] = time.time,
         audit_interval: float = AUDIT_INTERVAL,
         resolve: Resolve | None = None,  # routes.recursive.NexthopResolver.resolve: BIRD's gateway recursive
+        limits: PeerLimits | None = None,  # per-peer prefix limit and AS_PATH length limit (bgp.limits)
+        refusals: SinkRefusals | None = None,  # counts and logs values the API command builder refuses
     ) -> None:
         self._send = send
         self._table = route_table
@@ -84,6 +94,7 @@ class Speaker:
         self._clock = clock
         self._wallclock = wallclock
         self._audit_interval = audit_interval
+        self._refused = (refusals if refusals is not None else SinkRefusals()).reporter(EXABGP_API)
         self._intent: NodeIntent | None = None
         self._policy: NodePolicy | None = None
         self._peers: dict[str, PeerIntent] = {}
@@ -110,6 +121,10 @@ class Speaker:
         self._next_audit = clock() + audit_interval
         self.unparsed_lines = 0
         self.audit_repairs = 0
+        # The receive-side guards (bgp.import_guard, bgp.limits); teardowns wait here for the next flush.
+        self.limits = limits or PeerLimits(clock=clock)
+        self.screen = ImportScreen(clock=clock)
+        self._teardowns: dict[str, None] = {}
 
     # ------------------------------------------------------------------ inputs
 
@@ -124,7 +139,12 @@ class Speaker:
                 self._sent.pop(address, None)
                 self._offers.pop(address, None)
                 self._stale_until.pop(address, None)
-                self._rib.drop_peer(address)
+                for prefix in self._rib.drop_peer(address):
+                    if not self._rib.paths(prefix):
+                        self.screen.forget(prefix)  # a refused prefix is in no Loc-RIB to be revisited
+                self.limits.forget(address)
+                self._teardowns.pop(address, None)
+        self.screen.set_node((intent.ipv4_network, intent.ipv6_network), intent.local_blocks)
         for address, peer in wanted.items():
             status = self._status.get(address)
             now = self._wallclock()
@@ -200,6 +220,12 @@ class Speaker:
                 self._local[prefix] = candidate
             self._changed.add(prefix)
 
+    def set_interface_addresses(self, addresses: Iterable[str]) -> None:
+        """The kernel's interface addresses (``routes.addresses``): the import guard's connected subnets."""
+        if self.screen.set_interface_addresses(addresses):
+            self._full = True  # refused routes may be accepted now, accepted ones refused
+            self._wake.set()
+
     def kernel_changed(self) -> None:
         """Someone changed or removed a route of ours, or a device came back: program the table again."""
         self._full = True
@@ -252,6 +278,10 @@ class Speaker:
     def _peer_state(self, event: ev.PeerState) -> None:
         status = self._status[event.peer]
         now = self._wallclock()
+        if event.state == ev.STATE_UP and self.limits.held(event.peer):
+            self._teardowns[event.peer] = None  # back too soon after crossing its prefix limit
+            self._wake.set()
+            return
         if event.state == ev.STATE_UP:
             self._status[event.peer] = status.up(now)
             self._resend.add(event.peer)
@@ -285,6 +315,13 @@ class Speaker:
             self._changed |= self._rib.drop_peer(peer)
 
     def _learned(self, event: ev.RoutesLearned) -> None:
+        if self.limits.held(event.peer):
+            return  # torn down for crossing its prefix limit: nothing it sends counts until the hold ends
+        if self.limits.as_path_too_long(event.peer, len(event.attributes.as_path), len(event.prefixes)):
+            for prefix in event.prefixes:  # treat-as-withdraw (RFC 7606)
+                if self._rib.remove(event.peer, prefix):
+                    self._changed.add(prefix)
+            return
         offer = self._offers.get(event.peer)
         router_id = offer.router_id if offer else ""
         ebgp = not self._peers[event.peer].ibgp
@@ -299,10 +336,28 @@ class Speaker:
             )
             if self._rib.add(path):
                 self._changed.add(prefix)
+        count = self._rib.count(event.peer)
+        if self.limits.exceeded(count):
+            self._prefix_limit_crossed(event.peer, count)
+
+    def _prefix_limit_crossed(self, peer: str, count: int) -> None:
+        """Tear the session down and forget the peer's paths: not kept stale, this is no restart."""
+        self.limits.trip(peer, count)
+        self._teardowns[peer] = None
+        self._changed |= self._rib.drop_peer(peer)
+        self._stale_until.pop(peer, None)
+        self._eor_due.discard(peer)
+        # Not Established for us from now on: nothing more is queued for it in ExaBGP (see flush).
+        note = f"Prefix limit: {self.limits.settings.max_prefixes} exceeded ({count} prefixes)"
+        self._status[peer] = replace(
+            self._status[peer], state="start", bgp_state="Idle", since=self._wallclock(), last_error=note
+        )
 
     def tick(self, now: float | None = None) -> None:
         """Run the timers: graceful-restart expiry and the Adj-RIB-Out audit."""
         now = self._clock() if now is None else now
+        if self.limits.tick(now):
+            self._wake.set()  # the held peers' status and metrics change
         for peer, until in list(self._stale_until.items()):
             if now >= until:
                 swept = self._rib.sweep_stale(peer)
@@ -326,6 +381,8 @@ class Speaker:
             for p in self._rib.paths(prefix)
             if p.peer in self._peers and policy.accept_import(self._peers[p.peer], p)
         ]
+        if self.screen.refuses(prefix, paths):
+            paths = []
         best, multipath = select(paths)
         if best is None:
             self._loc.pop(prefix, None)
@@ -382,7 +439,8 @@ class Speaker:
                 changed |= sent.keys()
         for prefix in changed:
             self._select(prefix)
-        lines = self._adj_rib_out_lines(changed)
+        lines = [*filter(None, map(teardown_command, self._teardowns)), *self._adj_rib_out_lines(changed)]
+        self._teardowns.clear()
         if lines:
             await self._send(lines)
         if full:
@@ -427,11 +485,13 @@ class Speaker:
                     changes[prefix] = adv
                     sent[prefix] = adv
             if changes:
-                lines.extend(peer_commands(address, changes))
+                lines.extend(peer_commands(address, changes, refused=self._refused))
             if address in self._eor_due and self._workloads_seen:
                 self._eor_due.discard(address)
                 afi = "ipv6" if peer.family == "ipv6" else "ipv4"
-                lines.append(f"neighbor {address} announce eor {afi} unicast")
+                eor = eor_command(address, afi, refused=self._refused)
+                if eor is not None:
+                    lines.append(eor)
         self._resend.clear()
         return lines
 
@@ -482,7 +542,14 @@ class Speaker:
         return self._intent is not None and self._synced >= self._status.keys()
 
     def peer_statuses(self) -> list[PeerStatus]:
-        return sorted(self._status.values(), key=lambda s: (s.family, ip_address(s.address)))
+        statuses = (self._held_view(s) for s in self._status.values())
+        return sorted(statuses, key=lambda s: (s.family, ip_address(s.address)))
+
+    def _held_view(self, status: PeerStatus) -> PeerStatus:
+        note = self.limits.hold_note(status.address)
+        if note is None:
+            return status
+        return replace(status, state="start", bgp_state="Idle", last_error=note)
 
     def announced_count(self, peer: str) -> int:
         return len(self._sent.get(peer, {}))
@@ -492,6 +559,15 @@ class Speaker:
 
     def stale_count(self, peer: str) -> int:
         return self._rib.stale_count(peer)
+
+    def refused_counts(self) -> dict[tuple[str, str], int]:
+        """(peer, reason) -> paths the import guard refused at their last selection."""
+        counts: dict[tuple[str, str], int] = {}
+        for prefix, refusal in self.screen.refused.items():
+            for path in self._rib.paths(prefix):
+                key = (path.peer, refusal.reason)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def exports(self) -> tuple[str, ...]:
         return tuple(self._local)
@@ -507,4 +583,5 @@ class Speaker:
             intent=self._intent,
             policy=self._policy,
             unknown=UNKNOWN,
+            guard_refused=self.screen.refused,
         )

@@ -25,6 +25,8 @@ Design:
   the RTM_NEWROUTE notifications of our own protocol in the kernel (deletions still pass). If the socket
   overflows anyway (ENOBUFS), iteration raises ``WatchOverflow`` once; the caller re-dumps and keeps
   iterating the same watch.
+- Interface addresses (``dump_addresses``, ``watch_addresses``: RTNLGRP_IPV4_IFADDR / RTNLGRP_IPV6_IFADDR)
+  have a socket of their own: they change rarely, and the route monitor's consumers need not know them.
 """
 
 from __future__ import annotations
@@ -76,6 +78,18 @@ class LinkEvent:
     ifname: str
 
 
+@dataclass(frozen=True, slots=True)
+class InterfaceAddress:
+    ifindex: int
+    address: str  # interface form: "10.0.0.11/24", "fd00::11/64"
+
+
+@dataclass(frozen=True, slots=True)
+class AddressEvent:
+    action: str  # ADD (also a change of flags or lifetimes) | DEL
+    address: InterfaceAddress
+
+
 class WatchOverflow(Exception):
     """Notifications were lost (ENOBUFS). Re-read the state, then continue iterating the same watch."""
 
@@ -109,6 +123,12 @@ class Netlink(Protocol):
     def watch(self, *, exclude_proto: int | None = None) -> RouteWatch:
         """Subscribe now; iterate for RouteEvent / LinkEvent. Additions of ``exclude_proto`` routes are
         dropped (in the kernel); their deletions are delivered."""
+
+    async def dump_addresses(self) -> list[InterfaceAddress]:
+        """Every IPv4 and IPv6 address on every interface."""
+
+    def watch_addresses(self) -> RouteWatch:
+        """Subscribe now; iterate for AddressEvent (``WatchOverflow`` when some were lost)."""
 
     def close(self) -> None: ...
 
@@ -331,6 +351,42 @@ class KernelNetlink:
                 if route is not None and route.table == table and (proto is None or route.proto == proto):
                     routes.append(route)
 
+    # -- addresses ---------------------------------------------------------------------------------
+
+    async def dump_addresses(self) -> list[InterfaceAddress]:
+        async with self._lock:
+            sock = self._request_socket()
+            return await asyncio.to_thread(self._dump_addresses, sock)
+
+    def _dump_addresses(self, sock: socket.socket) -> list[InterfaceAddress]:
+        found: list[InterfaceAddress] = []
+        buf = bytearray(1 << 16)
+        view = memoryview(buf)
+        for family in (rt.AF_INET, rt.AF_INET6):
+            seq = self._next_seq()
+            sock.send(rt.encode_address_dump(family, seq))
+            done = False
+            while not done:
+                n = sock.recv_into(buf)
+                for kind, _, mseq, offset in rt.iter_messages(view[:n]):
+                    if mseq != seq:
+                        continue
+                    if kind == rt.NLMSG_DONE:
+                        done = True
+                    elif kind == rt.NLMSG_ERROR:
+                        code, detail = rt.decode_error(view, offset)
+                        raise NetlinkError(code, rt.errno_text(code, f"address dump: {detail}"))
+                    elif kind == rt.RTM_NEWADDR:
+                        decoded = rt.decode_address(view, offset)
+                        if decoded is not None:
+                            found.append(InterfaceAddress(*decoded))
+        return found
+
+    def watch_addresses(self) -> KernelAddressWatch:
+        sock = self._open(rt.RTMGRP_IPV4_IFADDR | rt.RTMGRP_IPV6_IFADDR)
+        sock.setblocking(False)
+        return KernelAddressWatch(self, sock)
+
     # -- notifications -----------------------------------------------------------------------------
 
     def watch(self, *, exclude_proto: int | None = None) -> KernelRouteWatch:
@@ -417,6 +473,21 @@ class KernelRouteWatch:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+class KernelAddressWatch(KernelRouteWatch):
+    """Async iterator over an address monitor socket (see ``Netlink.watch_addresses``)."""
+
+    def _decode(self, messages: list[bytes]) -> tuple[list[AddressEvent], set[int]]:  # type: ignore[override]
+        events: list[AddressEvent] = []
+        for data in messages:
+            kind = rt.NLMSGHDR.unpack_from(data)[1]
+            if kind in (rt.RTM_NEWADDR, rt.RTM_DELADDR):
+                decoded = rt.decode_address(data, 0)
+                if decoded is not None:
+                    action = ADD if kind == rt.RTM_NEWADDR else DEL
+                    events.append(AddressEvent(action, InterfaceAddress(*decoded)))
+        return events, set()
 
 
 def _devices(routes: Iterable[Route]) -> set[str]:

@@ -1,13 +1,14 @@
-"""rtnetlink wire codec for routes and links: ``struct``-packed requests, decoded dumps and notifications.
+"""rtnetlink wire codec for routes, links and addresses: ``struct``-packed requests, decoded dumps and
+notifications.
 
 Stage: the bottom of the kernel dataplane. ``routes.netlink.KernelNetlink`` moves these bytes through
 sockets; this module only turns ``routes.model.Route`` values into RTM_NEWROUTE / RTM_DELROUTE messages and
-kernel messages back into ``Route`` values. It does no I/O, so it is unit-tested byte for byte and
-cross-checked against pyroute2's independent decoder.
+kernel messages back into ``Route`` values (and interface addresses, for the import guard). It does no
+I/O, so it is unit-tested byte for byte and cross-checked against pyroute2's independent decoder.
 
-Owns: the message layouts (nlmsghdr, rtmsg, rtattr, rtnexthop, ifinfomsg, nlmsgerr), the kernel's quirks
-that change how a route reads back, and the classic-BPF program that keeps our own route writes off the
-monitor socket.
+Owns: the message layouts (nlmsghdr, rtmsg, rtattr, rtnexthop, ifinfomsg, ifaddrmsg, nlmsgerr), the
+kernel's quirks that change how a route reads back, and the classic-BPF program that keeps our own route
+writes off the monitor socket.
 
 Complicating factors:
 - Speed. pyroute2 spends 250-300 us of Python per route message (perf-anchors.md); installing 100k routes
@@ -64,12 +65,19 @@ SOL_NETLINK = 270
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
 RTM_GETLINK = 18
+RTM_NEWADDR = 20
+RTM_DELADDR = 21
+RTM_GETADDR = 22
 RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
 RTM_GETROUTE = 26
 RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_IFADDR = 0x100
 RTMGRP_IPV6_ROUTE = 0x400
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
 RTA_DST = 1
 RTA_OIF = 4
 RTA_GATEWAY = 5
@@ -101,6 +109,7 @@ RTATTR = struct.Struct("=HH")
 RTA_U32 = struct.Struct("=HHI")
 RTNEXTHOP = struct.Struct("=HBBi")  # len, flags, hops, ifindex
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 NLMSGERR = struct.Struct("=i")
 U32 = struct.Struct("=I")
 HDR_LEN = NLMSGHDR.size
@@ -358,6 +367,39 @@ def decode_link(data: bytes | memoryview, offset: int) -> tuple[int, str, bool]:
             break
         pos += _align(alen)
     return index, name, bool(flags & IFF_UP)
+
+
+def encode_address_dump(family: int, seq: int) -> bytes:
+    """RTM_GETADDR dump request for one family, every interface."""
+    size = HDR_LEN + IFADDRMSG.size
+    return NLMSGHDR.pack(size, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + IFADDRMSG.pack(
+        family, 0, 0, 0, 0
+    )
+
+
+def decode_address(data: bytes | memoryview, offset: int) -> tuple[int, str] | None:
+    """(ifindex, address in interface form ``10.0.0.11/24``) of the RTM_NEWADDR/RTM_DELADDR message at
+    ``offset``; None for other families or a message without an address. For a point-to-point address the
+    peer's (IFA_ADDRESS) is the one whose prefix the kernel routes on the link, so it is preferred to the
+    local one (IFA_LOCAL); on other links both are the same."""
+    size = NLMSGHDR.unpack_from(data, offset)[0]
+    family, prefixlen, _, _, index = IFADDRMSG.unpack_from(data, offset + HDR_LEN)
+    if family not in (AF_INET, AF_INET6):
+        return None
+    width = 4 if family == AF_INET else 16
+    found: dict[int, bytes] = {}
+    pos, end = offset + HDR_LEN + IFADDRMSG.size, offset + size
+    while pos + 4 <= end:
+        alen, akind = RTATTR.unpack_from(data, pos)
+        if alen < 4:
+            break
+        if akind in (IFA_ADDRESS, IFA_LOCAL) and alen - 4 == width:
+            found[akind] = bytes(data[pos + 4 : pos + alen])
+        pos += _align(alen)
+    raw = found.get(IFA_ADDRESS) or found.get(IFA_LOCAL)
+    if raw is None:
+        return None
+    return index, f"{_ntop(family, raw)}/{prefixlen}"
 
 
 # Classic BPF (linux/filter.h) for SO_ATTACH_FILTER on the monitor socket.

@@ -9,7 +9,9 @@ Owns: a model of the kernel behaviour the package depends on, deliberately inclu
 - IPv6 metric 0 is stored as 1024, and a gateway-only next hop reads back with the resolved device;
 - a downed or deleted device loses its IPv4 routes WITHOUT route notifications (IPv6 ones with them);
 - notifications go to every open watch, minus additions of ``exclude_proto`` routes (deletions pass, as
-  with the kernel-side filter); ``overflow()`` simulates ENOBUFS.
+  with the kernel-side filter); ``overflow()`` simulates ENOBUFS;
+- interface addresses (``add_address``, ``remove_address``) are dumped and notified on their own watches,
+  as the real ones are on their own socket; deleting a link takes its addresses with it.
 Tests inject foreign routes (``add_foreign``), errors (``fail``) and inspect ``routes`` and ``calls``.
 """
 
@@ -21,7 +23,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from routes.model import RT_TABLE_MAIN, Nexthop, Route
-from routes.netlink import ADD, DEL, LINK_DEL, LINK_DOWN, LINK_UP, LinkEvent, RouteEvent, WatchOverflow
+from routes.netlink import (
+    ADD,
+    DEL,
+    LINK_DEL,
+    LINK_DOWN,
+    LINK_UP,
+    AddressEvent,
+    InterfaceAddress,
+    LinkEvent,
+    RouteEvent,
+    WatchOverflow,
+)
 from routes.rtnetlink import AF_INET, IP6_RT_PRIO_USER, errno_text
 
 Key = tuple[int, str, int]
@@ -37,6 +50,8 @@ class FakeNetlink:
         self.calls: list[tuple[str, Route]] = []  # ("replace" | "create" | "delete", route)
         self.dumps = 0
         self._watches: list[FakeWatch] = []
+        self.addresses: dict[InterfaceAddress, None] = {}  # insertion-ordered set
+        self._address_watches: list[FakeWatch] = []
 
     # -- Netlink protocol --------------------------------------------------------------------------
 
@@ -69,8 +84,16 @@ class FakeNetlink:
         self._watches.append(watch)
         return watch
 
+    async def dump_addresses(self) -> list[InterfaceAddress]:
+        return list(self.addresses)
+
+    def watch_addresses(self) -> FakeWatch:
+        watch = FakeWatch(self, None, self._address_watches)
+        self._address_watches.append(watch)
+        return watch
+
     def close(self) -> None:
-        for watch in list(self._watches):
+        for watch in [*self._watches, *self._address_watches]:
             watch.close()
 
     # -- kernel model ------------------------------------------------------------------------------
@@ -138,8 +161,27 @@ class FakeNetlink:
             self._flush_device(name)
             self._emit(LinkEvent(LINK_DOWN, self.links[name], name))
 
+    def add_address(self, ifname: str, address: str) -> None:
+        """An address in interface form (``10.0.0.11/24``) appears on ``ifname``."""
+        held = InterfaceAddress(self.links[ifname], address)
+        self.addresses[held] = None
+        self._emit_address(AddressEvent(ADD, held))
+
+    def remove_address(self, ifname: str, address: str) -> None:
+        held = InterfaceAddress(self.links[ifname], address)
+        if held in self.addresses:
+            del self.addresses[held]
+            self._emit_address(AddressEvent(DEL, held))
+
+    def _emit_address(self, event: AddressEvent) -> None:
+        for watch in self._address_watches:
+            watch.queue.put_nowait(event)
+
     def delete_link(self, name: str) -> None:
         self._flush_device(name)
+        for held in [a for a in self.addresses if a.ifindex == self.links[name]]:
+            del self.addresses[held]
+            self._emit_address(AddressEvent(DEL, held))
         index = self.links.pop(name)
         self.down.discard(name)
         self._emit(LinkEvent(LINK_DEL, index, name))
@@ -153,7 +195,7 @@ class FakeNetlink:
 
     def overflow(self) -> None:
         """The next read on every watch reports lost notifications."""
-        for watch in self._watches:
+        for watch in [*self._watches, *self._address_watches]:
             watch.lost = True
             watch.queue.put_nowait(None)
 
@@ -166,17 +208,20 @@ class FakeNetlink:
 
 
 class FakeWatch:
-    def __init__(self, owner: FakeNetlink, exclude_proto: int | None) -> None:
+    def __init__(
+        self, owner: FakeNetlink, exclude_proto: int | None, registry: list[FakeWatch] | None = None
+    ) -> None:
         self.owner = owner
         self.exclude_proto = exclude_proto
-        self.queue: asyncio.Queue[RouteEvent | LinkEvent | None] = asyncio.Queue()
+        self._registry = owner._watches if registry is None else registry
+        self.queue: asyncio.Queue[RouteEvent | LinkEvent | AddressEvent | None] = asyncio.Queue()
         self.lost = False
         self.closed = False
 
     def __aiter__(self) -> FakeWatch:
         return self
 
-    async def __anext__(self) -> RouteEvent | LinkEvent:
+    async def __anext__(self) -> RouteEvent | LinkEvent | AddressEvent:
         while True:
             if self.lost:
                 self.lost = False
@@ -190,8 +235,8 @@ class FakeWatch:
     def close(self) -> None:
         self.closed = True
         self.queue.put_nowait(None)
-        if self in self.owner._watches:
-            self.owner._watches.remove(self)
+        if self in self._registry:
+            self._registry.remove(self)
 
 
 def _device(route: Route) -> str:

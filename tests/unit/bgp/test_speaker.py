@@ -3,9 +3,11 @@ import random
 from dataclasses import replace
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from bgp.speaker import Speaker
 from confgen.intent import NodeIntent, PeerIntent, PoolIntent
+from confgen.refusals import SinkRefusals
 from routes.model import BLACKHOLE, Nexthop, Route
 
 ME = "10.0.0.11"
@@ -535,3 +537,40 @@ def test_random_deltas_leave_the_same_local_routes_as_a_full_recompute():
         reference.set_workload_routes(speaker._workloads.keys(), speaker._workloads)
         reference.set_intent(the_intent)  # the full path: _recompute_local over every workload
         assert speaker._local == reference._local
+
+
+async def test_a_hostile_prefix_is_refused_at_the_api_and_counted_not_the_batch():
+    # A block whose text parses (ipaddress keeps an IPv6 scope id in str()) but holds a command on its own
+    # line: the sink refuses that prefix alone, counts it, and every other line goes out as it would.
+    attack = "fd00:96::%x\nshutdown\n/122"
+    peer = PeerIntent("Mesh_fd00__12", "fd00::12", "ipv6", 64512, 64512, "fd00::11")
+    base = replace(
+        intent(peers=()),
+        ipv6_address="fd00::11",
+        ipv6_network="fd00::/64",
+        peers=(peer,),
+        pools=(PoolIntent("fd00:96::/64"),),
+    )
+    batches = {}
+    for blocks in (("fd00:96::/122",), ("fd00:96::/122", attack)):
+        sent: list[str] = []
+
+        async def send(lines, sent=sent):
+            sent.extend(lines)
+
+        registry = CollectorRegistry()
+        speaker = Speaker(
+            send=send, route_table=FakeTable(), clock=lambda: 1000.0, refusals=SinkRefusals(registry)
+        )
+        speaker.set_intent(replace(base, local_blocks=blocks))
+        speaker.set_workload_routes([])
+        up_line = json.loads(state("fd00::12", "up"))
+        up_line["neighbor"]["address"]["local"] = "fd00::11"
+        speaker.handle_line(json.dumps(up_line))
+        await speaker.flush()
+        batches[blocks] = sent
+        refused = registry.get_sample_value("calico_bgp_refused_sink_values_total", {"sink": "exabgp_api"})
+        assert refused == (1 if attack in blocks else 0)
+    clean, attacked = batches.values()
+    assert attacked == clean and any("nlri fd00:96::/122" in line for line in clean)
+    assert not any("shutdown" in line or "\n" in line for line in attacked)
