@@ -241,3 +241,33 @@ class FakeWatch:
 
 def _device(route: Route) -> str:
     return route.nexthops[0].ifname if route.nexthops else ""
+
+
+class FakeRouteTable:
+    """The part of ``routes.table.RouteTable`` the speaker drives, dict-backed: the desired routes only.
+
+    Every route is admitted (the real table refuses routes outside its table; speaker tests never build
+    those), and ``apply`` only counts. ``tests/unit/routes/test_routes_table.py`` holds it to the real
+    table's desired set over the same calls.
+    """
+
+    def __init__(self) -> None:
+        self.desired: dict[str, Route] = {}
+        self.conflicts: dict[str, str] = {}
+        self.refused: dict[str, str] = {}
+        self.applies = 0
+
+    def set_desired(self, routes: Iterable[Route]) -> None:
+        self.desired = {route.dst: route for route in routes}
+
+    def update(self, upserts=(), removes: Iterable[str] = ()) -> None:
+        for dst in removes:
+            self.desired.pop(dst, None)
+        routes = upserts.values() if isinstance(upserts, dict) else upserts
+        self.desired.update((route.dst, route) for route in routes)
+
+    async def apply(self) -> None:
+        self.applies += 1
+
+    def by_dst(self) -> dict[str, Route]:
+        return dict(self.desired)

@@ -28,6 +28,7 @@ from confgen.datastore import keys
 from confgen.datastore.memory import MemoryDatastore
 from confgen.model import parse_snapshot
 from confgen.render import render
+from routes.testing import FakeRouteTable
 
 API_RUN = "/usr/bin/env calico-bgp api"
 
@@ -239,24 +240,6 @@ def mutations(draw, kind: str):
     return replaced(template, path, draw(replacements))
 
 
-class FakeTable:
-    def __init__(self):
-        self.desired = {}
-
-    def set_desired(self, routes):
-        self.desired = {r.dst: r for r in routes}
-
-    def update(self, upserts, removes):
-        for dst in removes:
-            self.desired.pop(dst, None)
-        self.desired.update(upserts)
-
-    async def apply(self):
-        pass
-
-    def by_dst(self):
-        return dict(self.desired)
-
 
 def api_lines(intent) -> list[str]:
     """Every API line the speaker sends for ``intent`` once all its peers are up."""
@@ -266,7 +249,7 @@ def api_lines(intent) -> list[str]:
         sent.extend(lines)
 
     async def run():
-        speaker = Speaker(send=send, route_table=FakeTable())
+        speaker = Speaker(send=send, route_table=FakeRouteTable())
         speaker.set_intent(intent)
         speaker.set_workload_routes(["10.65.200.5/32", "10.96.0.10/32", "fd00:65:0:9::5/128"])
         for peer in intent.peers:

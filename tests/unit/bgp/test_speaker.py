@@ -8,34 +8,12 @@ from prometheus_client import CollectorRegistry
 from bgp.speaker import Speaker
 from confgen.intent import NodeIntent, PeerIntent, PoolIntent
 from confgen.refusals import SinkRefusals
-from routes.model import BLACKHOLE, Nexthop, Route
+from routes.model import BLACKHOLE, Nexthop
+from routes.testing import FakeRouteTable
 
 ME = "10.0.0.11"
 PEERS = ("10.0.0.12", "10.0.0.13")
 
-
-class FakeTable:
-    """The RouteTable interface the speaker uses, dict-backed."""
-
-    def __init__(self):
-        self.desired: dict[str, Route] = {}
-        self.conflicts: dict[str, str] = {}
-        self.refused: dict[str, str] = {}
-        self.applies = 0
-
-    def set_desired(self, routes):
-        self.desired = {r.dst: r for r in routes}
-
-    def update(self, upserts, removes):
-        for dst in removes:
-            self.desired.pop(dst, None)
-        self.desired.update(upserts)
-
-    async def apply(self):
-        self.applies += 1
-
-    def by_dst(self):
-        return dict(self.desired)
 
 
 def intent(blocks=("192.168.1.0/26",), ipip="Never", peers=PEERS):
@@ -99,7 +77,7 @@ def rig():
     async def send(lines):
         sent.extend(lines)
 
-    table = FakeTable()
+    table = FakeRouteTable()
     return Speaker(send=send, route_table=table, clock=lambda: 1000.0), sent, table
 
 
@@ -265,7 +243,7 @@ def gr_rig():
         sent.extend(lines)
 
     clock = Clock()
-    table = FakeTable()
+    table = FakeRouteTable()
     speaker = Speaker(
         send=send, route_table=table, clock=clock, wallclock=lambda: 1000.0, audit_interval=60.0
     )
@@ -398,7 +376,7 @@ async def test_metrics_follow_the_speaker_and_forget_removed_peers():
     async def send(lines):
         pass
 
-    speaker = Speaker(send=send, route_table=FakeTable(), metrics=SpeakerMetrics(registry))
+    speaker = Speaker(send=send, route_table=FakeRouteTable(), metrics=SpeakerMetrics(registry))
     speaker.set_intent(intent())
     speaker.handle_line(state("10.0.0.12", "up"))
     speaker.handle_line(update("10.0.0.12", "10.0.0.12", announce=["192.168.2.0/26"]))
@@ -430,7 +408,7 @@ async def announcements_after(change, held, *, delta):
     async def send(lines):
         sent.extend(lines)
 
-    speaker = Speaker(send=send, route_table=FakeTable(), clock=lambda: 1000.0)
+    speaker = Speaker(send=send, route_table=FakeRouteTable(), clock=lambda: 1000.0)
     speaker.set_intent(delta_intent())
     up(speaker)
     speaker.set_workload_routes(held.keys(), held)
@@ -528,12 +506,12 @@ def test_random_deltas_leave_the_same_local_routes_as_a_full_recompute():
     async def send(lines):
         pass
 
-    speaker = Speaker(send=send, route_table=FakeTable())
+    speaker = Speaker(send=send, route_table=FakeRouteTable())
     speaker.set_intent(the_intent)
     for _ in range(300):
         changes = {p: rng.choice(("cali1", "cali2", None)) for p in rng.sample(universe, rng.randrange(1, 6))}
         speaker.update_workload_routes(changes)
-        reference = Speaker(send=send, route_table=FakeTable())
+        reference = Speaker(send=send, route_table=FakeRouteTable())
         reference.set_workload_routes(speaker._workloads.keys(), speaker._workloads)
         reference.set_intent(the_intent)  # the full path: _recompute_local over every workload
         assert speaker._local == reference._local
@@ -560,7 +538,7 @@ async def test_a_hostile_prefix_is_refused_at_the_api_and_counted_not_the_batch(
 
         registry = CollectorRegistry()
         speaker = Speaker(
-            send=send, route_table=FakeTable(), clock=lambda: 1000.0, refusals=SinkRefusals(registry)
+            send=send, route_table=FakeRouteTable(), clock=lambda: 1000.0, refusals=SinkRefusals(registry)
         )
         speaker.set_intent(replace(base, local_blocks=blocks))
         speaker.set_workload_routes([])

@@ -11,29 +11,13 @@ from bgp.metrics import SpeakerMetrics, build_registry
 from bgp.speaker import Speaker
 from confgen.intent import NodeIntent, PeerIntent, PoolIntent
 from routes.model import BLACKHOLE, Nexthop
+from routes.testing import FakeRouteTable
 
 ME = "10.0.0.11"
 TOR = "10.0.0.1"  # an eBGP peer that may send anything
 NODE2 = "10.0.0.12"
 BLOCK = "192.168.1.0/26"
 
-
-class FakeTable:
-    def __init__(self):
-        self.desired = {}
-        self.conflicts: dict[str, str] = {}
-        self.refused: dict[str, str] = {}
-
-    def set_desired(self, routes):
-        self.desired = {r.dst: r for r in routes}
-
-    def update(self, upserts, removes):
-        for dst in removes:
-            self.desired.pop(dst, None)
-        self.desired.update(upserts)
-
-    async def apply(self):
-        pass
 
 
 class Clock:
@@ -98,7 +82,7 @@ def rig():
         sent.extend(lines)
 
     clock = Clock()
-    table = FakeTable()
+    table = FakeRouteTable()
     limits = PeerLimits(LimitSettings(max_prefixes=10, max_as_path_length=3), clock=clock)
     speaker = Speaker(send=send, route_table=table, clock=clock, wallclock=clock, limits=limits)
     speaker.set_intent(intent())

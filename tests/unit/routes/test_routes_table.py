@@ -9,7 +9,7 @@ from routes.model import BLACKHOLE, RTPROT_BOOT, Nexthop, Route
 from routes.netlink import LINK_DOWN, LINK_UP, LinkEvent
 from routes.ownership import same_route
 from routes.table import RouteTable
-from routes.testing import FakeNetlink
+from routes.testing import FakeNetlink, FakeRouteTable
 
 
 class Clock:
@@ -385,3 +385,24 @@ async def test_installed_count_follows_every_path_that_changes_the_programmed_vi
         await table.apply()
         truth = sum(1 for r in kernel.routes.values() if r.proto == 12)
         assert table.installed == sum(len(v) for v in table._programmed.values()) == truth
+
+
+def test_the_speakers_fake_table_keeps_the_same_desired_set_as_the_real_one(table):
+    """Contract: FakeRouteTable (the speaker tests' seam) agrees with RouteTable over the calls the speaker
+    makes, so a speaker test's expectations about desired routes hold for the real table."""
+    fake = FakeRouteTable()
+    a = Route(dst="10.65.1.0/26", nexthops=(Nexthop(gateway="10.0.0.12"),))
+    b = Route(dst="10.65.2.0/26", nexthops=(Nexthop(gateway="10.0.0.13"),))
+    b2 = Route(dst="10.65.2.0/26", nexthops=(Nexthop(gateway="10.0.0.14"),))
+    own = Route(dst="10.65.3.0/26", type=BLACKHOLE)
+    calls = [
+        ("set_desired", ([a, b],)),
+        ("update", ({b2.dst: b2}, ())),
+        ("update", ([own], [a.dst])),
+        ("update", ((), ["10.99.0.0/16"])),  # removing what is not there
+        ("set_desired", ([a, own],)),
+    ]
+    for name, args in calls:
+        getattr(table, name)(*args)
+        getattr(fake, name)(*args)
+        assert dict(table.desired) == fake.desired, name
