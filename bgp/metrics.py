@@ -103,6 +103,12 @@ class GuardMetrics:
             ["peer"],
             registry=registry,
         )
+        self.malformed_withdrawn = Counter(
+            "calico_bgp_malformed_prefixes_withdrawn",
+            "Announced prefixes treated as withdrawn because their UPDATE was malformed (RFC 7606)",
+            ["peer"],
+            registry=registry,
+        )
         self.peer_held = Gauge(
             "calico_bgp_peer_held",
             "1 while the peer is held idle after crossing its prefix limit",
@@ -125,6 +131,7 @@ class GuardMetrics:
         for name, counter, counts in (
             ("prefix-limit", self.prefix_limit_exceeded, limits.prefix_limit_trips),
             ("as-path", self.as_path_too_long, limits.as_path_withdraws),
+            ("malformed", self.malformed_withdrawn, speaker.malformed_withdraws),
         ):
             for peer in peers:
                 count = counts.get(peer, 0)
@@ -134,8 +141,9 @@ class GuardMetrics:
         for peer in peers:
             self.peer_held.labels(peer).set(1 if limits.held(peer) else 0)
         for peer in self._peers - peers:
-            for metric in (self.prefix_limit_exceeded, self.as_path_too_long, self.peer_held):
+            for metric in (self.prefix_limit_exceeded, self.as_path_too_long, self.malformed_withdrawn):
                 metric.remove(peer)
-            self._seen.pop(("prefix-limit", peer), None)
-            self._seen.pop(("as-path", peer), None)
+            self.peer_held.remove(peer)
+            for name in ("prefix-limit", "as-path", "malformed"):
+                self._seen.pop((name, peer), None)
         self._peers = peers

@@ -40,7 +40,7 @@ from ipaddress import ip_address
 from bgp.exabgp import events as ev
 from bgp.exabgp.commands import Advertisement, eor_command, peer_commands
 from bgp.import_guard import ImportScreen
-from bgp.limits import PeerLimits, teardown_command
+from bgp.limits import LogBudget, PeerLimits, teardown_command
 from bgp.policy import Candidate, NodePolicy
 from bgp.rib import AdjRibIn, Path, select
 from bgp.routes_view import loc_rib_report
@@ -125,6 +125,8 @@ class Speaker:
         self.limits = limits or PeerLimits(clock=clock)
         self.screen = ImportScreen(clock=clock)
         self._teardowns: dict[str, None] = {}
+        self.malformed_withdraws: dict[str, int] = {}  # peer -> prefixes treated as withdrawn (RFC 7606)
+        self._malformed_log = LogBudget(log, clock=clock)
 
     # ------------------------------------------------------------------ inputs
 
@@ -143,6 +145,7 @@ class Speaker:
                     if not self._rib.paths(prefix):
                         self.screen.forget(prefix)  # a refused prefix is in no Loc-RIB to be revisited
                 self.limits.forget(address)
+                self.malformed_withdraws.pop(address, None)
                 self._teardowns.pop(address, None)
         self.screen.set_node((intent.ipv4_network, intent.ipv6_network), intent.local_blocks)
         for address, peer in wanted.items():
@@ -260,6 +263,12 @@ class Speaker:
         elif isinstance(event, ev.RoutesLearned):
             self._learned(event)
         elif isinstance(event, ev.RoutesWithdrawn):
+            if event.malformed:
+                self.malformed_withdraws[peer] = self.malformed_withdraws.get(peer, 0) + len(event.prefixes)
+                self._malformed_log.warning(
+                    "peer %s: %d prefixes treated as withdrawn (RFC 7606): %s",
+                    peer, len(event.prefixes), event.malformed,
+                )
             for prefix in event.prefixes:
                 if self._rib.remove(peer, prefix):
                     self._changed.add(prefix)

@@ -120,7 +120,10 @@ def kernel_routes(
         if hops is None:
             found: set[Nexthop] = set()
             for gw in nexthops:
-                addr = ipaddress.ip_address(gw)
+                try:
+                    addr = ipaddress.ip_address(gw)
+                except ValueError:
+                    continue  # not a next hop: this route gets none from it (and none at all if it is alone)
                 if addr.version != version:
                     continue
                 if _tunnelled(addr, pool, subnet):

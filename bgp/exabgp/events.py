@@ -11,13 +11,21 @@ Complicating factors (reference exabgp.md §2.3):
 - With add-path, each NLRI object also has ``path-information``; a path is keyed by (prefix, path id).
 - Lines that are not JSON (acks ``done``/``error`` when acks are on, blank lines) are skipped, not fatal:
   a garbage line must never take the speaker down.
+- ExaBGP 5.0.15 passes on some announcements RFC 7606 calls malformed: no NEXT_HOP (the next hop then
+  reads ``"no-nexthop"``), an undefined ORIGIN value (``"invalid"``), an unrecognised *well-known*
+  attribute (``"attribute-0xF0-0x40"``: the optional bit 0x80 is clear). Those become treat-as-withdraw
+  here (``RoutesWithdrawn.malformed`` says why), so a peer's bad UPDATE costs only its own prefixes and
+  no unparseable next hop ever reaches route selection or the kernel.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from confgen import tokens
 
 # ExaBGP session states as they appear in "type": "state" events.
 STATE_CONNECTED = "connected"
@@ -61,6 +69,8 @@ class RoutesWithdrawn:
     peer: str
     family: str
     prefixes: tuple[str, ...]
+    # Why an announcement is handled as this withdraw (RFC 7606 treat-as-withdraw); "" for a real withdraw.
+    malformed: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +160,36 @@ def _link_local(nexthop: str) -> bool:
     return nexthop.lower().startswith("fe8")
 
 
+ORIGINS = frozenset({"igp", "egp", "incomplete"})
+_UNKNOWN_ATTRIBUTE = re.compile(r"attribute-0x([0-9A-Fa-f]{2})-0x([0-9A-Fa-f]{2})")
+_OPTIONAL = 0x80
+
+
+def _attribute_problem(raw: dict) -> str:
+    """Why the path attributes make every announcement of the UPDATE malformed ("" = they do not)."""
+    origin = raw.get("origin", "igp")
+    if not isinstance(origin, str) or origin not in ORIGINS:
+        return f"undefined ORIGIN {tokens.shown(origin)}"
+    for key in raw:
+        match = _UNKNOWN_ATTRIBUTE.fullmatch(str(key))
+        if match and not int(match[2], 16) & _OPTIONAL:
+            return f"unrecognised well-known attribute {int(match[1], 16)}"
+    return ""
+
+
+def _nexthop_problem(family: str, nexthop: str) -> str:
+    version = 6 if family.startswith("ipv6") else 4
+    if tokens.problem(tokens.address, nexthop, version):
+        return f"missing or invalid NEXT_HOP {tokens.shown(nexthop)}"
+    return ""
+
+
 def _update_events(peer: str, update: dict) -> Iterator[Event]:
-    attributes = _attributes(update.get("attribute", {}))
+    raw_attributes = update.get("attribute", {})
+    if not isinstance(raw_attributes, dict):
+        raw_attributes = {}
+    problem = _attribute_problem(raw_attributes)
+    attributes = _attributes(raw_attributes)
     for family, by_nexthop in update.get("announce", {}).items():
         if not isinstance(by_nexthop, dict):
             continue
@@ -166,6 +204,10 @@ def _update_events(peer: str, update: dict) -> Iterator[Event]:
                 parsed = [p for p in parsed if p[0] not in with_global]
                 if not parsed:
                     continue
+            bad = problem or _nexthop_problem(family, nexthop)
+            if bad:
+                yield RoutesWithdrawn(peer, family, tuple(n for n, _ in parsed), malformed=bad)
+                continue
             path_ids = tuple(p for _, p in parsed)
             yield RoutesLearned(
                 peer=peer,

@@ -3,7 +3,8 @@
 Stage: the BGP engine's process (runs inside the ExaBGP child, never in the daemon).
 
 Owns: five measured changes to how ExaBGP schedules and copies work (bench/results/profile.md and
-settings.md hold the numbers that justify each). None touches BGP encoding or the FSM.
+settings.md hold the numbers that justify each), and one correction (6). None touches BGP encoding or
+the FSM.
 
 1. Work-conserving reactor loop. ExaBGP's loop sleeps ``reactor.speed``/100 s in ``poll`` whenever no peer
    asked to run again, even while API commands are still being turned into routes (``ASYNC``'s queue). So a
@@ -23,6 +24,12 @@ settings.md hold the numbers that justify each). None touches BGP encoding or th
 5. ``Update._split_nlris`` sorts the NLRI of an UPDATE with ``NLRI.__lt__``, which builds both sides' index
    bytes on every comparison (n log n index builds; a third of the sender's CPU at 100k routes). We sort by
    the same index once per NLRI first, so upstream's sort meets an ordered list: same order, n comparisons.
+
+6. One correction, not a speed-up: ``Protocol.read_message`` calls ``Processes.notification`` with one
+   argument too many for errors found before a message is parsed (bad marker, bad length) whenever the
+   neighbour's API receives notifications, as ours does. The TypeError drops the connection without the
+   NOTIFICATION the peer is owed (RFC 4271 6.1); the wrapper skips that one report (of our own error,
+   mislabelled as received), so the NOTIFICATION goes out.
 
 Complicating factors: these are patches to a pinned dependency's internals. Each one checks that what it
 replaces still exists and is skipped with a warning on stderr otherwise (ExaBGP then runs unpatched:
@@ -128,6 +135,20 @@ def _replace_log_message(original):
     return _log_command_debug
 
 
+def _notification_arity(original):
+    def notification(self, *args):
+        # Connection-level errors (a bad marker, a bad length) reach this from Protocol.read_message with
+        # one argument too many, and the encoder beneath takes yet another shape: upstream raises
+        # TypeError and drops the connection without the NOTIFICATION RFC 4271 6.1 requires. That call
+        # reports an error *we* found as if received; the session's "down" event carries it anyway, so
+        # it is not reported, and read_message goes on to send the NOTIFICATION the peer is owed.
+        if len(args) == 8 and args[5] is None:
+            return None
+        return original(self, *args)
+
+    return notification
+
+
 # name, module, class, method, a parameter the method must take ("" for none), attributes the class must
 # have for the wrapper, and the wrapper factory (given upstream's method, returns ours).
 PATCHES = (
@@ -136,6 +157,15 @@ PATCHES = (
     ("remove_self", "exabgp.bgp.neighbor", "Neighbor", "remove_self", "changes", (), _remove_self_sharing),
     ("api_log", "exabgp.reactor.api", "API", "log_message", "message", (), _replace_log_message),
     ("nlri_sort", "exabgp.bgp.message.update", "Update", "_split_nlris", "negotiated", (), _presorted_split),
+    (
+        "notify_arity",
+        "exabgp.reactor.api.processes",
+        "Processes",
+        "notification",
+        "",  # upstream's method is wrapped by its @silenced (self, *args): no signature to check
+        (),
+        _notification_arity,
+    ),
 )
 
 

@@ -220,28 +220,7 @@ CASES = [
 ]
 
 # Defects these cases show, as found against this tree: (the exception they raise, what happens instead).
-FINDINGS: dict[str, tuple[type[AssertionError], str]] = {
-    "missing-next-hop": (
-        NodeWedged,
-        "calico-bgp: ExaBGP passes the route on with next hop 'no-nexthop'; the speaker keeps it as the best "
-        "path and routes/resolve.py hops_for raises ValueError on it in every flush ('speaker flush failed; "
-        "retrying' each second), so no kernel route of any peer changes until that path is gone",
-    ),
-    "unknown-well-known-attribute": (
-        ReactionDiffers,
-        "ExaBGP keeps the attribute as 'unknown-attribute-0xf0' and calico-bgp installs the route",
-    ),
-    "bad-origin-value": (
-        ReactionDiffers,
-        "ExaBGP reports the ORIGIN as 'invalid' and calico-bgp installs the route",
-    ),
-    "bad-marker": (
-        ReactionDiffers,
-        "ExaBGP: reactor/protocol.py read_message passes Processes.notification() one argument too many "
-        "(TypeError, 'EXABGP MISBEHAVED' in exabgp.log) when the neighbour's api receives notifications, as "
-        "ours does; the connection is dropped without the NOTIFICATION 1/1. Session reset, nothing else hurt",
-    ),
-}
+FINDINGS: dict[str, tuple[type[AssertionError], str]] = {}
 
 
 def _params() -> list:

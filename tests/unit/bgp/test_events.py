@@ -126,3 +126,61 @@ def test_global_ipv6_next_hop_wins_over_link_local():
         ("fd00::1", ("fd00:20::/64",)),
         ("fe80::1", ("fd00:30::/64",)),  # only a link-local next hop: kept (unnumbered peering)
     ]
+
+
+def _announce(attribute, nexthop="10.0.0.12", family="ipv4 unicast", prefixes=("198.51.100.0/24",)):
+    update = {"attribute": attribute, "announce": {family: {nexthop: [{"nlri": p} for p in prefixes]}}}
+    return _update_line(update)
+
+
+def _update_line(update):
+    neighbor = {"address": {"peer": "10.0.0.12"}, "message": {"update": update}}
+    return json.dumps({"type": "update", "neighbor": neighbor})
+
+
+@pytest.mark.parametrize(
+    "attribute, nexthop, family, problem",
+    [
+        ({"origin": "igp"}, "no-nexthop", "ipv4 unicast", "missing or invalid NEXT_HOP 'no-nexthop'"),
+        ({"origin": "igp"}, "fd00::12", "ipv4 unicast", "missing or invalid NEXT_HOP 'fd00::12'"),
+        ({"origin": "igp"}, "10.0.0.12", "ipv6 unicast", "missing or invalid NEXT_HOP '10.0.0.12'"),
+        ({"origin": "igp"}, "fe80::1%eth0", "ipv6 unicast", "missing or invalid NEXT_HOP 'fe80::1%eth0'"),
+        ({"origin": "invalid"}, "10.0.0.12", "ipv4 unicast", "undefined ORIGIN 'invalid'"),
+        ({"origin": ["igp"]}, "10.0.0.12", "ipv4 unicast", "undefined ORIGIN ['igp']"),
+        (
+            {"origin": "igp", "attribute-0xF0-0x40": "0x0102"},
+            "10.0.0.12",
+            "ipv4 unicast",
+            "unrecognised well-known attribute 240",
+        ),
+    ],
+)
+def test_malformed_announcements_are_treated_as_withdraw(attribute, nexthop, family, problem):
+    prefixes = ("198.51.100.0/24",) if family.startswith("ipv4") else ("2001:db8::/32",)
+    events = ev.parse_line(_announce(attribute, nexthop, family, prefixes))
+    assert events == [ev.RoutesWithdrawn("10.0.0.12", family, prefixes, malformed=problem)]
+
+
+@pytest.mark.parametrize(
+    "attribute",
+    [
+        {"origin": "egp"},
+        {"origin": "incomplete", "attribute-0xF0-0xC0": "0x01"},  # unknown *optional* transitive: passed on
+        {"origin": "igp", "attribute-0x21-0x80": "0x01"},  # unknown optional non-transitive
+    ],
+)
+def test_well_formed_announcements_with_optional_unknowns_are_learned(attribute):
+    (event,) = ev.parse_line(_announce(attribute))
+    assert isinstance(event, ev.RoutesLearned) and event.prefixes == ("198.51.100.0/24",)
+
+
+def test_only_the_malformed_next_hop_group_is_withdrawn():
+    update = {
+        "attribute": {"origin": "igp"},
+        "announce": {
+            "ipv4 unicast": {"no-nexthop": [{"nlri": "198.51.100.0/24"}], "10.0.0.12": ["10.9.0.0/16"]}
+        },
+    }
+    withdrawn, learned = ev.parse_line(_update_line(update))
+    assert withdrawn.prefixes == ("198.51.100.0/24",) and withdrawn.malformed
+    assert learned.prefixes == ("10.9.0.0/16",) and learned.nexthop == "10.0.0.12"

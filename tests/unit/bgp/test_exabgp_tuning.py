@@ -22,7 +22,7 @@ def test_every_patch_fits_the_installed_exabgp():
     # In a child: apply() patches classes for the whole process.
     script = "import json; from bgp.exabgp import tuning; print(json.dumps(tuning.apply()))"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == ["async", "poll", "remove_self", "api_log", "nlri_sort"]
+    assert json.loads(out.stdout) == ["async", "poll", "remove_self", "api_log", "nlri_sort", "notify_arity"]
     assert out.stderr == ""
 
 
@@ -187,6 +187,23 @@ def test_nlri_sort_keeps_upstreams_order_and_builds_each_index_once_up_front():
     assert seen == [sorted(keys)]
     # one index per NLRI for our sort, then a linear pass of upstream's comparisons (2 per pair)
     assert sum(n.indexed for n in update.nlris) <= len(keys) + 2 * (len(keys) - 1)
+
+
+def test_read_messages_report_of_its_own_error_is_skipped_and_every_other_call_passes():
+    from exabgp.reactor.api.processes import Processes
+
+    calls = []
+
+    def upstream(self, *args):
+        calls.append(args)
+
+    patched = tuning._notification_arity(upstream)
+    # What Protocol.read_message passes on a header error, extra None included: upstream raises TypeError.
+    with pytest.raises(TypeError):
+        Processes.notification(SimpleNamespace(silence=False), "n", "receive", 1, 1, "bad", None, b"h", b"b")
+    assert patched(None, "n", "receive", 1, 1, "bad", None, b"h", b"b") is None
+    patched(None, "n", "receive", 6, 2, "cease", b"h", b"b")  # every other caller, unchanged
+    assert calls == [("n", "receive", 6, 2, "cease", b"h", b"b")]
 
 
 def test_a_patch_that_no_longer_fits_is_refused_and_leaves_upstream_alone():

@@ -253,3 +253,28 @@ async def test_a_removed_peers_refused_routes_are_forgotten(rig):
     assert speaker.screen.refused == {}
     assert [r["prefix"] for r in speaker.routes_report()] == [BLOCK]
     assert registry.get_sample_value("calico_bgp_routes_refused", labels) is None
+
+
+# ---------------------------------------------------------------------------------------- malformed UPDATEs
+
+
+async def test_an_update_without_next_hop_withdraws_its_prefixes_and_programming_goes_on(rig):
+    """ExaBGP passes an UPDATE with no NEXT_HOP on with next hop "no-nexthop": it must cost that peer's
+    prefixes only, and never stop the kernel feed for everyone else."""
+    speaker, _, table, _ = rig
+    registry = build_registry()
+    metrics = SpeakerMetrics(registry)
+    speaker.handle_line(update(TOR, ["198.51.100.0/24"]))
+    await speaker.flush()
+    assert "198.51.100.0/24" in table.desired
+    body = {"attribute": {"origin": "igp"}, "announce": {"ipv4 unicast": {"no-nexthop": ["198.51.100.0/24"]}}}
+    neighbor = {"address": {"local": ME, "peer": TOR}, "message": {"update": body}}
+    speaker.handle_line(json.dumps({"type": "update", "neighbor": neighbor}))
+    speaker.handle_line(update(NODE2, ["192.168.7.0/26"]))
+    await speaker.flush()
+    assert "198.51.100.0/24" not in table.desired  # the earlier path went: treat-as-withdraw
+    assert "192.168.7.0/26" in table.desired  # the other peer's route is programmed
+    assert all(r["prefix"] != "198.51.100.0/24" for r in speaker.routes_report())
+    metrics.observe_speaker(speaker)
+    sample = registry.get_sample_value("calico_bgp_malformed_prefixes_withdrawn_total", {"peer": TOR})
+    assert sample == 1.0

@@ -153,6 +153,19 @@ def test_kernel_routes(learned, blocks, node_network, expected):
     assert kernel_routes(learned, blocks, POOLS, node_network) == expected
 
 
+def test_a_next_hop_that_is_no_address_costs_only_its_route():
+    learned = {
+        "198.51.100.0/24": ("no-nexthop",),
+        "198.51.101.0/24": ("no-nexthop", "192.0.2.7"),
+        "10.246.2.0/26": ("192.0.2.7",),
+    }
+    routes = kernel_routes(learned, [], POOLS, NODE_NET)
+    assert [(r.dst, r.nexthops) for r in routes] == [
+        ("10.246.2.0/26", (Nexthop("192.0.2.7"),)),
+        ("198.51.101.0/24", (Nexthop("192.0.2.7"),)),
+    ]
+
+
 def test_reject_cidrs_keep_service_ranges_out_of_the_kernel():
     gw = ("192.0.2.7",)
     learned = {"10.96.0.0/12": gw, "10.96.0.10/32": gw, "10.246.2.0/26": gw}
