@@ -147,7 +147,8 @@ def node_run(
         router_id_setting(router_id, node_name)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--router-id") from exc
-    run_node(
+    # Non-zero when a component failed (after a clean stop), so that a supervisor restarts the daemon.
+    status = run_node(
         NodeConfig(
             node=node_name,
             etcd_endpoints=endpoints,
@@ -161,6 +162,7 @@ def node_run(
             max_as_path_length=max_as_path_length,
         )
     )
+    sys.exit(status)
 
 
 @cli.command()
@@ -198,6 +200,25 @@ def routes(output: str, run_dir: Path) -> None:
         click.echo(json.dumps(report, indent=2))
     else:
         click.echo(render_routes(report), nl=False)
+
+
+@cli.command()
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for the answer.")
+@_run_dir_option
+def health(timeout: float, run_dir: Path) -> None:
+    """Liveness for a supervisor: each component's state and last sign of life, and the event loop's lag.
+
+    Exits 0 when healthy, 1 when a component is down or stale, 2 when the daemon does not answer in time
+    (its event loop is blocked) or is not running."""
+    from bgp.status import DaemonNotRunning, query
+
+    try:
+        report = query(run_dir / "ctl.sock", "health", timeout=timeout)
+    except (DaemonNotRunning, OSError, ValueError) as exc:  # a timeout is an OSError: the loop is stuck
+        click.echo(f"calico-bgp is not answering: {exc}", err=True)
+        sys.exit(2)
+    click.echo(json.dumps(report, indent=2))
+    sys.exit(0 if report.get("healthy") else 1)
 
 
 def _add_optional_groups() -> None:

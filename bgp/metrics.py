@@ -45,13 +45,7 @@ class SpeakerMetrics:
             labels,
             registry=registry,
         )
-        self.adj_rib_out_repairs = Counter(
-            "calico_bgp_adj_rib_out_repairs",
-            "Prefixes whose state in ExaBGP differed from ours at an audit and were re-sent or withdrawn",
-            registry=registry,
-        )
         self._unparsed_seen = 0
-        self._repairs_seen = 0
         self._labels: set[tuple[str, str, str]] = set()
         self.guards = GuardMetrics(registry)
 
@@ -70,9 +64,6 @@ class SpeakerMetrics:
                 metric.remove(*gone)
         self._labels = current
         self.local_exports.set(len(speaker.exports()))
-        if speaker.audit_repairs > self._repairs_seen:
-            self.adj_rib_out_repairs.inc(speaker.audit_repairs - self._repairs_seen)
-            self._repairs_seen = speaker.audit_repairs
         if speaker.unparsed_lines > self._unparsed_seen:
             self.unparsed_lines.inc(speaker.unparsed_lines - self._unparsed_seen)
             self._unparsed_seen = speaker.unparsed_lines

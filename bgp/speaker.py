@@ -18,9 +18,17 @@ Complicating factors:
   restart sweeps them only once our table is complete.
 - Graceful restart (RFC 4724), receive side: a peer that offered it keeps its paths (stale) for its restart
   time when the session drops; its End-of-RIB sweeps what it did not re-announce. Without it, the paths go
-  at once. Timers are driven by ``tick(now)`` with an injectable clock.
-- ExaBGP's Adj-RIB-Out can be audited against ours (``show adj-rib out json``, differences repaired), but
-  that is off by default (``AUDIT_INTERVAL``): on a large table the audit itself costs more than it guards.
+  at once. The restart bookkeeping, repeated flaps included, is ``bgp.graceful``'s; its timers are driven
+  by ``tick(now)`` with an injectable clock.
+- What ExaBGP holds is rebuilt, never audited or replayed: whenever it is in doubt (ExaBGP restarted, hung,
+  its API connection lost or respawned; ``exabgp_down``) every session counts as down (received paths kept
+  stale where graceful restart allows), nothing we sent is assumed held, and each peer gets our whole
+  Adj-RIB-Out and then End-of-RIB once it is Established again, from a fresh ExaBGP (the supervisor
+  restarts it on any such doubt). This replaces an audit against ``show adj-rib out``: ExaBGP 5.0.15 answers
+  that one route per line and quadratically in the table (json v1 rewrites the growing list per route; the
+  chunking slices the list per line), it answers asynchronously with no end marker when acks are off, and the
+  one thing it could catch beyond lost commands, the announce/withdraw reordering bug, is avoided by sending
+  one command per prefix per batch.
 - A peer is not trusted with our memory or our forwarding: ``bgp.limits`` caps its prefixes (crossing the
   cap tears the session down and holds the peer idle; its paths go, not stale) and its AS_PATH length
   (treat-as-withdraw); ``bgp.import_guard`` keeps link-local, loopback, multicast and on-link prefixes out
@@ -39,6 +47,7 @@ from ipaddress import ip_address
 
 from bgp.exabgp import events as ev
 from bgp.exabgp.commands import Advertisement, eor_command, peer_commands
+from bgp.graceful import GracefulRestarts
 from bgp.import_guard import ImportScreen
 from bgp.limits import LogBudget, PeerLimits, teardown_command
 from bgp.policy import Candidate, NodePolicy
@@ -53,12 +62,8 @@ from routes.resolve import KernelPool, Learned, Resolve, kernel_routes
 
 log = logging.getLogger(__name__)
 
-# What we assume ExaBGP holds for a prefix found there that we never sent: differs from every real
-# advertisement, so the next flush withdraws it.
+# A placeholder advertisement that differs from every real one (the routes view never lists it as sent).
 UNKNOWN = Advertisement(nexthop="0.0.0.0", origin="incomplete")
-# Off by default: ExaBGP answers `show adj-rib out json` one route per line (api.chunk=1) and
-# quadratically, so the audit needs a redesign (text output, a sentinel, no commands in flight) first.
-AUDIT_INTERVAL = float("inf")
 
 
 def kernel_pools(intent: NodeIntent) -> tuple[KernelPool, ...]:
@@ -82,7 +87,6 @@ class Speaker:
         metrics=None,
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], float] = time.time,
-        audit_interval: float = AUDIT_INTERVAL,
         resolve: Resolve | None = None,  # routes.recursive.NexthopResolver.resolve: BIRD's gateway recursive
         limits: PeerLimits | None = None,  # per-peer prefix limit and AS_PATH length limit (bgp.limits)
         refusals: SinkRefusals | None = None,  # counts and logs values the API command builder refuses
@@ -93,7 +97,6 @@ class Speaker:
         self._metrics = metrics
         self._clock = clock
         self._wallclock = wallclock
-        self._audit_interval = audit_interval
         self._refused = (refusals if refusals is not None else SinkRefusals()).reporter(EXABGP_API)
         self._intent: NodeIntent | None = None
         self._policy: NodePolicy | None = None
@@ -109,18 +112,15 @@ class Speaker:
         self._sent: dict[str, dict[str, Advertisement]] = {}
         self._status: dict[str, PeerStatus] = {}
         self._offers: dict[str, ev.Open] = {}  # the peer's last OPEN
-        self._stale_until: dict[str, float] = {}
+        self._graceful = GracefulRestarts(self._rib)  # receive-side restart timers over self._rib
         self._resend: set[str] = set()
         self._eor_due: set[str] = set()
         self._synced: set[str] = set()  # peers whose End-of-RIB we have seen since we started
         self._changed: set[str] = set()
         self._full = True
         self._wake = asyncio.Event()
-        self._audit_snapshot: dict[str, frozenset[str]] | None = None
-        self._audit_due = False
-        self._next_audit = clock() + audit_interval
+        self._exabgp_down: str | None = None  # why ExaBGP cannot be used, while it cannot
         self.unparsed_lines = 0
-        self.audit_repairs = 0
         # The receive-side guards (bgp.import_guard, bgp.limits); teardowns wait here for the next flush.
         self.limits = limits or PeerLimits(clock=clock)
         self.screen = ImportScreen(clock=clock)
@@ -140,13 +140,15 @@ class Speaker:
                 self._synced.discard(address)
                 self._sent.pop(address, None)
                 self._offers.pop(address, None)
-                self._stale_until.pop(address, None)
+                self._graceful.forget(address)
                 for prefix in self._rib.drop_peer(address):
                     if not self._rib.paths(prefix):
                         self.screen.forget(prefix)  # a refused prefix is in no Loc-RIB to be revisited
                 self.limits.forget(address)
                 self.malformed_withdraws.pop(address, None)
                 self._teardowns.pop(address, None)
+                self._eor_due.discard(address)  # due while we waited for the workloads, then removed
+                self._resend.discard(address)
         self.screen.set_node((intent.ipv4_network, intent.ipv6_network), intent.local_blocks)
         for address, peer in wanted.items():
             status = self._status.get(address)
@@ -236,11 +238,35 @@ class Speaker:
 
     def exabgp_restarted(self) -> None:
         """A new ExaBGP holds nothing we sent: everything is re-sent and every session starts over."""
+        self.exabgp_down("ExaBGP starting")
+
+    def exabgp_down(self, reason: str) -> None:
+        """ExaBGP is gone, hung or in doubt: its sessions and what it holds no longer count. Each session is
+        down (graceful restart decides what its paths become), nothing we sent is assumed held, and status
+        says Idle with the first reason given until ExaBGP answers again (``exabgp_up``)."""
+        reason = self._exabgp_down = self._exabgp_down or reason
         self._sent.clear()
-        for address, status in self._status.items():
+        self._resend.clear()
+        now = self._wallclock()
+        for address, status in list(self._status.items()):
             if status.state != "start" or status.bgp_state == "OpenSent":
-                self._peer_down(address, "ExaBGP restarted")
+                self._peer_down(address, reason)
+            status = self._status[address]
+            since = status.since if status.bgp_state == "Idle" else now
+            self._status[address] = replace(
+                status, state="start", bgp_state="Idle", since=since, last_error=reason
+            )
         self._full = True
+        self._wake.set()
+
+    def exabgp_up(self) -> None:
+        """ExaBGP answers on its API again: sessions wait for their peers (why they went down stays)."""
+        reason, self._exabgp_down = self._exabgp_down, None
+        now = self._wallclock()
+        for address, status in list(self._status.items()):
+            if status.bgp_state == "Idle" and status.last_error == reason:
+                waiting = "Passive" if status.passive else "Active"
+                self._status[address] = replace(status, bgp_state=waiting, since=now)
         self._wake.set()
 
     def handle_line(self, line: str) -> None:
@@ -251,9 +277,6 @@ class Speaker:
         if isinstance(event, ev.Unparsed):
             self.unparsed_lines += 1
             log.warning("ignoring ExaBGP line (%s): %s", event.reason, event.line[:120])
-            return
-        if isinstance(event, ev.AdjRibOutReport):
-            self._audit(event)
             return
         peer = getattr(event, "peer", "")
         if peer not in self._status:
@@ -274,10 +297,7 @@ class Speaker:
                     self._changed.add(prefix)
         elif isinstance(event, ev.EndOfRib):
             self._synced.add(peer)
-            swept = self._rib.sweep_stale(peer, ipv6=event.family.startswith("ipv6"))
-            self._changed |= swept
-            if not self._rib.stale_count(peer):
-                self._stale_until.pop(peer, None)
+            self._changed |= self._graceful.end_of_rib(peer, ipv6=event.family.startswith("ipv6"))
         elif isinstance(event, ev.Open) and event.direction == "receive":
             self._offers[peer] = event
         elif isinstance(event, ev.Notification):
@@ -293,6 +313,9 @@ class Speaker:
             return
         if event.state == ev.STATE_UP:
             self._status[event.peer] = status.up(now)
+            # The OPEN of this session came just before: it says whether the peer kept its forwarding state.
+            restart_time = self._graceful_restart_time(event.peer)
+            self._changed |= self._graceful.session_up(event.peer, restart_time, self._clock())
             self._resend.add(event.peer)
             self._eor_due.add(event.peer)
         elif event.state == ev.STATE_DOWN:
@@ -311,17 +334,9 @@ class Speaker:
     def _peer_down(self, peer: str, reason: str) -> None:
         self._status[peer] = self._status[peer].down(reason, self._wallclock())
         self._eor_due.discard(peer)
+        # The last OPEN is the ending session's: a new one arrives only with the next attempt.
         restart_time = self._graceful_restart_time(peer)
-        if restart_time and self._rib.count(peer):
-            if peer in self._stale_until:
-                return  # a failed reconnect during the restart: the restart timer keeps running
-            stale = self._rib.mark_stale(peer)
-            self._stale_until[peer] = self._clock() + restart_time
-            log.info(
-                "%s went down with graceful restart: keeping %d paths for %ds", peer, stale, restart_time
-            )
-        else:
-            self._changed |= self._rib.drop_peer(peer)
+        self._changed |= self._graceful.session_down(peer, restart_time, self._clock())
 
     def _learned(self, event: ev.RoutesLearned) -> None:
         if self.limits.held(event.peer):
@@ -354,7 +369,7 @@ class Speaker:
         self.limits.trip(peer, count)
         self._teardowns[peer] = None
         self._changed |= self._rib.drop_peer(peer)
-        self._stale_until.pop(peer, None)
+        self._graceful.forget(peer)
         self._eor_due.discard(peer)
         # Not Established for us from now on: nothing more is queued for it in ExaBGP (see flush).
         note = f"Prefix limit: {self.limits.settings.max_prefixes} exceeded ({count} prefixes)"
@@ -363,22 +378,13 @@ class Speaker:
         )
 
     def tick(self, now: float | None = None) -> None:
-        """Run the timers: graceful-restart expiry and the Adj-RIB-Out audit."""
+        """Run the timers: prefix-limit holds and graceful-restart expiry."""
         now = self._clock() if now is None else now
         if self.limits.tick(now):
             self._wake.set()  # the held peers' status and metrics change
-        for peer, until in list(self._stale_until.items()):
-            if now >= until:
-                swept = self._rib.sweep_stale(peer)
-                log.info(
-                    "%s did not come back within its restart time: %d stale paths removed", peer, len(swept)
-                )
-                self._changed |= swept
-                del self._stale_until[peer]
-                self._wake.set()
-        if now >= self._next_audit:
-            self._next_audit = now + self._audit_interval
-            self._audit_due = True
+        swept = self._graceful.expire(now)
+        if swept:
+            self._changed |= swept
             self._wake.set()
 
     # ------------------------------------------------------------------ the RIB
@@ -459,10 +465,6 @@ class Speaker:
             self._table.update(routes, (p for p in changed if p not in routes))
         if full or changed:
             await self._table.apply()
-        if self._audit_due:
-            self._audit_due = False
-            self._audit_snapshot = {peer: frozenset(sent) for peer, sent in self._sent.items()}
-            await self._send(["show adj-rib out json"])
         if self._metrics is not None:
             self._metrics.observe_speaker(self)
 
@@ -503,30 +505,6 @@ class Speaker:
                     lines.append(eor)
         self._resend.clear()
         return lines
-
-    def _audit(self, report: ev.AdjRibOutReport) -> None:
-        snapshot, self._audit_snapshot = self._audit_snapshot, None
-        if snapshot is None:
-            return
-        repairs = 0
-        for peer, held in report.routes.items():
-            status = self._status.get(peer)
-            if peer not in snapshot or peer not in self._sent or status is None or not status.established:
-                continue
-            ours = snapshot[peer]
-            sent = self._sent[peer]
-            for prefix in ours - held:  # we announced it, ExaBGP lost it: announce again
-                sent.pop(prefix, None)
-                self._changed.add(prefix)
-                repairs += 1
-            for prefix in held - ours:  # ExaBGP announces what we never sent (or withdrew): withdraw it
-                sent[prefix] = UNKNOWN
-                self._changed.add(prefix)
-                repairs += 1
-        if repairs:
-            log.warning("Adj-RIB-Out audit: %d prefixes differed from ExaBGP's; repairing", repairs)
-            self.audit_repairs += repairs
-            self._wake.set()
 
     async def run(self) -> None:
         while True:

@@ -12,9 +12,10 @@ Design and complicating factors:
   the dump is harmless (a set).
 - The kernel notifies RTM_NEWADDR again when only an address's flags or lifetimes change (IPv6 DAD, SLAAC
   renewals): ``on_change`` is called only when the set of addresses differs from the last one reported.
-- Lost notifications (``WatchOverflow``) trigger a fresh dump. A failing dump or socket must not stop the
-  daemon (its tasks are watched as a group): it is logged and retried after ``retry`` seconds, keeping the
-  last addresses reported.
+- Lost notifications (``WatchOverflow``) trigger a fresh dump. A failing dump or socket, or a watch that
+  ends, must not stop the daemon (its tasks are watched as a group, and one that ends stops it): it is
+  logged and a fresh subscription and dump follow after ``retry`` seconds, keeping the last addresses
+  reported meanwhile.
 - ``on_change`` is synchronous, must not block, and is called once after the first dump even when there
   are no addresses. A call that raises is logged; the next change reports the whole set again.
 """
@@ -58,7 +59,7 @@ class InterfaceAddressWatcher:
         while True:
             try:
                 await self._watch()
-                return  # the watch was closed
+                log.warning("interface address watch ended; subscribing again in %.0fs", self._retry)
             except OSError as exc:
                 log.warning("interface address watch failed (%s); retrying in %.0fs", exc, self._retry)
             await self._sleep(self._retry)

@@ -9,7 +9,8 @@ full dump of the table to ``dump_observers`` (``NexthopResolver.load``; a re-dum
 also tells the daemon to read its own routes back), so one monitor socket serves the whole package.
 
 Owns: the map prefix -> metric -> device of workload routes (with an index device -> routes), the set of
-prefixes touched since the last report, the coalescing of bursts, and recovery from lost notifications.
+prefixes touched since the last report, the coalescing of bursts, recovery from lost notifications, the
+watch's liveness check and ``calico_bgp_kernel_watch_restarts_total{reason}``.
 
 Design and complicating factors:
 - No polling. The watch is subscribed BEFORE the initial dump, so a route added in between is seen as an
@@ -27,6 +28,15 @@ Design and complicating factors:
   were lost is reported gone. The kernel-side filter drops additions of our own protocol
   (``exclude_proto``) so programming 100k BGP routes does not flood this socket; deletions of our routes
   pass, so ``RouteTable`` hears at once when someone else removes one.
+- A dead or stalled watch must not leave a stale view. A socket error or an ended watch re-subscribes
+  (after ``retry`` seconds) and re-reads everything. A watch that silently stops delivering is caught by
+  ``verify_interval``: the workload routes of a dump are compared with ours; a prefix that differs in two
+  dumps ``recheck`` seconds apart while the kernel held the same route both times is a missed
+  notification (one merely in flight would have arrived), and the watch is replaced the same way. Routes
+  of ``exclude_proto`` are left out of the comparison: the kernel filter hides their additions on
+  purpose. Each dump that agrees (or replaces our view) calls ``heartbeat``. Detection bound for a silent
+  stall: ``verify_interval + recheck`` after the first change it missed; a quiet kernel with a dead watch
+  has nothing to miss.
 - ``on_change`` is a plain synchronous callable receiving a delta: a mapping prefix -> device for each
   prefix touched in the burst that is now present, prefix -> None for each that is gone. It is called once
   per burst (first change + ``debounce`` seconds) and only when some prefix's device differs from what
@@ -43,6 +53,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+from prometheus_client import CollectorRegistry, Counter
+
 from routes.model import RT_TABLE_MAIN, RTPROT_BIRD, UNICAST, Route
 from routes.netlink import ADD, LINK_UP, LinkEvent, Netlink, RouteEvent, WatchOverflow
 from routes.pools import network
@@ -50,6 +62,8 @@ from routes.pools import network
 log = logging.getLogger(__name__)
 
 WORKLOAD_DEVICE_PREFIX = "cali"
+RETRY_SECONDS = 1.0  # before subscribing again after the socket failed or the watch ended
+RECHECK_SECONDS = 1.0  # between the two dumps that must agree before a watch is declared stalled
 
 # What on_change receives: prefix -> device now (the lowest metric's), or None once the prefix is gone.
 WorkloadChanges = Mapping[str, str | None]
@@ -68,6 +82,12 @@ class WorkloadRouteWatcher:
         exclude_proto: int | None = RTPROT_BIRD,
         observers: Sequence[Callable[[RouteEvent | LinkEvent], object]] = (),
         dump_observers: Sequence[Callable[[list[Route]], object]] = (),
+        verify_interval: float | None = None,
+        verify_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        retry: float = RETRY_SECONDS,
+        recheck: float = RECHECK_SECONDS,
+        heartbeat: Callable[[], object] | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self._netlink = netlink
         self._on_change = on_change
@@ -86,6 +106,20 @@ class WorkloadRouteWatcher:
         self._reported = False
         self._flush: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()  # set after the first on_change call
+        # Liveness: None = never compared with a dump (a socket error or end is still recovered).
+        self._verify_interval = verify_interval
+        self._verify_sleep = verify_sleep  # apart from ``sleep``, which times the debounce
+        self._retry = retry
+        self._recheck = recheck
+        self._heartbeat = heartbeat  # called after every dump that agreed with (or replaced) our view
+        self.restarts = 0
+        self._m_restarts = Counter(
+            "calico_bgp_kernel_watch_restarts",
+            "Times the kernel route watch was subscribed again: error (socket failure), ended, or stalled "
+            "(a dump showed workload routes the notifications never reported).",
+            ["reason"],
+            registry=registry if registry is not None else CollectorRegistry(),
+        )
 
     @property
     def prefixes(self) -> frozenset[str]:
@@ -102,25 +136,94 @@ class WorkloadRouteWatcher:
         return metrics[min(metrics)] if metrics else None
 
     async def run(self) -> None:
-        """Watch until cancelled."""
-        watch = self._netlink.watch(exclude_proto=self._exclude)
+        """Watch until cancelled. A failed, ended or stalled watch is replaced by a fresh subscription
+        and a full re-read; the task itself only ends by cancellation."""
         try:
-            await self._load()
             while True:
                 try:
-                    async for event in watch:
-                        self.feed(event)
-                        for observer in self._observers:
-                            observer(event)
-                except WatchOverflow:
-                    log.warning("route notifications were lost; re-reading the workload routes")
-                    await self._load()
-                else:
-                    return  # the watch was closed
+                    reason = await self._follow()
+                except OSError as exc:
+                    reason = "error"
+                    log.warning("kernel route watch failed: %s", exc)
+                self.restarts += 1
+                self._m_restarts.labels(reason).inc()
+                if reason != "stalled":  # a socket that keeps failing is retried at a bounded rate
+                    log.warning("subscribing to route notifications again in %.1fs", self._retry)
+                    await self._verify_sleep(self._retry)
         finally:
-            watch.close()
             if self._flush is not None:
                 self._flush.cancel()
+
+    async def _follow(self) -> str:
+        """One subscription: dump, then follow notifications (and verify them) until it goes wrong.
+        Returns why it ended: "ended" or "stalled"; a socket failure raises ``OSError``."""
+        watch = self._netlink.watch(exclude_proto=self._exclude)
+        tasks: list[asyncio.Future[str]] = []
+        try:
+            await self._load()
+            tasks.append(asyncio.ensure_future(self._consume(watch)))
+            if self._verify_interval is not None:
+                tasks.append(asyncio.ensure_future(self._verify_loop(self._verify_interval)))
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            return done.pop().result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            watch.close()
+
+    async def _consume(self, watch) -> str:
+        while True:
+            try:
+                async for event in watch:
+                    self.feed(event)
+                    for observer in self._observers:
+                        observer(event)
+            except WatchOverflow:
+                log.warning("route notifications were lost; re-reading the workload routes")
+                await self._load()
+            else:
+                log.warning("the kernel route watch ended")
+                return "ended"
+
+    async def _verify_loop(self, interval: float) -> str:
+        while True:
+            await self._verify_sleep(interval)
+            if await self.verify():
+                return "stalled"
+
+    async def verify(self) -> bool:
+        """Compare the workload routes the notifications built with the kernel's; True if the watch is
+        stalled: a prefix that differs in two dumps ``recheck`` seconds apart, where the kernel held the same
+        route both times (a route that merely changed during the first dump has its notification in flight).
+        """
+        first = self._differences(await self._netlink.dump_routes(None, self._table))
+        if first:
+            await self._verify_sleep(self._recheck)
+            second = self._differences(await self._netlink.dump_routes(None, self._table))
+            missed = sorted(dst for dst, kernel in first.items() if dst in second and second[dst] == kernel)
+            if missed:
+                log.error(
+                    "the kernel route watch missed changes to %d workload routes (%s%s); subscribing again",
+                    len(missed), ", ".join(missed[:5]), ", ..." if len(missed) > 5 else "",
+                )  # fmt: skip
+                return True
+        if self._heartbeat is not None:
+            self._heartbeat()
+        return False
+
+    def _differences(self, routes: list[Route]) -> dict[str, dict[int, str] | None]:
+        """prefix -> the kernel's {metric: device} (None: absent), for each prefix we hold differently."""
+        kernel: dict[str, dict[int, str]] = {}
+        for route in routes:
+            # Our own protocol's additions never reach the watch (kernel-side filter): not comparable.
+            if route.proto != self._exclude and self._is_workload(route):
+                kernel.setdefault(route.dst, {})[route.priority] = route.nexthops[0].ifname
+        return {
+            dst: kernel.get(dst)
+            for dst in kernel.keys() | self._routes.keys()
+            if kernel.get(dst) != self._routes.get(dst)
+        }
 
     async def _load(self) -> None:
         routes = await self._netlink.dump_routes(None, self._table)
@@ -135,6 +238,8 @@ class WorkloadRouteWatcher:
         for observer in self._dump_observers:
             observer(routes)
         self._changed()
+        if self._heartbeat is not None:
+            self._heartbeat()
 
     def feed(self, event: RouteEvent | LinkEvent) -> None:
         """Apply one kernel event (``run`` calls this; tests may too)."""

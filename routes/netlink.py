@@ -58,6 +58,7 @@ LINK_DEL = "del"
 
 CHUNK_BYTES = 256 * 1024
 RCVBUF_BYTES = 32 * 1024 * 1024
+DRAIN_BYTES = 4 * 1024 * 1024  # notifications decoded per read of a watch socket (about 40k routes)
 ACK_TRUESIZE = 1024  # upper bound of the receive-buffer cost of one ack skb (truesize, not payload)
 _SO_SNDBUFFORCE = 32
 _SO_RCVBUFFORCE = 33
@@ -431,7 +432,10 @@ class KernelRouteWatch:
     async def _drain(self) -> None:
         messages: list[bytes] = []
         overflow = False
-        while self._sock is not None:
+        read = 0
+        # Bounded per drain: what is left stays in the socket (readable at once, so the next drain follows
+        # as soon as these events are consumed), and the decoded queue never holds more than this much.
+        while self._sock is not None and read < DRAIN_BYTES:
             try:
                 n = self._sock.recv_into(self._buf)
             except BlockingIOError:
@@ -441,6 +445,7 @@ class KernelRouteWatch:
                     raise
                 overflow = True
                 continue  # the socket stays subscribed; keep what is still queued after the loss
+            read += n
             data = bytes(self._buf[:n])
             messages.extend(data[off:] for _, _, _, off in rt.iter_messages(data))
         events, missing = self._decode(messages)

@@ -27,6 +27,14 @@ Complicating factors:
   are, so a start-up does not withdraw every route for a moment.
 - IPv4 removes a downed device's routes without notifications: a link going down or away drops every
   route through that device here too (IPv6 sends the deletions, which are then no-ops).
+- Bounded memory (docs/bounds.md). The route index mirrors the kernel's table and shrinks with it. The next
+  hops asked about would only grow (every next hop any peer ever sent), so they start over whenever the
+  caller is about to ask again for every next hop in use: ``load()`` and an ``observe()`` that returns
+  True are each followed by such a full recomputation (the daemon's contract with the speaker). Between
+  two of them the set holds at most ``limit`` addresses; past that it stops remembering (counted once in
+  ``calico_bgp_bound_hits_total{what="nexthop_queries"}``) and every change to the table counts as
+  relevant until the next start-over: more recomputation, never a missed one. The unreachable next hops
+  remembered for their log lines are bounded the same way (``nexthop_unresolved``).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import ipaddress
 import logging
 from collections.abc import Iterable
 
+from routes.bounds import BoundHits
 from routes.model import RT_TABLE_MAIN, RTPROT_BIRD, UNICAST, Nexthop, Route
 from routes.netlink import ADD, LINK_UP, LinkEvent, RouteEvent
 from routes.pools import network
@@ -44,6 +53,11 @@ log = logging.getLogger(__name__)
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Bucket = tuple[int, int]  # (IP version, prefix length)
 
+# BGP next hops remembered between two full recomputations. One per peer router in practice (next hops are
+# the nodes and routers that originate routes), so a few thousand even in a large cluster; each costs
+# about 150 bytes, and each kernel notification is checked against all of them.
+QUERIED_LIMIT = 16384
+
 
 def _slot(dst: str) -> tuple[Bucket, int]:
     net = network(dst)
@@ -51,12 +65,24 @@ def _slot(dst: str) -> tuple[Bucket, int]:
 
 
 class NexthopResolver:
-    def __init__(self, *, proto: int = RTPROT_BIRD, table: int = RT_TABLE_MAIN) -> None:
+    def __init__(
+        self,
+        *,
+        proto: int = RTPROT_BIRD,
+        table: int = RT_TABLE_MAIN,
+        limit: int = QUERIED_LIMIT,
+        bounds: BoundHits | None = None,
+    ) -> None:
         self.proto = proto
         self.table = table
         # (version, prefix length) -> network address -> the routes there, lowest metric first
         self._index: dict[Bucket, dict[int, tuple[Route, ...]]] = {}
-        self._queried: set[Address] = set()
+        self._limit = limit
+        bounds = bounds if bounds is not None else BoundHits()
+        self._queries_full = bounds.reporter("nexthop_queries")
+        self._unresolved_full = bounds.reporter("nexthop_unresolved")
+        self._queried: set[Address] = set()  # asked about since the last full recomputation
+        self._overflow = False  # some were not remembered: every table change may matter
         self._unresolved: set[str] = set()
         self.ready = False
 
@@ -69,6 +95,7 @@ class NexthopResolver:
             if self._relevant(route):
                 self._store(route)
         self.ready = True
+        self._start_over()
 
     def observe(self, event: RouteEvent | LinkEvent) -> bool:
         """Fold a kernel notification in; True when the resolution of a next hop in use may have changed."""
@@ -84,7 +111,7 @@ class NexthopResolver:
             ]
             for route in gone:
                 self._discard(route)
-            return any(self._covers_queried(r) for r in gone)
+            return self._matters(any(self._covers_queried(r) for r in gone) or bool(gone and self._overflow))
         route = event.route
         if not self._relevant(route):
             return False
@@ -92,7 +119,16 @@ class NexthopResolver:
             self._store(route)
         else:
             self._discard(route)
-        return self._covers_queried(route)
+        return self._matters(self._overflow or self._covers_queried(route))
+
+    def _matters(self, relevant: bool) -> bool:
+        if relevant:
+            self._start_over()  # the caller now resolves every next hop in use again
+        return relevant
+
+    def _start_over(self) -> None:
+        self._queried.clear()
+        self._overflow = False
 
     def _relevant(self, route: Route) -> bool:
         return route.table == self.table and route.proto != self.proto
@@ -116,6 +152,8 @@ class NexthopResolver:
 
     def _covers_queried(self, route: Route) -> bool:
         net = network(route.dst)
+        if net.prefixlen == net.max_prefixlen:  # Felix's workload routes, most of the traffic: one lookup
+            return net.network_address in self._queried
         return any(addr.version == net.version and addr in net for addr in self._queried)
 
     # -- resolution --------------------------------------------------------------------------------
@@ -137,20 +175,43 @@ class NexthopResolver:
         """Kernel next hops for the BGP next hop ``gateway``; () when it cannot be reached."""
         if not self.ready:
             return (Nexthop(gateway),)
-        self._queried.add(ipaddress.ip_address(gateway))
+        self._remember(ipaddress.ip_address(gateway))
         route = self.lookup(gateway)
         hops: tuple[Nexthop, ...] = ()
         if route is not None and route.type == UNICAST:
             vias = tuple(h for h in route.nexthops if h.gateway)
             hops = vias if vias else (Nexthop(gateway),)
         if not hops and gateway not in self._unresolved:
-            log.warning("BGP next hop %s is unreachable in the kernel's table: its routes are not installed",
-                        gateway)
-            self._unresolved.add(gateway)
+            if self._note_unresolved(gateway):
+                log.warning("BGP next hop %s is unreachable in the kernel's table: its routes are not "
+                            "installed", gateway)
         elif hops and gateway in self._unresolved:
             log.info("BGP next hop %s is reachable again", gateway)
             self._unresolved.discard(gateway)
         return hops
+
+    def _remember(self, address: Address) -> None:
+        if address in self._queried or self._overflow:
+            return
+        if len(self._queried) < self._limit:
+            self._queried.add(address)
+            return
+        self._overflow = True
+        self._queries_full()
+        log.warning("more than %d BGP next hops in use: every kernel route change now recomputes the "
+                    "routes until the set starts over", self._limit)
+
+    def _note_unresolved(self, gateway: str) -> bool:
+        """Remember ``gateway`` as unreachable, so that it is logged once; False when there is no room (it
+        is then not logged at all: thousands of unreachable next hops would flood the log anyway)."""
+        if len(self._unresolved) >= self._limit:
+            # Keep only the ones still asked about; the others left BGP (or were not asked again yet).
+            self._unresolved = {g for g in self._unresolved if ipaddress.ip_address(g) in self._queried}
+            if len(self._unresolved) >= self._limit:
+                self._unresolved_full()
+                return False
+        self._unresolved.add(gateway)
+        return True
 
     @property
     def unresolved(self) -> frozenset[str]:

@@ -34,7 +34,12 @@ Complicating factors:
   transitions. A deletion of one of our routes by someone else arrives as a notification (the monitor's
   kernel filter only drops our own additions) and is repaired at once; a change that keeps our protocol
   (``ip route replace ... proto bird``) sends no notification we receive, and waits for ``resync``.
-- Errors are retried with exponential back-off per destination (``next_retry``).
+- Errors are retried with exponential back-off per destination (``next_retry``, ``retry_due``). A retry
+  writes only the destinations that failed: the desired routes are already held here, so nothing upstream
+  is recomputed for a refusal, and a route the kernel keeps refusing costs one write per back-off. A
+  destination whose desired route changes or goes away loses its back-off (the next write is a new
+  attempt), and one that needs nothing any more loses its retry entry and its refusal: the retry map only
+  ever holds destinations that are desired or still ours in the kernel (docs/bounds.md).
 """
 
 from __future__ import annotations
@@ -135,6 +140,9 @@ class RouteTable:
                 refused[route.dst] = reason
         self._log_refusals(refused)
         changed = {d for d in new.keys() | self._desired.keys() if new.get(d) != self._desired.get(d)}
+        if self._retry or self._failures:
+            for dst in changed:
+                self._decided(dst, dst in new)
         self._desired, self._refused = new, refused
         self._dirty |= changed
 
@@ -146,6 +154,8 @@ class RouteTable:
         for dst in removes:
             if self._desired.pop(dst, None) is not None:
                 self._dirty.add(dst)
+                if self._retry or self._failures:
+                    self._decided(dst, False)
             self._refused.pop(dst, None)
         for route in upserts.values() if isinstance(upserts, Mapping) else upserts:
             admitted, reason = self._admit(route)
@@ -153,13 +163,25 @@ class RouteTable:
                 refused[route.dst] = reason
                 if self._desired.pop(route.dst, None) is not None:
                     self._dirty.add(route.dst)
+                    if self._retry or self._failures:
+                        self._decided(route.dst, False)
             else:
                 self._refused.pop(route.dst, None)
                 if self._desired.get(route.dst) != admitted:
                     self._desired[route.dst] = admitted
                     self._dirty.add(route.dst)
+                    if self._retry:
+                        self._decided(route.dst, True)
         self._log_refusals(refused)
         self._refused.update(refused)
+
+    def _decided(self, dst: str, desired: bool) -> None:
+        """The desired route of ``dst`` changed (``desired``) or went away: its back-off is void, as the next
+        write is a new attempt (a new next hop may well go in) or a deletion. A destination that leaves the
+        desired set also forgets its refusal: the retry map never outlives the desire that filled it."""
+        self._retry.pop(dst, None)
+        if not desired:
+            self._failures.pop(dst, None)
 
     def _admit(self, route: Route) -> tuple[Route | None, str]:
         reason = table_refusal(route.table) or (
@@ -218,6 +240,15 @@ class RouteTable:
     def next_retry(self) -> float | None:
         """Clock time at which apply() should run again to retry failed routes, None if nothing waits."""
         return min((at for at, _ in self._retry.values()), default=None)
+
+    async def retry_due(self) -> ApplyResult | None:
+        """Retry the destinations whose back-off has run out, None when none has. Only the failed
+        destinations (and whatever else is pending) are written: the desired routes are already here, so a
+        kernel refusal never costs the caller a recomputation of them."""
+        at = self.next_retry()
+        if at is None or at > self._clock():
+            return None
+        return await self.apply()
 
     # -- kernel events -----------------------------------------------------------------------------
 
@@ -340,8 +371,10 @@ class RouteTable:
         replaces: list[Route] = []  # held by us: replaced in place
         deletes: list[Route] = []
         waiting: set[str] = set()
+        settled: list[str] = []  # failed before, and nothing is left to write or delete for them
         # The hot path of a 100k-route apply: plain local lookups, no per-route allocations.
         desired, programmed, foreign, retries = self._desired, self._programmed, self._foreign, self._retry
+        failures = self._failures
         for dst in self._dirty:
             retry = retries.get(dst)
             if retry is not None and retry[0] > now:
@@ -350,10 +383,13 @@ class RouteTable:
             want = desired.get(dst)
             ours = programmed.get(dst)
             if want is None or dst in foreign:  # undesired, or yielded to the foreign owner
-                if ours and self._hold:
-                    self._held.add(dst)
-                elif ours:
+                if ours and not self._hold:
                     deletes.extend(ours.values())
+                    continue
+                if ours:
+                    self._held.add(dst)
+                if dst in failures or retry is not None:
+                    settled.append(dst)
                 continue
             if self._held:
                 self._held.discard(dst)
@@ -365,8 +401,13 @@ class RouteTable:
                 creates.append(want)
             elif not same_route(want, have):
                 replaces.append(want)
+            elif len(ours) == 1 and (dst in failures or retry is not None):
+                settled.append(dst)  # the kernel holds what we want after all (a change reverted)
             if len(ours) > 1 or have is None:
                 deletes.extend(r for p, r in ours.items() if p != want.priority)  # the metric moved
+        for dst in settled:
+            retries.pop(dst, None)
+            failures.pop(dst, None)
         self._dirty = waiting
         failed: list[tuple[Route, str]] = []
         if creates or replaces or deletes:
@@ -388,10 +429,13 @@ class RouteTable:
     ) -> tuple[int, int, list[tuple[Route, str]]]:
         now = self._clock()
         errors: list[tuple[Route, str]] = []
+        programmed, retries, failures = self._programmed, self._retry, self._failures
         if not failed:  # the common case, and the hot one: every write and delete went through
             for route in deletes:
                 self._forget(route)
-            programmed, retries = self._programmed, self._retry
+                if (retries or failures) and route.dst not in self._desired:
+                    retries.pop(route.dst, None)  # a deletion that failed before went through
+                    failures.pop(route.dst, None)
             for route in writes:
                 held = programmed.get(route.dst)
                 if held is None:
@@ -400,9 +444,9 @@ class RouteTable:
                 else:
                     self._installed += route.priority not in held
                     held[route.priority] = route
-                if retries:
+                if retries or failures:
                     retries.pop(route.dst, None)
-                    self._failures.pop(route.dst, None)
+                    failures.pop(route.dst, None)
             return len(writes), len(deletes), errors
         why = {id(route): text for route, text in failed}
         deleted = written = 0
@@ -411,6 +455,9 @@ class RouteTable:
             if text is None or text.startswith("ESRCH"):  # ESRCH: already gone, which is what we wanted
                 self._forget(route)
                 deleted += 1
+                if route.dst not in self._desired:
+                    retries.pop(route.dst, None)
+                    failures.pop(route.dst, None)
             else:
                 errors.append((route, text))
         for route in writes:

@@ -9,7 +9,8 @@ Owns: a model of the kernel behaviour the package depends on, deliberately inclu
 - IPv6 metric 0 is stored as 1024, and a gateway-only next hop reads back with the resolved device;
 - a downed or deleted device loses its IPv4 routes WITHOUT route notifications (IPv6 ones with them);
 - notifications go to every open watch, minus additions of ``exclude_proto`` routes (deletions pass, as
-  with the kernel-side filter); ``overflow()`` simulates ENOBUFS;
+  with the kernel-side filter); ``overflow()`` simulates ENOBUFS, ``deafen()`` a watch that silently stops
+  hearing, ``break_watches()`` a failed socket;
 - interface addresses (``add_address``, ``remove_address``) are dumped and notified on their own watches,
   as the real ones are on their own socket; deleting a link takes its addresses with it.
 Tests inject foreign routes (``add_foreign``), errors (``fail``) and inspect ``routes`` and ``calls``.
@@ -199,8 +200,21 @@ class FakeNetlink:
             watch.lost = True
             watch.queue.put_nowait(None)
 
+    def deafen(self) -> None:
+        """Every open route watch stops hearing anything, yet stays open: a silently stalled socket."""
+        for watch in self._watches:
+            watch.deaf = True
+
+    def break_watches(self, error: OSError) -> None:
+        """The next read on every open route watch raises ``error`` (a failed socket)."""
+        for watch in self._watches:
+            watch.error = error
+            watch.queue.put_nowait(None)
+
     def _emit(self, event: RouteEvent | LinkEvent) -> None:
         for watch in self._watches:
+            if watch.deaf:
+                continue
             ours = isinstance(event, RouteEvent) and event.route.proto == watch.exclude_proto
             if ours and event.action == ADD:
                 continue
@@ -217,12 +231,16 @@ class FakeWatch:
         self.queue: asyncio.Queue[RouteEvent | LinkEvent | AddressEvent | None] = asyncio.Queue()
         self.lost = False
         self.closed = False
+        self.deaf = False
+        self.error: OSError | None = None
 
     def __aiter__(self) -> FakeWatch:
         return self
 
     async def __anext__(self) -> RouteEvent | LinkEvent | AddressEvent:
         while True:
+            if self.error is not None:
+                raise self.error
             if self.lost:
                 self.lost = False
                 raise WatchOverflow("simulated ENOBUFS")

@@ -14,8 +14,12 @@ heavy so that a respawn is quick.
 Complicating factors:
 - ExaBGP blocks when nobody reads its output: we always drain stdin, even while the daemon is away (lines
   read then are dropped: the daemon resynchronises from session state when it comes back).
-- If the daemon's socket goes away for good, we exit; ExaBGP's respawn limit then stops it, which is what we
-  want when the daemon that owns it is gone (the daemon also makes ExaBGP die with it via PDEATHSIG).
+- When the daemon closes our connection we exit at once, even while ExaBGP has nothing to say (the main
+  thread may sit in a read of stdin for as long as ExaBGP is quiet): the daemon closes on a bridge it will
+  not use (one left by an earlier ExaBGP) or on an ExaBGP it is about to restart, and a bridge that lingered
+  would keep ExaBGP's output pipe, which it inherits as stderr, open. If the daemon itself is gone, ExaBGP's
+  respawn limit then stops ExaBGP, which is what we want (the daemon also makes ExaBGP die with it via
+  PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ def _pump_commands(sock: socket.socket, out, stop: threading.Event) -> None:
         pass
     finally:
         stop.set()
+        os._exit(0)  # see the module docstring: the main thread may be blocked reading stdin
 
 
 def main(argv: list[str] | None = None) -> int:

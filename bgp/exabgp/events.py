@@ -102,13 +102,6 @@ class Open:
 
 
 @dataclass(frozen=True, slots=True)
-class AdjRibOutReport:
-    """ExaBGP's answer to ``show adj-rib out json``: peer -> prefixes it holds for that peer."""
-
-    routes: dict[str, frozenset[str]]
-
-
-@dataclass(frozen=True, slots=True)
 class Unparsed:
     """A line we could not use; kept so the caller can count and log it."""
 
@@ -117,7 +110,7 @@ class Unparsed:
 
 
 Event = (
-    PeerState | RoutesLearned | RoutesWithdrawn | EndOfRib | Notification | Open | AdjRibOutReport | Unparsed
+    PeerState | RoutesLearned | RoutesWithdrawn | EndOfRib | Notification | Open | Unparsed
 )
 
 
@@ -236,13 +229,6 @@ def parse_line(line: str) -> list[Event]:
         return [Unparsed(text[:200], f"{type(exc).__name__}: {exc}")]
 
 
-def _adj_rib_out(message: dict) -> AdjRibOutReport:
-    routes = {}
-    for peer, body in message.items():
-        routes[str(peer)] = frozenset(str(r["prefix"]) for r in body.get("routes", ()))
-    return AdjRibOutReport(routes)
-
-
 def _open(peer: str, neighbor: dict) -> Open:
     body = neighbor.get("open", {})
     restart_time = None
@@ -268,8 +254,8 @@ def _open(peer: str, neighbor: dict) -> Open:
 def _events(message: dict) -> Iterator[Event]:
     kind = message.get("type")
     if kind is None and "exabgp" not in message:
-        # Replies to our own commands carry no envelope; the only one we send is `show adj-rib out json`.
-        yield _adj_rib_out(message)
+        # Replies to `show ...` commands carry no envelope; we send none, so this is nobody's event.
+        yield Unparsed(json.dumps(message)[:200], "JSON without ExaBGP's event envelope")
         return
     neighbor = message.get("neighbor", {})
     address = neighbor.get("address", {})

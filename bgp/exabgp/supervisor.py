@@ -24,6 +24,14 @@ Complicating factors (reference exabgp.md §3):
   sockets, so single-route latency does not wait for the tick; the tick costs idle CPU (about 2 % of a core at
   1.0, 6 % at 0.1). ``bgp.exabgp.tuning`` makes the loop skip the tick while it has work, so the tick only
   paces timer checks and we run a long one (``IDLE_TICK_SPEED``, 100 ms).
+- A live process is not a working one. ``restart(reason)`` is how the daemon acts on doubt: ExaBGP hung
+  (``bgp.exabgp.liveness``), its API connection lost, or a second API connection from the same run (a
+  respawned bridge: what ExaBGP heard and said in between is lost). It SIGKILLs ExaBGP (a stopped process
+  takes no other signal) and the bridge (ExaBGP puts it in a process group of its own, and a stopped bridge
+  would outlive it), and starts a new one at once, without the crash backoff. Peers keep our routes through
+  it (graceful restart); the speaker re-announces everything once each session is up again. An ExaBGP that
+  has not connected its API process ``api_start_deadline`` seconds after it started is restarted too.
+  Restarts are counted by reason in ``calico_bgp_exabgp_restarts_total``.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter
 
 from bgp.exabgp.launch import PARENT_ENV
 from bgp.exabgp.tuning import IDLE_TICK_SPEED
@@ -83,6 +93,16 @@ def exabgp_environment(
     }
 
 
+def parent_pid(pid: int) -> int | None:
+    """The parent of ``pid`` (from /proc), None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ")"
+            return int(stat.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class ExaBGPSupervisor:
     def __init__(
         self,
@@ -94,6 +114,9 @@ class ExaBGPSupervisor:
         backoff_initial: float = 1.0,
         backoff_max: float = 30.0,
         sleep=asyncio.sleep,
+        api_start_deadline: float = 20.0,
+        parent_of: Callable[[int], int | None] = parent_pid,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self._config = Path(config)
         self._log_file = Path(log_file)
@@ -109,8 +132,23 @@ class ExaBGPSupervisor:
         self._reload_wanted = asyncio.Event()
         self._reloaded = asyncio.Event()
         self.reload_confirm_timeout = 2.0
+        self.api_start_deadline = api_start_deadline
+        self._parent_of = parent_of
+        self._api_seen = False  # this run of ExaBGP has had its API connection
+        self._api_pid: int | None = None
+        self._killed: asyncio.subprocess.Process | None = None  # the run we killed, and why
+        self._killed_reason = ""
         self.starts = 0
         self.reloads_sent = 0
+        self.restarts: dict[str, int] = {}
+        registry = registry if registry is not None else CollectorRegistry()
+        self._restarts = Counter(
+            "calico_bgp_exabgp_restarts",
+            "ExaBGP restarts by reason: exited (crashed or stopped on its own), hung (no answer to its API "
+            "probe), api-lost, api-respawned, no-api (no API connection after start), environment",
+            ["reason"],
+            registry=registry,
+        )
 
     @property
     def pid(self) -> int | None:
@@ -124,7 +162,43 @@ class ExaBGPSupervisor:
         self._environment = environment
         if self._proc is not None and self._proc.returncode is None:
             log.info("ExaBGP environment changed (listen address or port): restarting it")
+            self._killed, self._killed_reason = self._proc, "environment"
             self._proc.send_signal(signal.SIGTERM)
+        self._restart_now.set()
+        return True
+
+    def accept_api(self, pid: int | None) -> bool:
+        """May this API connection (from process ``pid``) be used? Only the first from the running ExaBGP's
+        own child: a bridge left behind by an earlier ExaBGP is refused, and a second one from this ExaBGP
+        (it respawned the bridge) restarts ExaBGP instead, since both directions lost lines in between."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None or proc is self._killed:
+            return False
+        if pid is not None and self._parent_of(pid) != proc.pid:
+            return False
+        if self._api_seen:
+            self.restart("ExaBGP respawned its API process: lines were lost both ways", "api-respawned")
+            return False
+        self._api_seen = True
+        self._api_pid = pid
+        self._ready.set()
+        return True
+
+    def restart(self, why: str, reason: str) -> bool:
+        """Kill the running ExaBGP and its bridge, and start a new ExaBGP at once (see the module
+        docstring). ``reason`` labels the restart metric. False when there was nothing to kill."""
+        proc = self._proc
+        if self._stopping or proc is None or proc.returncode is not None or proc is self._killed:
+            return False
+        log.warning("restarting ExaBGP (pid %d): %s", proc.pid, why)
+        self._killed, self._killed_reason = proc, reason
+        bridge = self._api_pid
+        # Checked before ExaBGP dies: after that the bridge is re-parented and its pid proves nothing.
+        bridge_is_ours = bridge is not None and self._parent_of(bridge) == proc.pid
+        proc.kill()
+        if bridge_is_ours:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(bridge, signal.SIGKILL)
         self._restart_now.set()
         return True
 
@@ -149,6 +223,10 @@ class ExaBGPSupervisor:
                 break
             if asyncio.get_running_loop().time() - started > 60:
                 backoff = self._backoff_initial
+            killed = self._killed is not None and self._killed is self._proc
+            reason = self._killed_reason if killed else "exited"
+            self.restarts[reason] = self.restarts.get(reason, 0) + 1
+            self._restarts.labels(reason).inc()
             if self._restart_now.is_set():
                 self._restart_now.clear()
                 continue
@@ -164,6 +242,8 @@ class ExaBGPSupervisor:
         env[PARENT_ENV] = str(os.getpid())
         self._log_file.parent.mkdir(parents=True, exist_ok=True)
         self._ready.clear()
+        self._api_seen = False
+        self._api_pid = None
         self._proc = await asyncio.create_subprocess_exec(
             *exabgp_command(),
             "server",
@@ -179,8 +259,25 @@ class ExaBGPSupervisor:
         log.info("ExaBGP started (pid %d)", self._proc.pid)
         if self._on_start is not None:
             self._on_start()
-        await self._copy_log(self._proc.stdout)
-        return await self._proc.wait()
+        proc = self._proc
+        deadline = asyncio.create_task(self._api_deadline(proc))
+        copy = asyncio.create_task(self._copy_log(proc.stdout))
+        try:
+            # Not proc.wait(): asyncio completes it only once every pipe is closed, and the bridge inherits
+            # ExaBGP's output pipe (its stderr), so a bridge that outlives ExaBGP would hold up the restart.
+            while not copy.done() and proc.returncode is None:
+                await asyncio.wait({copy}, timeout=0.2)
+            if proc.returncode is not None and not copy.done():
+                await asyncio.wait({copy}, timeout=1.0)  # the last lines ExaBGP wrote
+            return proc.returncode if proc.returncode is not None else await proc.wait()
+        finally:
+            deadline.cancel()
+            copy.cancel()
+
+    async def _api_deadline(self, proc: asyncio.subprocess.Process) -> None:
+        await self._sleep(self.api_start_deadline)
+        if proc is self._proc and not self._api_seen:
+            self.restart(f"no API connection {self.api_start_deadline:.0f}s after start", "no-api")
 
     async def _copy_log(self, stream: asyncio.StreamReader) -> None:
         """ExaBGP's output goes to its log file; we read it on the way for reload confirmations."""
@@ -225,9 +322,16 @@ class ExaBGPSupervisor:
         if proc is None or proc.returncode is not None:
             return
         proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
+        if not await _exited(proc, timeout):
             log.warning("ExaBGP did not stop within %.0fs; killing it", timeout)
             proc.kill()
-            await proc.wait()
+            await _exited(proc, timeout)
+
+
+async def _exited(proc: asyncio.subprocess.Process, timeout: float) -> bool:
+    """Wait for the process itself to end (see ``_run_once`` for why not ``proc.wait()``)."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + timeout
+    while proc.returncode is None and loop.time() < until:
+        await asyncio.sleep(0.05)
+    return proc.returncode is not None

@@ -4,8 +4,8 @@ Stage: the real datastore. ``EtcdSyncer.run`` lists Calico's keys, delivers a ``
 watch events and delivers a new snapshot per batch; ``EtcdClient`` is also what the labs and the resource
 CLI (``calico-bgp apply/get/delete``) use to read and write resources.
 
-Owns: the etcd connection(s), the syncer's decoded key/value cache and the
-``calico_bgp_datastore_*`` metrics.
+Owns: the etcd connection(s), the syncer's decoded key/value cache, its liveness probe and the
+``calico_bgp_datastore_*`` metrics (``_up``, ``_in_sync``, ``_reconnects``, ``_errors{reason}``, ...).
 
 Complicating factors:
 - One consistent starting point: all watched prefixes are read in a single read-only transaction, so
@@ -22,6 +22,14 @@ Complicating factors:
   list but fails every watch is not hammered every 0.25 s.
 - A watch that cannot be created (etcd half up) must not hang: the client timeout also bounds watch
   creation.
+- A silent etcd (SIGSTOPped, hung, or behind a path that drops packets without a RST) never makes a
+  watch fail by itself. The guard is a liveness probe: a count-only linearizable read every 5 s that must
+  answer within 5 s, on the same connection as the watches; the first miss ends the sync. Detection
+  bound: 10 s after the last answer. gRPC keepalive is on as well, but is no guard on its own here: with
+  the probe off, a SIGSTOPped etcd went unnoticed for 40 s (the watch stream never failed). aetcd drops
+  watch progress notifications before they reach us, so those cannot serve either.
+  Every sign of life (a list, a watch batch, a probe answer) feeds ``heartbeat`` for the daemon's
+  health report.
 """
 
 from __future__ import annotations
@@ -51,9 +59,27 @@ from confgen.datastore.base import (
 log = logging.getLogger(__name__)
 
 # Calico clusters with many nodes list megabytes of Node JSON; gRPC's default cap is 4 MiB.
-_GRPC_OPTIONS = {"grpc.max_receive_message_length": 64 * 1024 * 1024}
+# Keepalive: an HTTP/2 PING every 10 s while a call (the watch) is open, so gRPC itself can drop a transport
+# whose peer is gone. etcd answers pings more often than every 5 s (--grpc-keepalive-min-time), or pings
+# without an open stream, with GOAWAY; 10 s with open calls only stays clear of both. The detection bound
+# does not rest on this (see the module docstring): the liveness probe gives it.
+_GRPC_OPTIONS = {
+    "grpc.max_receive_message_length": 64 * 1024 * 1024,
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_timeout_ms": 5_000,
+    "grpc.keepalive_permit_without_calls": 0,
+    "grpc.http2.max_pings_without_data": 0,
+}
+# The liveness probe reads the count of this one key: nothing is transferred, yet the read is linearizable,
+# so an answer proves the member is serving and still part of a quorum.
+_PROBE_KEY = b"/calico/"
 
 WatchEvent = tuple[str, str, bytes, int]  # (kind 'put'|'delete', key, value, mod_revision)
+
+# A silent etcd is noticed within PROBE_INTERVAL + PROBE_TIMEOUT (10 s) of its last answer, for the price
+# of one count-only read per node every 5 s.
+PROBE_INTERVAL = 5.0
+PROBE_TIMEOUT = 5.0
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -66,10 +92,17 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 2379
 
 
+class DatastoreUnresponsive(DatastoreError):
+    """etcd accepted the connection but did not answer the liveness probe in time."""
+
+
 def _translate(exc: BaseException) -> DatastoreError:
     if isinstance(exc, aetcd.exceptions.RevisionCompactedError):
         return CompactedError(str(exc))
     return DatastoreError(f"{exc.__class__.__name__}: {exc}")
+
+
+_REASONS: dict[type, str] = {CompactedError: "compacted", DatastoreUnresponsive: "unresponsive"}
 
 
 class EtcdClient:
@@ -104,7 +137,7 @@ class EtcdClient:
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
-                await client.close()
+                await asyncio.wait_for(client.close(), self.timeout)  # a hung server must not hang us
 
     @property
     def _c(self) -> aetcd.Client:
@@ -154,6 +187,22 @@ class EtcdClient:
             for kv in op.response_range.kvs:
                 values[kv.key.decode(errors="replace")] = (kv.value, kv.mod_revision)
         return response.header.revision, values
+
+    async def probe(self) -> int:
+        """A cheap linearizable read with the client's deadline; returns the store's current revision.
+
+        Raises ``DatastoreError`` when etcd does not answer in time (hung, partitioned, behind a
+        blackhole) or refuses."""
+        client = self._c
+        try:
+            response = await client.kvstub.Range(
+                aetcd.rpc.RangeRequest(key=_PROBE_KEY, count_only=True),
+                timeout=self.timeout,
+                metadata=client.metadata,
+            )
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return response.header.revision
 
     async def put_if_unchanged(self, items: dict[str, bytes], revisions: dict[str, int]) -> bool:
         """Write every key of ``items`` in one transaction, but only if each still has the
@@ -224,8 +273,10 @@ class EtcdClient:
         except aetcd.exceptions.ClientError as exc:
             raise _translate(exc) from exc
         finally:
+            # Cancelling queues a request on the watch stream; on a dead stream that queue may never
+            # drain, so the cancel gets the client's deadline too.
             with contextlib.suppress(Exception):
-                await watch.cancel()
+                await asyncio.wait_for(watch.cancel(), self.timeout)
 
 
 class EtcdSyncer:
@@ -241,6 +292,9 @@ class EtcdSyncer:
         backoff_initial: float = 0.25,
         backoff_max: float = 5.0,
         healthy_after: float = 10.0,
+        probe_interval: float | None = PROBE_INTERVAL,
+        probe_timeout: float = PROBE_TIMEOUT,
+        heartbeat: Callable[[], object] | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self._client_factory = client_factory  # () -> an unconnected EtcdClient (or a test double)
@@ -250,9 +304,14 @@ class EtcdSyncer:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._healthy_after = healthy_after
+        self._probe_interval = probe_interval  # None: no probe (the keepalive alone guards the watch)
+        self._probe_timeout = probe_timeout
+        self._heartbeat = heartbeat  # called on every sign of life: a list, a watch batch, a probe answer
         self.prefixes = watched_prefixes(node)
         self.in_sync = False
         self.revision = 0
+        self.last_alive: float | None = None  # clock() of the last sign of life
+        self._synced_before = False
         self._cache: dict[str, Any] = {}
 
         registry = registry if registry is not None else CollectorRegistry()
@@ -273,6 +332,16 @@ class EtcdSyncer:
         self._m_events = Counter(
             "calico_bgp_datastore_watch_events", "Watch events applied to the local view.", registry=registry
         )
+        self._m_up = Gauge(
+            "calico_bgp_datastore_up",
+            "1 while etcd answers: connected, and the last liveness probe answered in time.",
+            registry=registry,
+        )
+        self._m_reconnects = Counter(
+            "calico_bgp_datastore_reconnects",
+            "Times the view was listed again on a fresh connection after the previous one was lost.",
+            registry=registry,
+        )
 
     async def run(self, on_snapshot: OnSnapshot) -> None:
         backoff = self._backoff_initial
@@ -282,14 +351,15 @@ class EtcdSyncer:
             try:
                 await self._sync(client, on_snapshot)
             except (TimeoutError, DatastoreError, OSError) as exc:
-                reason = "compacted" if isinstance(exc, CompactedError) else "error"
+                reason = _REASONS.get(type(exc), "error")
                 log.warning("etcd sync lost (%s); last snapshot kept, resync in %.2fs", exc, backoff)
             except Exception:  # a bug or an unexpected client failure: same recovery, louder
                 reason = "unexpected"
                 log.exception("etcd sync failed unexpectedly; last snapshot kept, resync in %.2fs", backoff)
             finally:
                 self._set_in_sync(False)
-                await client.close()
+                self._m_up.set(0)
+                await client.close()  # bounded inside the client: a hung server cannot hold us here
             self._m_errors.labels(reason).inc()
             if self._clock() - started >= self._healthy_after:
                 backoff = self._backoff_initial
@@ -298,18 +368,27 @@ class EtcdSyncer:
 
     async def _sync(self, client: Any, on_snapshot: OnSnapshot) -> None:
         await client.connect()
+        self._m_up.set(1)
         revision, values = await client.get_prefixes(self.prefixes)
         self._cache = {key: decode_value(key, raw) for key, raw in values.items()}
         self.revision = revision
         self._m_resyncs.inc()
+        if self._synced_before:
+            self._m_reconnects.inc()
+        self._synced_before = True
         self._set_in_sync(True)
+        self._alive()
         on_snapshot(build_snapshot(self.revision, self._cache, self.node))
 
+        # Unbounded by design: one etcd watch response lands at once and is drained into one batch right
+        # after; bounding it would stall the pumps and, through them, aetcd's shared watch stream.
         queue: asyncio.Queue[WatchEvent | BaseException] = asyncio.Queue()
         pumps = [
             asyncio.create_task(self._pump(client, prefix, revision + 1, queue), name=f"etcd-watch {prefix}")
             for prefix in self.prefixes
         ]
+        if self._probe_interval is not None:
+            pumps.append(asyncio.create_task(self._probe(client, queue), name="etcd-probe"))
         try:
             while True:
                 batch = [await queue.get()]
@@ -319,11 +398,53 @@ class EtcdSyncer:
                     if isinstance(item, BaseException):
                         raise item
                     self._apply(item)
+                self._alive()
                 on_snapshot(build_snapshot(self.revision, self._cache, self.node))
         finally:
             for pump in pumps:
                 pump.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
+
+    async def _probe(self, client: Any, queue: asyncio.Queue[Any]) -> None:
+        """Every ``probe_interval``, a read that must answer within ``probe_timeout``.
+
+        A watch on a connection that silently drops packets (no RST), or on a hung etcd, just stays
+        quiet; this is what notices. The first failure ends the sync: relisting on a fresh connection is
+        the only way back to a view known to be current. Bound: a silent etcd is noticed at most
+        ``probe_interval + probe_timeout`` after its last answer.
+        """
+        assert self._probe_interval is not None
+        try:
+            while True:
+                await self._sleep(self._probe_interval)
+                await self._deadline(client.probe(), self._probe_timeout, "the liveness probe")
+                self._alive()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            queue.put_nowait(exc)
+
+    async def _deadline(self, awaitable: Awaitable[Any], seconds: float, what: str) -> Any:
+        """``awaitable``'s result, or ``DatastoreUnresponsive`` after ``seconds`` of the injected clock.
+
+        Timed with the injected sleep rather than ``asyncio.wait_for`` so the unit tests can run a hung
+        etcd in virtual time; the gRPC deadline inside the client is the real-time backstop."""
+        work = asyncio.ensure_future(awaitable)
+        timer = asyncio.ensure_future(self._sleep(seconds))
+        try:
+            await asyncio.wait((work, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            if not work.done():
+                work.cancel()
+        if work.done() and not work.cancelled():
+            return work.result()
+        raise DatastoreUnresponsive(f"etcd did not answer {what} within {seconds:g}s")
+
+    def _alive(self) -> None:
+        self.last_alive = self._clock()
+        if self._heartbeat is not None:
+            self._heartbeat()
 
     @staticmethod
     async def _pump(client: Any, prefix: str, start: int, queue: asyncio.Queue[Any]) -> None:

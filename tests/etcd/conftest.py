@@ -1,6 +1,7 @@
 """A throwaway etcd for the datastore tests: Debian's /usr/bin/etcd on free loopback ports with a temp
 data dir. ``EtcdServer`` can be killed and started again on the same port and data dir (an outage that
-keeps the data). The fixture kills only the process it started and removes the data dir in all outcomes.
+keeps the data), or stopped and continued (a silent one). The fixture kills only the process it started
+and removes the data dir in all outcomes.
 """
 
 from __future__ import annotations
@@ -72,8 +73,18 @@ class EtcdServer:
             self.proc.wait(timeout=10)
         self.proc = None
 
+    def pause(self) -> None:
+        """SIGSTOP: a silent etcd. Its TCP connections stay open (the kernel still ACKs), nothing answers."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.resume()  # a stopped process would hold SIGTERM pending
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)

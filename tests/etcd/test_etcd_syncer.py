@@ -1,5 +1,5 @@
 """EtcdClient and EtcdSyncer against a real etcd: initial list, watch updates, deletes, compaction,
-and an etcd that dies and comes back on the same port and data dir."""
+an etcd that dies and comes back on the same port and data dir, and one that goes silent (SIGSTOP)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from confgen.datastore import keys
 from confgen.datastore.base import CompactedError, DatastoreError
-from confgen.datastore.etcd import EtcdClient, EtcdSyncer
+from confgen.datastore.etcd import PROBE_INTERVAL, PROBE_TIMEOUT, EtcdClient, EtcdSyncer
 
 pytestmark = pytest.mark.etcd
 
@@ -129,12 +129,42 @@ async def test_etcd_killed_keeps_the_last_snapshot_and_reconnects(etcd_server):
         assert run.metric("calico_bgp_datastore_resyncs_total") == 2
 
 
+async def test_a_silent_etcd_is_noticed_within_the_bound_then_resynced(etcd_server):
+    await (await seed(etcd_server.endpoint)).close()
+    async with Running(etcd_server.endpoint, backoff_max=1.0) as run:  # the daemon's probe defaults
+        before = run.last
+        assert run.metric("calico_bgp_datastore_up") == 1
+        etcd_server.pause()
+        try:
+            paused = time.monotonic()
+            # The bound: PROBE_INTERVAL + PROBE_TIMEOUT after the last answer, which came before the pause.
+            await wait_until(lambda: not run.syncer.in_sync, timeout=PROBE_INTERVAL + PROBE_TIMEOUT + 1.0,
+                             what="the syncer to notice a silent etcd")  # fmt: skip
+            detected = time.monotonic() - paused
+            assert run.metric("calico_bgp_datastore_up") == 0
+            assert run.last is before  # the last good view stands
+        finally:
+            etcd_server.resume()
+        print(f"silent etcd detected after {detected:.2f}s")
+        await wait_until(lambda: run.syncer.in_sync, timeout=20, what="the resync after SIGCONT")
+        client = EtcdClient([etcd_server.endpoint])
+        await client.connect()
+        try:
+            await client.put(keys.resource_key("Node", "node4"), json.dumps(node("node4", "10.0.0.14")))
+            await wait_until(lambda: "node4" in run.last.resources["Node"], what="a write after SIGCONT")
+        finally:
+            await client.close()
+        assert run.metric("calico_bgp_datastore_reconnects_total") >= 1
+        assert run.metric("calico_bgp_datastore_up") == 1
+
+
 async def test_compaction_while_disconnected_is_a_full_resync(etcd_server):
     await (await seed(etcd_server.endpoint)).close()
     gate = asyncio.Event()
 
     async def gated_sleep(delay):  # the syncer stays "disconnected" until the test opens the gate
         await gate.wait()
+        await asyncio.sleep(delay)  # then time runs as usual (the liveness probe's timers included)
 
     async with Running(etcd_server.endpoint, sleep=gated_sleep) as run:
         watched_from = run.last.revision

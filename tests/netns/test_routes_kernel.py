@@ -269,6 +269,52 @@ async def test_recursive_next_hops_follow_the_kernels_routes(ns, netlink):
         await asyncio.gather(task, return_exceptions=True)
 
 
+class CountingNetlink:
+    """The real netlink seam, with a record of every destination written (the test's independent count)."""
+
+    def __init__(self, inner: KernelNetlink) -> None:
+        self.inner = inner
+        self.writes: list[str] = []
+
+    async def dump_routes(self, proto=None, table=254):
+        return await self.inner.dump_routes(proto, table)
+
+    async def apply(self, replaces, deletes, creates=()):
+        self.writes.extend(r.dst for r in (*replaces, *creates))
+        return await self.inner.apply(replaces, deletes, creates)
+
+
+async def test_a_route_the_kernel_refuses_is_retried_alone_with_back_off(ns, netlink):
+    """An unreachable gateway (ENETUNREACH) and a foreign route on a destination we want: the first is
+    written again once per back-off and nothing else is, the second is never written; both go in once the
+    kernel allows. The clock is injected: an hour of the daemon's one-second retry checks, instantly."""
+    from routes.table import RETRY_MAX
+
+    now = [1000.0]
+    counting = CountingNetlink(netlink)
+    table = RouteTable(counting, hold_deletes=False, clock=lambda: now[0])
+    ip(ns, "route", "add", "10.244.60.0/26", "via", "10.9.0.5", "proto", "80")  # someone else's
+    refused = Route("10.244.50.0/26", nexthops=(Nexthop("10.77.0.1"),))  # no route to 10.77.0.1
+    held = Route("10.244.60.0/26", nexthops=(Nexthop("10.9.0.2"),))
+    table.set_desired([refused, held, *many(50)])
+    first = await table.apply()
+    assert [(r.dst, text.split(":")[0]) for r, text in first.errors] == [(refused.dst, "ENETUNREACH")]
+    assert first.conflicts == (held.dst,) and len(ours(ns)) == 50
+    counting.writes.clear()
+    for _ in range(3600):
+        now[0] += 1.0
+        await table.retry_due()
+    assert set(counting.writes) == {refused.dst}
+    assert len(counting.writes) <= 5 + 3600 / RETRY_MAX
+    ip(ns, "addr", "add", "10.77.0.2/24", "dev", "v0")  # the gateway becomes reachable
+    ip(ns, "route", "del", "10.244.60.0/26", "proto", "80")  # and the destination free
+    table.invalidate()  # what the daemon's watcher does on the foreign route's deletion, here by hand
+    now[0] += RETRY_MAX
+    await table.apply()
+    assert {"10.244.50.0/26", "10.244.60.0/26"} <= set(ours(ns)) and table.failures == {}
+    assert table.next_retry() is None
+
+
 def test_benchmark_command_runs_and_cleans_up(capsys):
     """``python -m routes.bench`` end to end on a small count (its figures are not asserted: not a timed
     test); it must leave no namespace behind."""

@@ -27,18 +27,20 @@ async def _start_bridge(sock: Path):
 
 async def test_bridge_relays_both_ways_and_reconnects(tmp_path):
     lines: list[str] = []
-    connects = 0
+    connects: list[int | None] = []
 
-    def on_connect():
-        nonlocal connects
-        connects += 1
+    def on_connect(pid):
+        connects.append(pid)
 
     channel = ApiChannel(tmp_path / "api.sock", on_line=lines.append, on_connect=on_connect)
     await channel.start()
     assert stat.S_IMODE(os.stat(tmp_path / "api.sock").st_mode) == 0o600
-    # Commands sent before any bridge connects are kept and delivered on connect.
-    await channel.send(["neighbor 10.0.0.12 announce eor ipv4 unicast"])
+    # Commands sent before any bridge connects are dropped and counted, never replayed to a later one.
+    await channel.send(["neighbor 10.0.0.12 announce route 192.168.9.0/26 next-hop 10.0.0.11"])
+    assert channel.dropped == 1
     bridge = await _start_bridge(tmp_path / "api.sock")
+    await asyncio.wait_for(channel.connected.wait(), 5)
+    await channel.send(["neighbor 10.0.0.12 announce eor ipv4 unicast"])
     assert (
         await asyncio.wait_for(bridge.stdout.readline(), 5)
         == b"neighbor 10.0.0.12 announce eor ipv4 unicast\n"
@@ -49,12 +51,12 @@ async def test_bridge_relays_both_ways_and_reconnects(tmp_path):
         if lines:
             break
         await asyncio.sleep(0.02)
-    assert lines == ['{"type": "state"}\n'] and connects == 1
+    assert lines == ['{"type": "state"}\n'] and connects == [bridge.pid]  # the bridge's pid, from the socket
     # ExaBGP respawns its API process: the new bridge replaces the old connection.
     second = await _start_bridge(tmp_path / "api.sock")
     await asyncio.wait_for(channel.connected.wait(), 5)
     for _ in range(100):
-        if connects == 2:
+        if len(connects) == 2:
             break
         await asyncio.sleep(0.02)
     await channel.send(["show adj-rib out json"])
@@ -78,12 +80,17 @@ async def test_bridge_gives_up_without_a_daemon(tmp_path, monkeypatch):
     assert b"cannot reach the daemon" in await proc.stderr.read()
 
 
-def test_backlog_is_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr("bgp.exabgp.channel.BACKLOG_LINES", 3)
-    channel = ApiChannel(tmp_path / "x.sock", on_line=lambda line: None)
-    asyncio.run(channel.send(["a", "b"]))
-    asyncio.run(channel.send(["c", "d"]))
-    assert channel.dropped == 1
+async def test_a_refused_connection_gets_nothing_and_is_not_read(tmp_path):
+    lines: list[str] = []
+    channel = ApiChannel(tmp_path / "api.sock", on_line=lines.append, on_connect=lambda pid: False)
+    await channel.start()
+    bridge = await _start_bridge(tmp_path / "api.sock")
+    bridge.stdin.write(b'{"type": "state"}\n')
+    await bridge.stdin.drain()
+    assert await asyncio.wait_for(bridge.wait(), 10) == 0  # the daemon closed on it: the bridge exits
+    await channel.send(["neighbor 10.0.0.12 announce eor ipv4 unicast"])
+    assert lines == [] and channel.dropped == 1 and not channel.connected.is_set()
+    await channel.close()
 
 
 FAKE_EXABGP = """#!/bin/sh
@@ -156,3 +163,56 @@ def test_environment_is_explicit():
     assert env["exabgp.tcp.bind"] == "10.0.0.11 fd00::11"
     assert env["exabgp.daemon.user"] == "root" and env["exabgp.api.ack"] == "false"
     assert signal.SIGUSR1  # reload is SIGUSR1; SIGHUP would stop ExaBGP
+
+
+async def test_restart_kills_a_stopped_exabgp_and_its_bridge_at_once(tmp_path, fake_exabgp):
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    parents: dict[int, int] = {}
+    deadline_over = asyncio.Event()
+
+    async def sleep(seconds):  # only the API start deadline sleeps through this
+        await deadline_over.wait()
+
+    s = sup.ExaBGPSupervisor(
+        tmp_path / "exabgp.conf",
+        tmp_path / "exabgp.log",
+        backoff_initial=30.0,  # a crash would wait this long; a restart must not
+        parent_of=parents.get,
+        sleep=sleep,
+        registry=registry,
+    )
+    bridge = await asyncio.create_subprocess_exec("sleep", "60")  # stands in for ExaBGP's API process
+    task = asyncio.create_task(s.run())
+    try:
+        await _until(lambda: s.pid is not None)
+        first = s.pid
+        assert not s.accept_api(bridge.pid)  # not the running ExaBGP's child: a leftover, refused
+        parents[bridge.pid] = first
+        assert s.accept_api(bridge.pid)
+        os.kill(first, signal.SIGSTOP)  # hung: only SIGKILL moves it now
+        assert s.restart("no answer to the API probe", "hung")
+        assert not s.restart("the API connection was lost", "api-lost")  # the same outage: once
+        await _until(lambda: s.pid not in (None, first), timeout=3.0)
+        assert await asyncio.wait_for(bridge.wait(), 3) == -signal.SIGKILL
+        assert s.restarts == {"hung": 1}
+        assert registry.get_sample_value("calico_bgp_exabgp_restarts_total", {"reason": "hung"}) == 1
+        # A second API connection from one ExaBGP (it respawned the bridge): restarted, not used.
+        second = s.pid
+        parents.update({1: second, 2: second})  # pids 1 and 2 are never ours to kill: parent_of lies
+        assert s.accept_api(1)
+        parents[1] = 0  # ... so restart() does not take pid 1 for this ExaBGP's bridge
+        assert not s.accept_api(2)
+        await _until(lambda: s.pid not in (None, second), timeout=3.0)
+        assert s.restarts == {"hung": 1, "api-respawned": 1}
+        # No API connection before the deadline: restarted.
+        deadline_over.set()
+        await _until(lambda: s.restarts.get("no-api", 0) >= 1, timeout=3.0)
+        await s.stop(timeout=5)
+        await asyncio.wait_for(task, 5)
+    finally:
+        if s.pid is not None:
+            os.kill(s.pid, signal.SIGKILL)
+        if bridge.returncode is None:
+            bridge.kill()

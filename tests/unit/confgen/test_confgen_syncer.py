@@ -22,6 +22,8 @@ class FakeServer:
         self.kv: dict[str, bytes] = {}
         self.revision = 1
         self.refuse = 0  # number of connects to refuse
+        self.silent = False  # probes get no answer (a SIGSTOPped etcd behind an open TCP connection)
+        self.probes = 0
         self.watches: list[tuple[str, int, asyncio.Queue]] = []
         self.clients: list[FakeClient] = []
 
@@ -66,6 +68,12 @@ class FakeClient:
         values = {k: v for k, v in self.server.kv.items() if k.startswith(tuple(prefixes))}
         return self.server.revision, values
 
+    async def probe(self):
+        self.server.probes += 1
+        if self.server.silent:
+            await asyncio.Event().wait()  # never answers; only the syncer's deadline ends this
+        return self.server.revision
+
     async def watch_prefix(self, prefix, start_revision):
         entry = (prefix, start_revision, asyncio.Queue())
         self.server.watches.append(entry)
@@ -99,9 +107,11 @@ async def running(fake_time):
     server.put(keys.affinity_key("node2", "10.65.2.0/26"), {"state": "confirmed"})  # not ours
     server.put(keys.RESOURCE_PREFIX + "networkpolicies/default.x", {})  # not watched at all
     registry = CollectorRegistry()
+    # No probe here: these tests pin the exact backoff sequence of sleeps (the probe's have their own tests).
     syncer = EtcdSyncer(
-        server.client, "node1", clock=fake_time.clock, sleep=fake_time.sleep, registry=registry
-    )
+        server.client, "node1", clock=fake_time.clock, sleep=fake_time.sleep, registry=registry,
+        probe_interval=None,
+    )  # fmt: skip
     snapshots = []
     task = asyncio.create_task(syncer.run(snapshots.append))
     await fake_time.settle()
@@ -206,3 +216,73 @@ async def test_undecodable_values_are_reported_not_fatal(running):
         await asyncio.sleep(0)
     assert "broken" not in snapshots[-1].resources["Node"]
     assert snapshots[-1].errors == (f"{node_key('broken')}: value is not valid JSON (JSONDecodeError)",)
+
+
+@pytest.fixture
+async def probed(fake_time):
+    server = FakeServer()
+    server.put(node_key("node1"), node_value("10.0.0.11/24"))
+    registry = CollectorRegistry()
+    beats = []
+    syncer = EtcdSyncer(
+        server.client, "node1", clock=fake_time.clock, sleep=fake_time.sleep, registry=registry,
+        probe_interval=5.0, probe_timeout=5.0, heartbeat=lambda: beats.append(fake_time.now),
+    )  # fmt: skip
+    snapshots = []
+    task = asyncio.create_task(syncer.run(snapshots.append))
+    await fake_time.settle()
+    try:
+        yield server, syncer, snapshots, registry, beats
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_live_etcd_is_probed_and_each_answer_is_a_heartbeat(probed, fake_time):
+    server, syncer, snapshots, registry, beats = probed
+    await fake_time.advance(20)
+    assert server.probes == 4 and syncer.in_sync and len(snapshots) == 1
+    assert beats == [0, 5, 10, 15, 20] and syncer.last_alive == 20  # the list, then every probe answer
+    assert registry.get_sample_value("calico_bgp_datastore_up") == 1
+    server.put(node_key("node2"), node_value("10.0.0.12/24"))
+    await fake_time.settle()
+    assert beats[-1] == 20 and len(beats) == 6  # a watch batch is a sign of life too
+
+
+@pytest.mark.parametrize("silent_after", [0.0, 3.0, 4.999])
+async def test_a_silent_etcd_is_noticed_within_the_bound_and_relisted(probed, fake_time, silent_after):
+    server, syncer, snapshots, registry, beats = probed
+    await fake_time.advance(silent_after)
+    server.silent = True  # SIGSTOP: the connection stays open, nothing answers, the watch just stays quiet
+    await fake_time.advance(5.0 - silent_after)  # the probe goes out at 5 s...
+    assert syncer.in_sync
+    await fake_time.advance(4.9)  # ... and is still unanswered just before its deadline
+    assert syncer.in_sync
+    await fake_time.advance(0.1)  # 10 s after the last answer (the list at 0 s): noticed
+    assert not syncer.in_sync and len(snapshots) == 1  # the last good view is kept, not emptied
+    assert registry.get_sample_value("calico_bgp_datastore_up") == 0
+    assert registry.get_sample_value("calico_bgp_datastore_errors_total", {"reason": "unresponsive"}) == 1
+    assert server.clients[0].closed and server.watches == []  # the stuck connection was let go
+
+    server.silent = False  # SIGCONT
+    server.put(node_key("node2"), node_value("10.0.0.12/24"))  # written while we were away
+    await fake_time.advance(0.25)  # the first backoff, then a relist on a fresh client
+    assert syncer.in_sync and len(snapshots) == 2
+    assert set(snapshots[-1].resources["Node"]) == {"node1", "node2"}
+    assert registry.get_sample_value("calico_bgp_datastore_up") == 1
+    assert registry.get_sample_value("calico_bgp_datastore_reconnects_total") == 1
+    assert syncer.last_alive == fake_time.now
+
+
+async def test_a_probe_error_ends_the_sync_like_any_datastore_error(probed, fake_time):
+    server, syncer, snapshots, registry, _ = probed
+
+    async def refused():
+        raise DatastoreError("etcdserver: too many requests")
+
+    server.clients[0].probe = refused
+    await fake_time.advance(5.0)
+    assert registry.get_sample_value("calico_bgp_datastore_errors_total", {"reason": "error"}) == 1
+    await fake_time.advance(0.25)
+    assert syncer.in_sync and len(snapshots) == 2

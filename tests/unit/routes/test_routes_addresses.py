@@ -162,3 +162,25 @@ def test_feed_applies_events():
     watcher.feed(AddressEvent(ADD, InterfaceAddress(2, "10.0.0.11/24")))
     watcher.feed(AddressEvent(DEL, InterfaceAddress(2, "10.0.0.11/24")))
     assert reports == [frozenset({"10.0.0.11/24"}), frozenset()]
+
+
+async def test_an_ended_watch_is_subscribed_again_not_the_end_of_the_task():
+    nl = FakeNetlink()
+    nl.add_address("eth0", "10.0.0.11/24")
+    sleeps = []
+
+    async def sleep(seconds):
+        sleeps.append(seconds)
+
+    reports = []
+    watcher = InterfaceAddressWatcher(nl, reports.append, retry=5.0, sleep=sleep)
+    task = asyncio.create_task(watcher.run())
+    await asyncio.wait_for(watcher.ready.wait(), 1)
+    nl._address_watches[0].close()  # the socket went away under the watcher
+    await settle()
+    nl.add_address("eth0", "10.0.0.12/24")  # heard on the fresh subscription
+    await settle()
+    assert not task.done() and sleeps == [5.0]
+    assert reports[-1] == frozenset({"10.0.0.11/24", "10.0.0.12/24"})
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

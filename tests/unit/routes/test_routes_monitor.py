@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from routes.model import BLACKHOLE, RTPROT_BOOT, Nexthop, Route
 from routes.monitor import WorkloadRouteWatcher
@@ -255,3 +256,128 @@ async def test_every_full_dump_reaches_the_dump_observers(kernel):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def quiet() -> None:
+    """Long enough for a watch to be replaced (task hand-offs take more rounds than one event)."""
+    for _ in range(30):
+        await asyncio.sleep(0)
+
+
+class Timer:
+    """Injectable sleep for the liveness timers: each sleep waits until the test fires it."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, asyncio.Future[None]]] = []
+
+    async def sleep(self, seconds: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((seconds, future))
+        await future
+
+    async def fire(self, seconds: float) -> None:
+        """Let the oldest pending sleep of ``seconds`` end."""
+        await quiet()
+        index = next(i for i, (delay, _) in enumerate(self.pending) if delay == seconds)
+        self.pending.pop(index)[1].set_result(None)
+        await quiet()
+
+
+@pytest.fixture
+async def verified(kernel):
+    calls: list[dict[str, str | None]] = []
+    beats: list[int] = []
+    timer = Timer()
+    registry = CollectorRegistry()
+    watcher = WorkloadRouteWatcher(
+        kernel, calls.append, sleep=lambda _: asyncio.sleep(0), verify_interval=30.0, recheck=1.0,
+        retry=2.0, verify_sleep=timer.sleep, heartbeat=lambda: beats.append(1), registry=registry,
+    )  # fmt: skip
+    task = asyncio.create_task(watcher.run())
+    await quiet()
+    try:
+        yield watcher, calls, timer, beats, registry
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()  # the watcher only ever ends by cancellation
+
+
+def restarts(registry: CollectorRegistry, reason: str) -> float:
+    return registry.get_sample_value("calico_bgp_kernel_watch_restarts_total", {"reason": reason}) or 0
+
+
+async def test_a_silently_stalled_watch_is_caught_by_verification_and_replaced(verified, kernel):
+    watcher, calls, timer, beats, registry = verified
+    kernel.add_foreign(workload("10.244.1.5/32"))
+    await quiet()
+    assert beats == [1] and calls[-1] == {"10.244.1.5/32": "cali1"}
+    await timer.fire(30.0)  # nothing missed: the dump agrees, a heartbeat
+    assert beats == [1, 1] and restarts(registry, "stalled") == 0
+
+    kernel.deafen()  # the socket stays open and says nothing any more
+    kernel.add_foreign(workload("10.244.1.6/32", dev="cali2"))
+    del kernel.routes[(254, "10.244.1.5/32", 0)]
+    await quiet()
+    assert watcher.prefixes == {"10.244.1.5/32"}  # unaware
+    await timer.fire(30.0)  # the dump differs...
+    assert restarts(registry, "stalled") == 0 and len(beats) == 2
+    await timer.fire(1.0)  # ... and still differs a second later, with the kernel unchanged: stalled
+    assert restarts(registry, "stalled") == 1 and watcher.restarts == 1
+    assert watcher.prefixes == {"10.244.1.6/32"}  # re-read on a fresh subscription
+    assert calls[-1] == {"10.244.1.5/32": None, "10.244.1.6/32": "cali2"}
+    assert len(beats) == 3
+    kernel.add_foreign(workload("10.244.1.7/32"))  # and the new subscription hears
+    await quiet()
+    assert calls[-1] == {"10.244.1.7/32": "cali1"}
+
+
+class ChangesDuringADump(FakeNetlink):
+    """The next dump sees a route whose notification is only queued, not yet read by the watcher."""
+
+    change_during_dump: Route | None = None
+
+    async def dump_routes(self, proto=None, table=254):
+        if self.change_during_dump is not None:
+            route, self.change_during_dump = self.change_during_dump, None
+            self.add_foreign(route)
+        return await super().dump_routes(proto, table)
+
+
+async def test_a_change_in_flight_during_a_dump_is_not_a_stall():
+    kernel = ChangesDuringADump(links=("lo", "eth0", "cali1"))
+    calls: list[dict[str, str | None]] = []
+    timer = Timer()
+    watcher = WorkloadRouteWatcher(kernel, calls.append, sleep=lambda _: asyncio.sleep(0),
+                                   verify_sleep=timer.sleep, recheck=1.0)  # fmt: skip
+    task = asyncio.create_task(watcher.run())
+    try:
+        await quiet()
+        kernel.change_during_dump = workload("10.244.1.5/32")
+        verify = asyncio.create_task(watcher.verify())
+        await timer.fire(1.0)  # the first dump saw it before we did; by the second we have it too
+        assert await verify is False and watcher.restarts == 0
+        assert calls[-1] == {"10.244.1.5/32": "cali1"}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.parametrize("fault", ["error", "ended"])
+async def test_a_failed_or_ended_watch_is_subscribed_again_after_the_retry(verified, kernel, fault):
+    watcher, calls, timer, beats, registry = verified
+    kernel.add_foreign(workload("10.244.1.5/32"))
+    await quiet()
+    if fault == "error":
+        kernel.break_watches(OSError(9, "Bad file descriptor"))
+    else:
+        kernel._watches[0].close()
+    await quiet()
+    assert restarts(registry, fault) == 1
+    kernel.add_foreign(workload("10.244.1.6/32"))  # while unsubscribed: only the re-read can see it
+    await timer.fire(2.0)
+    assert watcher.prefixes == {"10.244.1.5/32", "10.244.1.6/32"}
+    assert calls[-1] == {"10.244.1.6/32": "cali1"}
+    kernel.add_foreign(workload("10.244.1.7/32"))
+    await quiet()
+    assert calls[-1] == {"10.244.1.7/32": "cali1"}
