@@ -26,8 +26,11 @@ Ownership rules (Calico's contract with Felix, calico-bgp.md section 5; predicat
 
 Complicating factors:
 - Restart safety (BIRD's ``persist`` + graceful restart). The first read-back adopts existing proto-12
-  routes as ours; deletions stay held until the owner calls ``hold_deletes(False)`` (e.g. after
-  End-of-RIB from the peers), so a restart does not blackhole traffic while routes are re-learned.
+  routes as ours; deleting an *adopted* route stays held until the owner calls ``hold_deletes(False)``
+  (e.g. after End-of-RIB from the peers), so a restart does not blackhole traffic while routes are
+  re-learned. The hold covers only destinations this run has not wanted yet: once a destination was
+  desired in this run, BGP has spoken about it, and a withdraw (a peer without graceful restart going
+  down, a prefix withdrawn) is carried out at once, hold or not.
 - Read-back is not write-back (see ``routes.rtnetlink``): gateway-only next hops come back with the
   device the kernel resolved; ``same_route`` treats an unset device as a wildcard.
 - IPv4 drops a downed device's routes without notifications; ``observe`` forces a read-back on such link
@@ -98,6 +101,7 @@ class RouteTable:
         self._foreign: dict[str, dict[int, str]] = {}
         self._dirty: set[str] = set()
         self._held: set[str] = set()
+        self._adopted: set[str] = set()  # dsts found at the first read-back and not desired since
         self._retry: dict[str, tuple[float, float]] = {}  # dst -> (not before, current back-off)
         self._failures: dict[str, str] = {}  # dst -> the kernel's last refusal, until it is programmed
         self._conflicts: dict[str, str] = {}
@@ -232,6 +236,7 @@ class RouteTable:
         if not hold:
             self._dirty |= self._held
             self._held.clear()
+            self._adopted.clear()
 
     def invalidate(self) -> None:
         """Our view may be wrong (notifications were lost): read the table back before the next decision."""
@@ -346,6 +351,7 @@ class RouteTable:
             if programmed:
                 log.info("adopted %d existing proto-%d routes from table %d",
                          sum(len(v) for v in programmed.values()), self.proto, self.table)
+            self._adopted = set(programmed) - self._desired.keys()
             self._adopting = False
         else:
             for dst in programmed.keys() | self._programmed.keys():
@@ -383,7 +389,7 @@ class RouteTable:
             want = desired.get(dst)
             ours = programmed.get(dst)
             if want is None or dst in foreign:  # undesired, or yielded to the foreign owner
-                if ours and not self._hold:
+                if ours and not (self._hold and dst in self._adopted):
                     deletes.extend(ours.values())
                     continue
                 if ours:
@@ -393,6 +399,8 @@ class RouteTable:
                 continue
             if self._held:
                 self._held.discard(dst)
+            if self._adopted:
+                self._adopted.discard(dst)
             if not ours:
                 creates.append(want)
                 continue

@@ -208,16 +208,21 @@ async def test_adopted_routes_wait_for_hold_release(kernel, registry):
     assert result.deleted == 1 and set(ours(kernel)) == {"10.244.0.0/26", "10.244.1.0/26"}
 
 
-async def test_hold_deletes_defers_but_still_replaces(table, kernel):
-    table.set_desired([block(1), block(2)])
+async def test_the_hold_covers_only_adopted_routes_this_run_has_not_wanted(kernel, registry):
+    """A route learned (or re-learned) in this run and then withdrawn goes at once, hold or not: a peer
+    without graceful restart that drops must not leave its routes for the whole start-up hold."""
+    for n in (1, 2, 3):
+        kernel.add_foreign(block(n))  # left by our previous incarnation
+    table = RouteTable(kernel, registry=registry)  # holding deletes: restart safety
+    table.set_desired([block(1), block(4)])  # 1 re-learned, 4 new this run; 2 and 3 not (yet)
     await table.apply()
-    table.hold_deletes(True)
-    table.set_desired([block(1, "192.0.2.9")])
+    table.set_desired([block(2, "192.0.2.9")])  # 1 and 4 withdrawn, 2 re-learned with a new next hop
     result = await table.apply()
-    assert (result.replaced, result.deleted, result.held) == (1, 0, 1)
-    assert set(ours(kernel)) == {"10.244.1.0/26", "10.244.2.0/26"}
+    assert (result.replaced, result.deleted, result.held) == (1, 2, 1)
+    assert set(ours(kernel)) == {"10.244.2.0/26", "10.244.3.0/26"}  # 3: adopted, never wanted: held
     table.hold_deletes(False)
     assert (await table.apply()).deleted == 1
+    assert set(ours(kernel)) == {"10.244.2.0/26"}
 
 
 async def test_errors_are_counted_and_retried_with_backoff(table, kernel, registry, clock):
