@@ -3,6 +3,7 @@
 #   make lab-down   remove it
 #   make test       the whole suite (unit, golden, etcd, kernel/netns and lab tests; run as root)
 #   make bench      calico-bgp vs BIRD 1.6 benchmarks (table + bench/results/latest.{json,md})
+#   make fault      the fault campaign (tests/fault, full counts): writes tests/fault/RESULTS.md + results.json
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -15,8 +16,15 @@ STAMP := $(VENV)/.installed
 TOPOLOGY ?= mesh
 NODES ?= 3
 BENCH_ARGS ?=
+# The campaign's counts (each test's default is the small one `make test` uses for the fault_quick subset).
+# FAULT_FRESH=1 rewrites the result files from this run's rows only; 0 merges into the earlier rows.
+FAULT_ARGS ?=
+FAULT_FRESH ?= 1
+FAULT_COUNTS := CALICO_BGP_FAULT_FLAPS=1000 CALICO_BGP_FAULT_RESTARTS=20 CALICO_BGP_FAULT_CRASHES=10 \
+	CALICO_BGP_FAULT_STOPS=3 CALICO_BGP_FAULT_ETCD_OUTAGE_S=60 CALICO_BGP_FAULT_ETCD_RESTART_OUTAGE_S=150 \
+	CALICO_BGP_FAULT_REFUSAL_ROUTES=2000 CALICO_BGP_FAULT_REFUSAL_WINDOW_S=60
 
-.PHONY: deps interop-deps venv lab lab-down test lint bench clean
+.PHONY: deps interop-deps venv lab lab-down test lint bench fault clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -60,9 +68,16 @@ lab: venv
 lab-down: venv
 	$(BIN)/calico-bgp lab down $(TOPOLOGY)
 
+# The fault campaign's quick subset (fault_quick, small counts) runs here; the whole campaign in `make fault`.
 test: venv interop-deps
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra -m "not fault or fault_quick"
+
+# Faults injected into network-namespace labs (tests/fault), one result row per fault; several hours at
+# these counts (the 1,000-flap runs dominate). Results: tests/fault/RESULTS.md and tests/fault/results.json.
+fault: venv interop-deps
+	$(FAULT_COUNTS) CALICO_BGP_FAULT_RESULTS=tests/fault CALICO_BGP_FAULT_FRESH=$(FAULT_FRESH) \
+		$(BIN)/pytest -q -ra -m fault tests/fault $(FAULT_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .
