@@ -8,7 +8,7 @@ each node, two node namespaces on a switch namespace (the lab's own plumbing, ``
 lab's addressing), and the two ``bird`` processes, which it stops and removes in every outcome.
 
 The config is Calico's classic (v3.31) ``bird.cfg`` + ``bird_aggr.cfg`` + ``bird_ipam.cfg`` for a full
-mesh (calico-bgp.md section 3), with one change: upstream BIRD has no ``krt_tunnel`` (a Calico fork
+mesh (docs/calico-model.md), with one change: upstream BIRD has no ``krt_tunnel`` (a Calico fork
 patch), which only matters for IPIP pools, and the pools here are unencapsulated. So: the kernel protocol
 ``learn; persist; scan time 2; import all; export filter calico_kernel_programming; graceful restart;
 merge paths on``, the device and direct protocols, the node's block as a static blackhole with

@@ -10,7 +10,7 @@ Complicating factors:
 - 100k borrowed /32s do not fit in Calico's usual 192.168.0.0/16 pool next to the nodes' blocks, so the
   topology adds a second, unencapsulated pool (``BENCH_POOL``) in which no node holds a block: every /32
   Felix writes there is a borrowed IP, which Calico's export policy announces one by one (the worst case,
-  and what perf-anchors.md measured for BIRD).
+  and what docs/kernel-contract.md records for BIRD).
 - No pods: the lab's pod-to-pod ping check would only add start-up time; the workloads write their own
   Felix-style routes on a ``cali`` veth (``bench.felix``).
 - Daemons inherit this process's environment (``labs.ops.node_env``), which is how a settings experiment

@@ -8,7 +8,7 @@ nothing the speakers can see), the address plan of the benchmark's /32s, ``ip -b
 long-lived ``ip -batch -`` process for single routes.
 
 Complicating factors:
-- Bulk timing starts when ``ip -batch`` is started (perf-anchors.md's method), so the kernel's own
+- Bulk timing starts when ``ip -batch`` is started (docs/kernel-contract.md), so the kernel's own
   insertion time is part of every figure, for both speakers alike.
 - For single routes the process start of ``ip`` (milliseconds) would swamp a sub-millisecond figure: one
   ``ip -force -batch -`` reads routes from a pipe, and the clock starts just before the line is written.

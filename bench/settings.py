@@ -5,7 +5,7 @@ setting changed and runs a reduced plan of the propagation workloads (``bench.pr
 propagation of N routes (default 10k), single-route latency, RSS and idle CPU. The results go to
 ``bench/results/settings.md`` (and ``settings.json``).
 
-Variants (reference exabgp.md sections 3.2 and 4):
+Variants (docs/exabgp-notes.md):
 - our ExaBGP tuning (``bgp.exabgp.tuning``) on, the default, or off (``CALICO_BGP_EXABGP_TUNING=off``:
   ExaBGP as shipped);
 - ``exabgp.reactor.speed`` 10 (our default: with the tuning it paces only idle timer checks), 1.0

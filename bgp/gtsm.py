@@ -7,7 +7,7 @@ Owns: one nftables table (``inet calico_bgp_gtsm``) and nothing else in the rule
 with ``ttlSecurity N`` it drops the peer's BGP packets whose TTL (hop limit) is below ``256 - N`` and
 sends ours to that peer with TTL 255.
 
-Complicating factors (reference exabgp.md §3.4):
+Complicating factors (docs/exabgp-notes.md):
 - ExaBGP 5.0.15's ``incoming-ttl`` cannot be used: between two ExaBGPs the passive side's SYN-ACK leaves
   with TTL 64 (the sending TTL is set on the accepted socket only after the handshake) and the active
   side's IP_MINTTL drops it; on the global ``exabgp.tcp.bind`` listener no minimum TTL is set at all.

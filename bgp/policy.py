@@ -3,7 +3,7 @@
 Stage: between the Loc-RIB and each peer's Adj-RIB-Out (export), and between ExaBGP's updates and the
 Adj-RIB-In (import). Pure.
 
-Owns, in evaluation order for export (calico-bgp.md §3.5, §3.7, §3.9, §3.10):
+Owns, in evaluation order for export (docs/calico-model.md):
 1. BGP propagation rules: never back to the peer a path came from; iBGP-learned paths go to iBGP peers only
    from a route reflector (RFC 4456: client paths to every peer, non-client paths to clients only); no
    path to an eBGP peer whose AS is already in it.

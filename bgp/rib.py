@@ -1,7 +1,7 @@
 """Adj-RIB-In per peer and the decision process that picks the paths we install.
 
 Stage: the receive side of the route distributor, between ExaBGP's events and the kernel dataplane.
-ExaBGP keeps no usable RIB for us (exabgp.md §2.3, §5), so every path a peer sent lives here until the peer
+ExaBGP keeps no usable RIB for us (docs/exabgp-notes.md), so every path a peer sent lives here until the peer
 withdraws it or its session ends.
 
 Owns: received paths, keyed by (peer, prefix); the best path and the multipath set of each prefix. Pure.

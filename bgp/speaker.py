@@ -9,7 +9,7 @@ Owns: every path received (``AdjRibIn``), the selected paths (``_loc``), what we
 
 Complicating factors:
 - Everything is batched and incremental: inputs only record which prefixes changed; ``flush`` recomputes
-  just those, so a burst becomes one command per prefix (the ExaBGP 5.0.15 ordering bug, exabgp.md §2.4)
+  just those, so a burst becomes one command per prefix (the ExaBGP 5.0.15 ordering bug, docs/exabgp-notes.md)
   and one kernel apply, and 100k routes do not mean 100k recomputations per change.
 - Commands go only to established neighbours: ExaBGP 5.0.15 ignores a reload while any neighbour has updates
   queued, and a neighbour that is down would keep them queued. On session up the whole table goes out

@@ -3,7 +3,7 @@
 Stage: observability of the announcements dataplane.
 
 Owns: ``PeerStatus`` (one immutable value per configured session, replaced on every transition), the
-rendering in the shape of ``calicoctl node status`` (reference calico-bgp.md §4), and a tiny line protocol
+rendering in the shape of ``calicoctl node status`` (docs/kernel-contract.md), and a tiny line protocol
 on a unix socket that only root can open (mode 0600 in a 0700 directory).
 
 Complicating factors:

@@ -3,7 +3,7 @@
 Stage: the core of the pure calculation (``confgen.calc`` assembles the intent around it). Everything here
 is a function of the validated model, the node and the secrets handed in: no I/O, no clock.
 
-Owns: Calico's session rules (reference calico-bgp.md §2.7 "Peer expansion rules" and §3.7): mesh,
+Owns: Calico's session rules (docs/calico-model.md): mesh,
 global / node / selector peerings, automatic reverse peerings, their dedupe, the passive side, route
 reflection, and the per-session settings (AS, port, password, timers, TTL security, next hop).
 

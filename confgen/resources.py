@@ -45,7 +45,7 @@ ALIASES = {
 }
 _KIND_BY_ALIAS = {alias: kind for kind, aliases in ALIASES.items() for alias in aliases}
 
-# Spec fields of Calico v3 (reference calico-bgp.md §2); anything else draws a warning from apply.
+# Spec fields of Calico v3 (docs/calico-model.md); anything else draws a warning from apply.
 KNOWN_SPEC_FIELDS = {
     "BGPConfiguration": {
         "logSeverityScreen", "nodeToNodeMeshEnabled", "asNumber", "serviceClusterIPs", "serviceExternalIPs",

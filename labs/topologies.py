@@ -6,7 +6,7 @@ registers these builders in ``TOPOLOGIES``). ``labs.containerlab`` renders the s
 containerlab, so every definition here is the single source of both.
 
 Owns: addressing plans, AS numbers, labels and BGPPeer resources of each topology, written the way Calico
-users write them (calico-bgp.md §2.3: AS per rack with ``nodeSelector: rack == '<r>'``; reflectors labelled
+users write them (docs/calico-model.md: AS per rack with ``nodeSelector: rack == '<r>'``; reflectors labelled
 ``route-reflector`` with a cluster id, clients selected by ``!has(route-reflector)``).
 
 Complicating factors:

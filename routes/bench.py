@@ -4,7 +4,8 @@ Stage: a tool, not part of the pipeline. ``python -m routes.bench --routes 10000
 throwaway network namespace with a veth, then for each round installs and deletes N /32 routes via one
 gateway three ways: ``KernelNetlink.apply`` (the raw batched encoder), ``RouteTable`` (planning + the
 same encoder, i.e. what the daemon pays) and ``ip -batch`` (iproute2, one acked request per route: the
-reference from perf-anchors.md). It prints one table: seconds, routes/s and the ratio to ``ip -batch`` per
+reference from docs/kernel-contract.md).
+It prints one table: seconds, routes/s and the ratio to ``ip -batch`` per
 method for add and delete, the read-back (dump) time, and whether issue 5's target (RouteTable at least half
 of ``ip -batch``'s add rate) is met; the namespace is removed in all outcomes. The machines are noisy:
 compare figures from one run only; medians of ``--rounds`` (default 3) are printed.

@@ -4,7 +4,7 @@ Stage: between ``routes.monitor`` (Felix's workload /32s and /128s seen in the k
 intent (confirmed local blocks, pools), and the announcer in ``bgp``, which diffs the result against what
 it has announced.
 
-Owns: Calico's export policy for local routes (calico-bgp.md section 3.5), evaluated in BIRD's order:
+Owns: Calico's export policy for local routes (docs/calico-model.md), evaluated in BIRD's order:
 1. a prefix inside any ``disable_bgp_export`` pool is never announced, not even a block;
 2. each confirmed local block is announced, even with no workload in it (BIRD's static blackhole), and the
    workload host routes inside it are suppressed (``calico_aggr``);

@@ -1,7 +1,7 @@
 """Route ownership policy: which kernel routes are ours to touch, and when two routes are the same.
 
 Stage: used by ``routes.table.RouteTable`` (the only writer of kernel routes). Kept apart from the
-reconciler because these rules are the contract with Felix (calico-bgp.md section 5) and are worth
+reconciler because these rules are the contract with Felix (docs/kernel-contract.md) and are worth
 reading on their own.
 
 Owns: the Felix device names, the table ranges we must stay out of, route comparison tolerant of how the

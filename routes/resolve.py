@@ -4,7 +4,7 @@ Stage: between the BGP layer's Loc-RIB (best / multipath next hops per prefix, s
 and ``routes.table.RouteTable``.
 
 Owns: Calico's kernel programming policy (BIRD's ``calico_kernel_programming`` filter, static protocol and
-kernel protocol, calico-bgp.md sections 3.2, 3.4 and 5), per prefix:
+kernel protocol, docs/kernel-contract.md), per prefix:
 - a blackhole for each confirmed local block of a pool we program, so traffic for unallocated addresses
   in our blocks is dropped here instead of looping to the default route; a learned route equal to a local
   block is ignored (our own block reflected back), while learned /32s inside it (IPs borrowed by other

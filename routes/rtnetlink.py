@@ -11,8 +11,9 @@ kernel's quirks that change how a route reads back, and the classic-BPF program 
 writes off the monitor socket.
 
 Complicating factors:
-- Speed. pyroute2 spends 250-300 us of Python per route message (perf-anchors.md); installing 100k routes
-  that way takes ~30 s. Packing with precompiled ``struct.Struct`` objects costs a few microseconds, which
+- Speed. pyroute2 spends 250-300 us of Python per route message
+  (docs/kernel-contract.md); installing 100k routes that way takes ~30 s. Packing with precompiled
+  ``struct.Struct`` objects costs a few microseconds, which
   leaves the kernel as the bottleneck. Decoding dumps the same way keeps a 100k-route read-back to about a
   second instead of half a minute.
 - Read-back is not write-back. The kernel stores an IPv6 route written with metric 0 at metric 1024

@@ -8,7 +8,7 @@ Owns: the desired map (dst -> Route), the view of what we have programmed ((dst,
 truth after a read-back), the foreign routes that sit on destinations we might want, retry back-off,
 and the calico_bgp_kernel_* metrics.
 
-Ownership rules (Calico's contract with Felix, calico-bgp.md section 5; predicates in ``routes.ownership``):
+Ownership rules (Calico's contract with Felix, docs/kernel-contract.md; predicates in ``routes.ownership``):
 - Ours means: our protocol (12, like BIRD), our table, and no next hop on a Felix device (cali*,
   vxlan.calico, vxlan-v6.calico, *.cali, bpf*). Only such routes are ever replaced or deleted; deletes
   also carry the protocol, so the kernel itself refuses to remove anything else.

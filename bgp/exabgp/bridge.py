@@ -5,8 +5,9 @@ Stage: transport between the BGP engine and the announcements dataplane.
 Owns: nothing but two copies — ExaBGP's stdout-to-us (JSON events) goes to the daemon's unix socket, and the
 daemon's commands come back and are written to our stdout (ExaBGP's command input).
 
-Why a bridge and not the speaker itself: ExaBGP respawns its API process with no state (exabgp.md §2.2), may
-restart it on SIGUSR2, and kills it when it stops. Keeping the RIB, the kernel table and the status in the
+Why a bridge and not the speaker itself: ExaBGP respawns its API process with no state
+(docs/exabgp-notes.md), may restart it on SIGUSR2, and kills it when it stops. Keeping the RIB, the
+kernel table and the status in the
 long-lived daemon means none of those events loses routes or state; this process can die at any moment and
 the daemon simply sees a reconnect. It is run as ``python -I -S bridge.py SOCKET`` and imports nothing
 heavy so that a respawn is quick.

@@ -6,8 +6,9 @@ prefix that changed (announce with attributes, or withdraw); this module turns t
 Owns: the command grammar only. Pure (refusals go to an injected ``refused`` callback).
 
 Complicating factors:
-- ExaBGP 5.0.15 reorders an announce and a withdraw of the same prefix within one burst (exabgp.md §2.4), so
-  the input is a mapping prefix -> final state: one command per prefix per batch, by construction.
+- ExaBGP 5.0.15 reorders an announce and a withdraw of the same prefix within one burst
+  (docs/exabgp-notes.md), so the input is a mapping prefix -> final state: one command per prefix per
+  batch, by construction.
 - Per-line parsing costs ExaBGP ~1 ms of CPU, so prefixes sharing an attribute set go out as one bulk
   ``announce attributes ... nlri ...`` line, chunked to keep each line a reasonable size.
 - An API line is a command: a newline inside a value is a second command (``shutdown`` included), so every

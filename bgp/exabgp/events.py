@@ -4,7 +4,7 @@ Stage: the receive side of the announcements dataplane. ExaBGP writes one JSON o
 process; the bridge forwards the lines to the daemon and this module turns each into events the speaker
 understands. Pure: no I/O, no state.
 
-Complicating factors (reference exabgp.md §2.3):
+Complicating factors (docs/exabgp-notes.md):
 - One UPDATE line can carry announces for several next hops and families, and withdraws, at once.
 - End-of-RIB arrives as ``"type": "update"`` with ``message.eor`` instead of ``message.update``.
 - ``as-path`` is an object of segments in 5.x (a flat list in 4.x): both shapes are accepted.

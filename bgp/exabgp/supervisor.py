@@ -4,7 +4,7 @@ Stage: the BGP engine's process lifecycle (the runit service of calico/node's BI
 
 Owns: the ExaBGP process and its environment. Nothing here knows about routes.
 
-Complicating factors (reference exabgp.md §3):
+Complicating factors (docs/exabgp-notes.md):
 - SIGHUP *stops* ExaBGP. Reload is SIGUSR1: it re-reads the config and resets only neighbours whose settings
   changed; unchanged sessions keep running.
 - ExaBGP listens only where ``exabgp.tcp.bind`` says, and drops to ``nobody`` unless told otherwise; our API

@@ -2,7 +2,7 @@
 from the lab definitions they are generated from (``labs.containerlab``).
 
 The schema is containerlab's ``clab.schema.json``, found beside the repository in ``shared/containerlab/``
-(skipped when absent). Plain jsonschema cannot apply it as is (reference containerlab.md §B4): its patterns
+(skipped when absent). Plain jsonschema cannot apply it as is (docs/containerlab.md): its patterns
 use ECMA-262 ``\\p{..}`` classes that Python's ``re`` rejects, and its brief link form uses ``prefixItems``
 (2020-12) inside a draft-07 schema, which Draft7 silently ignores. The validator below swaps in the
 ``regex`` module for ``pattern`` and borrows 2020-12's ``prefixItems``.

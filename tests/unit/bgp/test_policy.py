@@ -1,4 +1,4 @@
-"""Export and import policy, one rule per row (calico-bgp.md §3.5, §3.7, §3.10; RFC 4271, RFC 4456)."""
+"""Export and import policy, one rule per row (docs/calico-model.md; RFC 4271, RFC 4456)."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Session derivation from BGPPeers (reference calico-bgp.md §2.3, §2.7, §3.7), as tables.
+"""Session derivation from BGPPeers (docs/calico-model.md), as tables.
 
 Each case is a small cluster, one node's point of view, and the sessions that node must hold, written as
 ``name kind peer_as/local_as port passive`` strings so a table row reads like ``calicoctl node status``.

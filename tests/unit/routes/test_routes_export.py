@@ -81,7 +81,7 @@ def test_same_input_in_any_order_gives_the_same_tuple():
 
 
 def reference_exports(workloads, blocks, pools):
-    """The policy written as directly as calico-bgp.md states it, with ``ipaddress`` containment."""
+    """The policy written as directly as docs/calico-model.md states it, with ``ipaddress`` containment."""
     suppressed = [p.network for p in pools if p.disable_bgp_export]
     exportable = [p.network for p in pools if not p.disable_bgp_export]
     block_nets = {network(b) for b in blocks}
