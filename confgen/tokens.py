@@ -36,9 +36,11 @@ import ipaddress
 import re
 from collections.abc import Callable, Collection
 
-# The longest canonical address text (an IPv6 address with an IPv4 tail) is 45 characters.
-MAX_ADDRESS_LENGTH = 45
-MAX_PREFIX_LENGTH = MAX_ADDRESS_LENGTH + 4
+from confgen import addresses
+
+# The same length bounds as the source parser (the longest address text is 45 characters).
+MAX_ADDRESS_LENGTH = addresses.MAX_ADDRESS_LENGTH
+MAX_PREFIX_LENGTH = addresses.MAX_NETWORK_LENGTH
 MAX_UINT32 = 2**32 - 1
 MAX_UINT16 = 2**16 - 1
 
