@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path as FsPath
+from typing import ClassVar
 
 from interop.daemons.base import Daemon, Path, Peer
 
@@ -70,6 +71,7 @@ class _Bird(Daemon):
     """What both BIRD generations share: a control socket per daemon, birdc, text parsing."""
 
     generation = 2
+    timers: ClassVar[str] = TIMERS  # a harness that flaps sessions on purpose sets shorter ones
 
     def _daemons(self) -> dict[str, tuple[str, str]]:
         """family -> (daemon binary, birdc binary)."""
@@ -107,10 +109,10 @@ class _Bird(Daemon):
         options = [
             f"local {self.local_addresses[peer.family]} as {self.asn};",
             f"neighbor {peer.address} as {peer.asn};",
-            TIMERS,
+            self.timers,
         ]
-        if peer.graceful_restart:
-            options.append("graceful restart on;")
+        # BIRD's default ("aware") still advertises the capability, so a peer would keep our routes.
+        options.append(f"graceful restart {'on' if peer.graceful_restart else 'off'};")
         if peer.password:
             options.append(f'password "{peer.password}";')
         if peer.rr_client:
