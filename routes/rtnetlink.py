@@ -268,6 +268,11 @@ def _ntop(family: int, raw: bytes) -> str:
     return ipaddress.IPv6Address(raw).compressed
 
 
+def route_proto(data: bytes | memoryview, offset: int) -> int:
+    """The rtm_protocol of the route message at ``offset``, read without decoding the rest."""
+    return RTMSG.unpack_from(data, offset + HDR_LEN)[5]
+
+
 def decode_route(
     data: bytes | memoryview, offset: int, names: Mapping[int, str], missing: set[int] | None = None
 ) -> Route | None:

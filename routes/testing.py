@@ -56,10 +56,13 @@ class FakeNetlink:
 
     # -- Netlink protocol --------------------------------------------------------------------------
 
-    async def dump_routes(self, proto: int | None = None, table: int = RT_TABLE_MAIN) -> list[Route]:
+    async def dump_routes(
+        self, proto: int | None = None, table: int = RT_TABLE_MAIN, *, exclude_proto: int | None = None
+    ) -> list[Route]:
         self.dumps += 1
         return [
-            r for (t, _, _), r in self.routes.items() if t == table and (proto is None or r.proto == proto)
+            r for (t, _, _), r in self.routes.items()
+            if t == table and (proto is None or r.proto == proto) and r.proto != exclude_proto
         ]
 
     async def apply(
