@@ -4,6 +4,8 @@
 #   make test       the whole suite (unit, golden, etcd, kernel/netns and lab tests; run as root)
 #   make bench      calico-bgp vs BIRD 1.6 benchmarks (table + bench/results/latest.{json,md})
 #   make fault      the fault campaign (tests/fault, full counts): writes tests/fault/RESULTS.md + results.json
+#   make image      the containerlab node image (containerlab/Dockerfile) built with podman
+#   make image-test that image, then the containerlab stand-in deploy test (tests/container)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -24,7 +26,7 @@ FAULT_COUNTS := CALICO_BGP_FAULT_FLAPS=1000 CALICO_BGP_FAULT_RESTARTS=20 CALICO_
 	CALICO_BGP_FAULT_STOPS=3 CALICO_BGP_FAULT_ETCD_OUTAGE_S=60 CALICO_BGP_FAULT_ETCD_RESTART_OUTAGE_S=150 \
 	CALICO_BGP_FAULT_REFUSAL_ROUTES=2000 CALICO_BGP_FAULT_REFUSAL_WINDOW_S=60
 
-.PHONY: deps interop-deps venv lab lab-down test lint bench fault clean
+.PHONY: deps interop-deps venv lab lab-down test lint bench fault clean image-deps base-image image image-test
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -86,6 +88,51 @@ lint: venv
 # BENCH_ARGS=--quick for a short development run; `python -m bench profile|settings` for the diagnostics.
 bench: venv
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The node image, built with Debian's podman. These flags are what this kind of machine needs: crun and the
+# default rlimits are refused by its kernel setup, so runc, cgroupfs and explicit ulimits; the build uses the
+# host's network (no bridge or NAT rules added to the host). There is no registry, so the base image is a
+# debootstrap'd bookworm imported under the name the Dockerfile asks for, made once (skipped when present).
+# CA_BUNDLE is passed as an optional build secret for pip and apt behind a TLS-inspecting proxy.
+IMAGE := calico-bgp-node
+IMAGE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+BASE_IMAGE := debian:bookworm-slim
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
+CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+PODMAN := podman --runtime runc --cgroup-manager cgroupfs
+PODMAN_ULIMITS := --ulimit nofile=1024:1024 --ulimit nproc=1024:1024
+IMAGE_PACKAGES := podman runc debootstrap
+
+image-deps:
+	@missing=""; for p in $(IMAGE_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+base-image: image-deps
+	@if $(PODMAN) image exists $(BASE_IMAGE); then \
+		echo "$(BASE_IMAGE) present"; \
+	else \
+		root=$$(mktemp -d /var/tmp/calico-bgp-base.XXXXXX) && \
+		trap 'rm -rf "$$root"' EXIT && \
+		echo "debootstrap bookworm (minbase) into $$root" && \
+		debootstrap --variant=minbase bookworm "$$root" $(DEBIAN_MIRROR) >"$$root.log" 2>&1 || \
+			{ tail -20 "$$root.log"; rm -f "$$root.log"; exit 1; }; \
+		rm -f "$$root.log"; \
+		rm -rf "$$root"/var/cache/apt/archives/*.deb "$$root"/var/lib/apt/lists/*; \
+		tar -C "$$root" -c . | $(PODMAN) import - $(BASE_IMAGE); \
+	fi
+
+image: base-image
+	@secret=""; if [ -r "$(CA_BUNDLE)" ]; then secret="--secret id=ca,src=$(CA_BUNDLE)"; fi; \
+	set -x; $(PODMAN) build --network host $(PODMAN_ULIMITS) $$secret -f containerlab/Dockerfile \
+		-t $(IMAGE):$(IMAGE_VERSION) -t $(IMAGE):latest .
+
+image-test: image venv
+	$(BIN)/pytest -q -ra tests/container
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import click
 
+from bgp.etcd_options import check_or_usage_error, etcd_security_options
 from bgp.limits import DEFAULT_MAX_AS_PATH_LENGTH, DEFAULT_MAX_PREFIXES
+from confgen.datastore.etcd_security import EtcdSecurity
 
 DEFAULT_RUN_DIR = "/var/run/calico-bgp"
 
@@ -79,7 +81,23 @@ def node() -> None:
     type=int,
     help="Prometheus endpoint port; 0 disables it.",
 )
-@click.option("--metrics-address", default="0.0.0.0", show_default=True)
+@click.option(
+    "--metrics-address",
+    envvar="CALICO_BGP_METRICS_ADDRESS",
+    default="0.0.0.0",
+    show_default=True,
+    help="Address the metrics port (/metrics, /readyz, /livez) listens on; an IPv6 address listens on IPv6 "
+    "(env CALICO_BGP_METRICS_ADDRESS).",
+)
+@click.option(
+    "--log-level",
+    "run_log_level",
+    envvar="CALICO_BGP_LOG_LEVEL",
+    default=None,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="The daemon's log level (env CALICO_BGP_LOG_LEVEL; default: the global --log-level). A "
+    "logSeverityScreen in the BGPConfiguration node.<name>, else default, wins over it while it is set.",
+)
 @click.option(
     "--secrets-dir",
     envvar="CALICO_BGP_SECRETS_DIR",
@@ -121,6 +139,14 @@ def node() -> None:
     help="A path with a longer AS_PATH is treated as a withdraw. 0 = unlimited "
     "(env CALICO_BGP_MAX_AS_PATH_LENGTH).",
 )
+@click.option(
+    "--exabgp-user",
+    envvar="CALICO_BGP_EXABGP_USER",
+    default=None,
+    help="The user ExaBGP runs as, with only CAP_NET_BIND_SERVICE; 'root' or '' keeps it root "
+    "(env CALICO_BGP_EXABGP_USER; default: nobody, when it exists).",
+)
+@etcd_security_options(pass_as="etcd_security")
 def node_run(
     node_name: str,
     etcd_endpoints: str,
@@ -132,6 +158,9 @@ def node_run(
     route_refresh_interval: float,
     max_prefixes: int,
     max_as_path_length: int,
+    run_log_level: str | None,
+    exabgp_user: str | None,
+    etcd_security: EtcdSecurity,
 ) -> None:
     """Run the node daemon: etcd watch, config rendering, ExaBGP, route programming."""
     from bgp.daemon import NodeConfig, run_node
@@ -139,6 +168,13 @@ def node_run(
     endpoints = tuple(e.strip() for e in etcd_endpoints.split(",") if e.strip())
     if not endpoints:
         raise click.UsageError("--etcd-endpoints is empty")
+    # Settings that can never work stop us here; an unreadable file is only a warning, the syncer
+    # retries it (a mounted secret may appear later).
+    check_or_usage_error(etcd_security, endpoints, read_files=False)
+    try:
+        etcd_security.load_tls()
+    except ValueError as exc:
+        click.echo(f"warning: {exc}; retrying until it can be read", err=True)
     if os.geteuid() != 0:
         raise click.ClickException("calico-bgp node run must run as root (it programs kernel routes)")
     from confgen.calc import router_id_setting
@@ -147,6 +183,12 @@ def node_run(
         router_id_setting(router_id, node_name)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--router-id") from exc
+    from bgp.exabgp.privileges import PrivilegeError, choose_exabgp_user
+
+    try:
+        run_as = choose_exabgp_user(exabgp_user, run_dir)
+    except PrivilegeError as exc:
+        raise click.BadParameter(str(exc), param_hint="--exabgp-user") from exc
     # Non-zero when a component failed (after a clean stop), so that a supervisor restarts the daemon.
     status = run_node(
         NodeConfig(
@@ -160,6 +202,9 @@ def node_run(
             resync_interval=route_refresh_interval,
             max_prefixes=max_prefixes,
             max_as_path_length=max_as_path_length,
+            log_level=getattr(logging, run_log_level.upper()) if run_log_level else logging.getLogger().level,
+            exabgp_user=run_as,
+            etcd_security=etcd_security,
         )
     )
     sys.exit(status)
@@ -203,15 +248,33 @@ def routes(output: str, run_dir: Path) -> None:
 
 
 @cli.command()
+@click.option("--ready", is_flag=True, help="Readiness, as calico-node -bird-ready: one line, exit 0 or 1.")
+@click.option("--live", is_flag=True, help="Liveness, as calico-node -bird-live: one line, exit 0 or 1.")
 @click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for the answer.")
 @_run_dir_option
-def health(timeout: float, run_dir: Path) -> None:
+def health(ready: bool, live: bool, timeout: float, run_dir: Path) -> None:
     """Liveness for a supervisor: each component's state and last sign of life, and the event loop's lag.
 
     Exits 0 when healthy, 1 when a component is down or stale, 2 when the daemon does not answer in time
-    (its event loop is blocked) or is not running."""
+    (its event loop is blocked) or is not running.
+
+    With --ready and/or --live: one line per check saying why, exit 0 when every check passes, else 1 (a
+    daemon that does not answer fails them). The rules are in the README (Health checks)."""
     from bgp.status import DaemonNotRunning, query
 
+    if ready or live:
+        from bgp.readiness import Verdict
+
+        passed = True
+        for what in [name for name, wanted in (("ready", ready), ("live", live)) if wanted]:
+            try:
+                answer = query(run_dir / "ctl.sock", what, timeout=timeout)
+                verdict = Verdict(answer.get("ok") is True, str(answer.get("reason") or answer.get("error")))
+            except (DaemonNotRunning, OSError, ValueError) as exc:
+                verdict = Verdict(False, f"calico-bgp is not answering: {exc or 'timed out'}")
+            click.echo(verdict.line(what))
+            passed = passed and verdict.ok
+        sys.exit(0 if passed else 1)
     try:
         report = query(run_dir / "ctl.sock", "health", timeout=timeout)
     except (DaemonNotRunning, OSError, ValueError) as exc:  # a timeout is an OSError: the loop is stuck

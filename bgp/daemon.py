@@ -31,14 +31,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import start_http_server
-
+from bgp import readiness
+from bgp.build_info import BuildInfo
 from bgp.exabgp import bridge
 from bgp.exabgp.channel import ApiChannel
+from bgp.exabgp.privileges import ExaBGPUser, config_file_access, prepare_run_dir
 from bgp.exabgp.supervisor import ExaBGPSupervisor, exabgp_environment
 from bgp.gtsm import Gtsm, GtsmError
+from bgp.http_endpoints import EndpointServer, LoopCall
 from bgp.limits import DEFAULT_MAX_AS_PATH_LENGTH, DEFAULT_MAX_PREFIXES, LimitSettings, PeerLimits
+from bgp.loglevel import LogLevel
 from bgp.metrics import SpeakerMetrics, build_registry
+from bgp.nodestatus import AgentState, StatusInputs, agent_version
+from bgp.nodestatus_writer import NodeStatusReporter
 from bgp.speaker import Speaker
 from bgp.status import ControlServer, status_report
 from bgp.sweep_gate import SweepGate
@@ -46,8 +51,10 @@ from bgp.watchdog import Health, LoopWatchdog
 from confgen.apply import ConfigWriter
 from confgen.calc import router_id_setting
 from confgen.datastore.etcd import PROBE_INTERVAL, PROBE_TIMEOUT, EtcdClient, EtcdSyncer
+from confgen.datastore.etcd_security import EtcdSecurity
 from confgen.intent import NodeIntent
 from confgen.loop import Confgen
+from confgen.nodestatus import StatusSplitter
 from confgen.refusals import SinkRefusals
 from confgen.secrets import SecretStore
 from routes.addresses import InterfaceAddressWatcher
@@ -79,6 +86,9 @@ class NodeConfig:
     router_id: str | None = None  # CALICO_ROUTER_ID: an IPv4 literal or "hash"
     max_prefixes: int = DEFAULT_MAX_PREFIXES  # per peer; 0 = unlimited (bgp.limits says why this default)
     max_as_path_length: int = DEFAULT_MAX_AS_PATH_LENGTH  # longer AS_PATHs are treated as withdraws
+    log_level: int = logging.INFO  # --log-level; a BGPConfiguration logSeverityScreen overrides it live
+    exabgp_user: ExaBGPUser | None = None  # ExaBGP drops to this user (bgp.exabgp.privileges); None: root
+    etcd_security: EtcdSecurity = EtcdSecurity()  # TLS files and username/password, as calico-node reads them
 
 
 def api_run_line(socket_path: Path) -> str:
@@ -94,6 +104,10 @@ class NodeDaemon:
         self.config = config
         run_dir = config.run_dir
         self.registry = build_registry()
+        self.log_level = LogLevel(config.log_level)
+        self.build_info = BuildInfo(self.registry)
+        self._started = time.monotonic()  # readiness is strict for its first 30 s (bgp.readiness)
+        self._api_down_since: float | None = None  # ExaBGP should run but has no API connection
         # One per registry: the API command builder, the config renderer and the nft writer all report here.
         self.refusals = SinkRefusals(self.registry)
         self.netlink = KernelNetlink()
@@ -107,6 +121,7 @@ class NodeDaemon:
             on_disconnect=self._api_lost,
             on_hung=self._exabgp_hung,
             registry=self.registry,
+            group=config.exabgp_user.gid if config.exabgp_user else None,
         )
         self.speaker = Speaker(
             send=self.channel.send,
@@ -122,26 +137,33 @@ class NodeDaemon:
             environment=exabgp_environment([], 179),
             registry=self.registry,
             on_start=self._exabgp_started,
+            run_as=config.exabgp_user,
         )
         endpoints = list(config.etcd_endpoints)
         # Liveness: each component reports its signs of life; `calico-bgp health` and the metrics read them.
         self.health = Health(registry=self.registry)
         self.loop_watchdog = LoopWatchdog(self.health, registry=self.registry)
         self.syncer = EtcdSyncer(
-            lambda: EtcdClient(endpoints),
+            lambda: EtcdClient(endpoints, security=config.etcd_security),
             config.node,
             heartbeat=self.health.register(
                 "datastore", max_silence=PROBE_INTERVAL + PROBE_TIMEOUT + 5.0, check=self._datastore_problem
             ),
             registry=self.registry,
         )
+        # CalicoNodeStatus requests are taken out of the syncer's snapshots: confgen never sees them, so the
+        # status the reporter writes back cannot cause a render.
+        self.node_status = NodeStatusReporter(
+            self.syncer.client_factory, config.node, self._node_status_inputs, registry=self.registry
+        )
+        self._agent_times: tuple[float | None, float | None] = (None, None)  # ExaBGP's start, last reload
         self.confgen = Confgen(
-            self.syncer,
+            StatusSplitter(self.syncer, config.node, self.node_status.update),
             config.node,
-            ConfigWriter(run_dir / "exabgp.conf"),
+            ConfigWriter(run_dir / "exabgp.conf", **config_file_access(config.exabgp_user)),
             api_run=api_run_line(run_dir / "api.sock"),
             on_intent=self._on_intent,
-            reload=self.supervisor.reload,
+            reload=self._reload,
             registry=self.registry,
             router_id=router_id_setting(config.router_id, config.node),
             secrets=SecretStore(config.secrets_dir) if config.secrets_dir else None,
@@ -167,7 +189,14 @@ class NodeDaemon:
         # The import guard's connected subnets: the networks of this node's interface addresses.
         self.addresses = InterfaceAddressWatcher(self.netlink, on_change=self.speaker.set_interface_addresses)
         self.control = ControlServer(
-            run_dir / "ctl.sock", {"status": self._status, "routes": self._routes, "health": self._health}
+            run_dir / "ctl.sock",
+            {
+                "status": self._status,
+                "routes": self._routes,
+                "health": self._health,
+                "ready": lambda: self._ready().as_json(),
+                "live": lambda: self._live().as_json(),
+            },
         )
         # ExaBGP: down while it has no API connection (the channel's probe ends the connection of a hung
         # one); any event line from it is a sign of life.
@@ -182,6 +211,9 @@ class NodeDaemon:
 
     def _exabgp_started(self) -> None:
         # The supervisor runs only after confgen's first render: this ExaBGP has a full config.
+        self._agent_times = (time.time(), None)
+        if self._api_down_since is None:
+            self._api_down_since = time.monotonic()
         self.speaker.exabgp_restarted()
         self.sweep_gate.exabgp_started()
 
@@ -190,11 +222,13 @@ class NodeDaemon:
         # ExaBGP starts it after installing its signal handlers: reloads may go from now on.
         if not self.supervisor.accept_api(pid):
             return False
+        self._api_down_since = None
         self.speaker.exabgp_up()
         return True
 
     def _api_lost(self) -> None:
         # Lines were lost both ways: rebuilt from scratch with a new ExaBGP, never patched up.
+        self._api_down_since = self._api_down_since or time.monotonic()
         self.speaker.exabgp_down("ExaBGP restarting: its API connection was lost")
         self.supervisor.restart("its API connection was lost", "api-lost")
 
@@ -215,6 +249,7 @@ class NodeDaemon:
             log.error("TTL security rules not applied: %s", exc)
             raise
         self._intent = intent
+        self.log_level.apply(intent.log_severity)
         self.speaker.set_intent(intent)
         self.supervisor.set_environment(exabgp_environment(list(intent.listen_addresses), intent.listen_port))
 
@@ -235,8 +270,58 @@ class NodeDaemon:
         self.table.invalidate()
         self.speaker.kernel_changed()
 
+    def _reload(self) -> None:
+        self._agent_times = (self._agent_times[0], time.time())
+        self.supervisor.reload()
+
+    def _node_status_inputs(self, classes: frozenset[str]) -> StatusInputs:
+        """The daemon's state for a CalicoNodeStatus (bgp.nodestatus); the Loc-RIB only when asked for."""
+        boot, reloaded = self._agent_times
+        agent = AgentState(self.channel.connected.is_set(), agent_version(), boot, reloaded)
+        routes: tuple = ()
+        interfaces: dict[str, str] = {}
+        if "Routes" in classes:
+            routes = tuple(self.speaker.routes_report())
+            for dst, route in getattr(self.table, "desired", {}).items():
+                if route.nexthops and route.nexthops[0].ifname:
+                    interfaces[dst] = route.nexthops[0].ifname
+        peers = tuple(self.speaker.peer_statuses()) if "BGP" in classes else ()
+        return StatusInputs(agent, self._intent, peers, routes, interfaces)
+
+    def _ready(self) -> readiness.Verdict:
+        """`calico-bgp health --ready` and /readyz (bgp.readiness has the rules)."""
+        facts = readiness.ReadyFacts(
+            uptime=time.monotonic() - self._started,
+            datastore_synced=self.syncer.revision > 0,
+            config_rendered=self.confgen.config is not None,
+            exabgp_connected=self.channel.connected.is_set(),
+            peers=tuple(
+                readiness.PeerState(s.address, s.family, s.established) for s in self.speaker.peer_statuses()
+            ),
+            end_of_rib_pending=not self.speaker.initial_sync_done(),
+        )
+        return readiness.readiness(facts)
+
+    def _live(self) -> readiness.Verdict:
+        """`calico-bgp health --live` and /livez; answered on the event loop, so a blocked one cannot."""
+        now = time.monotonic()
+        down_since = self._api_down_since
+        facts = readiness.LiveFacts(
+            components=tuple(
+                readiness.ComponentState(c.name, c.state, c.detail) for c in self.health.components()
+            ),
+            exabgp_wanted=self.confgen.config is not None,
+            exabgp_connected=self.channel.connected.is_set(),
+            exabgp_disconnected_for=0.0 if down_since is None else now - down_since,
+            probe_waiting=self.channel.liveness.waiting(now),
+        )
+        return readiness.liveness(facts)
+
     def _datastore_problem(self) -> str | None:
-        return None if self.syncer.in_sync else "not in sync with etcd (the last good view is kept)"
+        if self.syncer.in_sync:
+            return None
+        cause = f": {self.syncer.last_error}" if self.syncer.last_error else ""
+        return f"not in sync with etcd (the last good view is kept){cause}"
 
     def _health(self) -> dict:
         """Answered from the event loop: no answer at all (a timeout) means the daemon is hung."""
@@ -291,8 +376,17 @@ class NodeDaemon:
         self._last_resync = time.monotonic()
         await self.control.start()
         await self.channel.start()
+        prepare_run_dir(config.run_dir, config.exabgp_user, config.run_dir / "exabgp.conf")
+        endpoints = None
         if config.metrics_port:
-            start_http_server(config.metrics_port, addr=config.metrics_address, registry=self.registry)
+            on_loop = LoopCall(asyncio.get_running_loop())
+            probes = {
+                "/readyz": ("ready", lambda: on_loop(self._ready)),
+                "/livez": ("live", lambda: on_loop(self._live)),
+            }
+            endpoints = EndpointServer(config.metrics_address, config.metrics_port, self.registry, probes)
+            endpoints.start()
+        build_info = asyncio.create_task(self.build_info.look_up(), name="build-info")
         tasks = [
             asyncio.create_task(self.confgen.run(), name="confgen"),
             asyncio.create_task(self.watcher.run(), name="kernel-watcher"),
@@ -301,6 +395,8 @@ class NodeDaemon:
             asyncio.create_task(self._resync_loop(), name="route-resync"),
             asyncio.create_task(self.loop_watchdog.run(), name="loop-watchdog"),
             asyncio.create_task(self.channel.run(), name="exabgp-liveness"),
+            asyncio.create_task(self.node_status.run(), name="node-status"),
+            asyncio.create_task(self.gtsm.watch(), name="gtsm-watch"),
         ]
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -332,6 +428,11 @@ class NodeDaemon:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            build_info.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await build_info
+            if endpoints is not None:
+                endpoints.close()
             await self.channel.close()
             await self.control.close()
             stop_blocked_check.set()

@@ -24,6 +24,12 @@ Complicating factors (docs/exabgp-notes.md):
   ruleset; the renderer runs the same checks on those values and leaves that session out of the ExaBGP
   config, so no session runs unprotected because its rules were refused. A last check refuses a script
   with any character outside the few nft's grammar needs here.
+- Someone else may change or delete the table (an ``nft flush ruleset``, a firewall reload), and nothing
+  tells us: sessions would then run without TTL security while status says they have it. ``watch``
+  lists the table every ``CHECK_INTERVAL`` seconds and compares it with the listing nft gave right after
+  our last apply; any difference re-runs our last script (the same atomic transaction), logged once and
+  counted in ``calico_bgp_gtsm_restores_total``. A table we do not want is not watched: removal is only
+  ours to do.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -50,6 +56,9 @@ PRIORITY = -150
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 # Every character a script of ours can hold: names, numbers, addresses, "{ } ; < -" and spaces.
 _SCRIPT_LINE = re.compile(r"[A-Za-z0-9_ .:;{}<-]*")
+# How often the table is compared with what we applied: a flushed ruleset leaves TTL security off for at
+# most this long (plus one nft run). One `nft list table` costs a few ms of CPU.
+CHECK_INTERVAL = 10.0
 
 
 class GtsmError(Exception):
@@ -149,6 +158,8 @@ class Gtsm:
         registry: CollectorRegistry | None = None,
         timeout: float = 10.0,
         refusals: SinkRefusals | None = None,  # counts and logs the sessions left out of the rules
+        check_interval: float = CHECK_INTERVAL,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if not _TABLE_NAME.fullmatch(table):
             raise ValueError(f"{shown(table)} is not an nftables table name")
@@ -156,6 +167,11 @@ class Gtsm:
         self.table = table
         self._timeout = timeout
         self._applied: str | None = None  # the script nft last accepted
+        self._expect_table = False  # that script leaves a table in place
+        self._listing: str | None = None  # nft's listing of the table right after that script
+        self._check_interval = check_interval
+        self._sleep = sleep
+        self._lock = asyncio.Lock()  # apply, remove and check each see the table they leave behind
         self._refused = (refusals if refusals is not None else SinkRefusals()).reporter(NFT)
         registry = registry if registry is not None else CollectorRegistry()
         self._m_sessions = Gauge(
@@ -166,6 +182,13 @@ class Gtsm:
         self._m_errors = Counter(
             "calico_bgp_gtsm_errors", "Failures to apply the TTL-security nftables rules.", registry=registry
         )
+        self._m_restores = Counter(
+            "calico_bgp_gtsm_restores",
+            "Times the TTL-security nftables table was found changed or deleted by someone else and "
+            "restored.",
+            registry=registry,
+        )
+        self.restores = 0
 
     async def apply(self, intent: NodeIntent, *, force: bool = False) -> bool:
         """Make the table match ``intent``; True when nft ran. Raises ``GtsmError`` if nft fails (the
@@ -178,18 +201,82 @@ class Gtsm:
             raise
         for message in refused:
             self._refused(message)
-        if script == self._applied and not force:
-            return False
-        await self._run(script)
-        self._applied = script
+        async with self._lock:
+            if script == self._applied and not force:
+                return False
+            await self._install(script)
         self._m_sessions.set(len(intent.gtsm_peers) - len(refused))
         return True
 
     async def remove(self) -> None:
         """Delete the table (shutdown). Safe to call when it does not exist."""
-        await self._run("\n".join(_table_reset(self.table)) + "\n")
-        self._applied = None
+        async with self._lock:
+            await self._run("\n".join(_table_reset(self.table)) + "\n")
+            self._applied, self._expect_table, self._listing = None, False, None
         self._m_sessions.set(0)
+
+    async def check(self) -> bool:
+        """Restore our table if someone else changed or deleted it; True when it was restored. Raises
+        ``GtsmError`` when nft fails (the next check tries again)."""
+        async with self._lock:
+            if self._applied is None or not self._expect_table:
+                return False
+            now = await self._list()
+            if now is not None and now == self._listing:
+                return False
+            what = "deleted" if now is None else "changed"
+            log.warning(
+                "TTL security: nftables table %s was %s by someone else; restoring it", self.table, what
+            )
+            await self._install(self._applied)
+            self.restores += 1
+            self._m_restores.inc()
+            return True
+
+    async def watch(self) -> None:
+        """Run ``check`` every ``check_interval`` seconds, forever; failures are logged, never raised (the
+        daemon would stop for them), and the next round tries again."""
+        while True:
+            await self._sleep(self._check_interval)
+            try:
+                await self.check()
+            except GtsmError as exc:
+                log.warning("TTL security: could not check or restore the nftables table: %s", exc)
+
+    async def _install(self, script: str) -> None:
+        await self._run(script)
+        self._applied = script
+        self._expect_table = f"table inet {self.table} {{" in script
+        self._listing = await self._list() if self._expect_table else None
+
+    async def _list(self) -> str | None:
+        """nft's listing of our table; None when it does not exist. ``GtsmError`` when nft fails otherwise."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._nft,
+                "list",
+                "table",
+                "inet",
+                self.table,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise GtsmError(f"cannot run {self._nft[0]}: {exc}") from exc
+        try:
+            output, errors = await asyncio.wait_for(proc.communicate(), self._timeout)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        if proc.returncode == 0:
+            return output.decode(errors="replace")
+        text = errors.decode(errors="replace").strip()
+        if "No such file or directory" in text:  # nft's words for a table that does not exist
+            return None
+        raise GtsmError(f"nft could not list table {self.table} (rc {proc.returncode}): {text}")
 
     async def _run(self, script: str) -> None:
         try:

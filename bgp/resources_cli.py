@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import functools
 import json
 import socket
 from collections.abc import Callable, Coroutine
@@ -31,12 +32,14 @@ from typing import Any
 import click
 import yaml
 
+from bgp.etcd_options import check_or_usage_error, etcd_security_options, security_in_context
 from confgen.calc import intent_for, router_id_setting
 from confgen.datastore import keys
 from confgen.datastore.base import DatastoreError, build_snapshot, decode_all, watched_prefixes
 from confgen.datastore.etcd import EtcdClient
 from confgen.intent import intent_document
 from confgen.model import parse_snapshot
+from confgen.redact import redact_config
 from confgen.render import RenderError, render_config
 from confgen.resources import (
     SUMMARY_COLUMNS,
@@ -58,13 +61,14 @@ APPLY_ATTEMPTS = 5
 
 
 def _etcd_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    # The TLS and auth flags (bgp.etcd_options) leave their value in the click context for _client.
     return click.option(
         "--etcd-endpoints",
         envvar="ETCD_ENDPOINTS",
         default=DEFAULT_ENDPOINTS,
         show_default=True,
         help="Comma-separated etcd v3 endpoints (env ETCD_ENDPOINTS).",
-    )(f)
+    )(etcd_security_options()(f))
 
 
 def _client(endpoints: str) -> Any:
@@ -72,7 +76,11 @@ def _client(endpoints: str) -> Any:
     if not parsed:
         raise click.UsageError("--etcd-endpoints is empty")
     obj = click.get_current_context().find_object(dict) or {}
-    factory = obj.get("etcd_client_factory", EtcdClient)
+    factory = obj.get("etcd_client_factory")
+    if factory is None:
+        security = security_in_context()
+        check_or_usage_error(security, parsed, read_files=True)  # one shot: an unreadable file is final
+        factory = functools.partial(EtcdClient, security=security)
     try:
         return factory(parsed)
     except ValueError as exc:
@@ -90,7 +98,8 @@ def _run(client: Any, work: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
     try:
         return asyncio.run(main())
     except DatastoreError as exc:
-        raise click.ClickException(f"etcd: {exc}") from exc
+        text = str(exc)  # the client's connect failures already name etcd and the endpoint
+        raise click.ClickException(text if "etcd" in text.split(":")[0] else f"etcd: {text}") from exc
 
 
 def _decode(value: bytes) -> dict[str, Any] | None:
@@ -107,7 +116,8 @@ def _decode(value: bytes) -> dict[str, Any] | None:
 )
 @_etcd_option
 def apply(filename: Any, etcd_endpoints: str) -> None:
-    """Create or update resources (BGPConfiguration, BGPPeer, BGPFilter, Node, IPPool), like calicoctl."""
+    """Create or update resources (BGPConfiguration, BGPPeer, BGPFilter, Node, IPPool, CalicoNodeStatus),
+    like calicoctl."""
     try:
         documents = load_documents(filename.read())
         named = [identify(document) for document in documents]
@@ -248,6 +258,11 @@ def confgen() -> None:
 @click.option(
     "--intent", "show_intent", is_flag=True, help="Print the computed intent (JSON, passwords redacted)."
 )
+@click.option(
+    "--show-secrets",
+    is_flag=True,
+    help="Print MD5 keys as the file holds them; by default they are shown as \"<redacted>\".",
+)
 def render_command(
     node_name: str,
     etcd_endpoints: str,
@@ -256,8 +271,10 @@ def render_command(
     router_id: str | None,
     diff: bool,
     show_intent: bool,
+    show_secrets: bool,
 ) -> None:
-    """Print the ExaBGP config NODE would run (a dry run: nothing is written or reloaded)."""
+    """Print the ExaBGP config NODE would run (a dry run: nothing is written or reloaded). MD5 keys are
+    masked unless --show-secrets; --diff still exits 1 when only a key differs."""
     from bgp.daemon import api_run_line  # the daemon's own API process line, never a copy of it
 
     async def work(client: Any) -> tuple[int, dict[str, bytes]]:
@@ -281,8 +298,9 @@ def render_command(
     if show_intent:
         click.echo(json.dumps(intent_document(intent), indent=2, sort_keys=True))
         return
+    shown = (lambda config: config) if show_secrets else redact_config
     if not diff:
-        click.echo(text, nl=False)
+        click.echo(shown(text), nl=False)
         return
     live_path = run_dir / "exabgp.conf"
     try:
@@ -294,14 +312,16 @@ def render_command(
         raise click.ClickException(f"cannot read {live_path}: {exc}") from exc
     lines = list(
         difflib.unified_diff(
-            live.splitlines(keepends=True),
-            text.splitlines(keepends=True),
+            shown(live).splitlines(keepends=True),
+            shown(text).splitlines(keepends=True),
             fromfile=str(live_path),
             tofile=f"rendered for {node_name}",
         )
     )
     click.echo("".join(lines), nl=False)
-    if lines:
+    if live != text and not lines:
+        click.echo("note: only MD5 keys differ (--show-secrets shows them)", err=True)
+    if live != text:
         click.get_current_context().exit(1)
 
 

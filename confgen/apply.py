@@ -13,6 +13,10 @@ Complicating factors:
   daemon. A rejected candidate never replaces the last good file; ExaBGP keeps running on that.
 - ``exabgp`` is looked up next to ``sys.executable`` first: the daemon runs from a venv whose ``bin`` is
   often not on PATH, and the validator must be the same ExaBGP version that will read the file.
+- The file holds TCP-MD5 keys: it is written 0600, or 0640 with the unprivileged ExaBGP's ``group``
+  (``bgp.exabgp.privileges``), mode and group set on the temp file before the rename so the keys are
+  never readable by anyone else, not even for a moment. The validator's output is logged by the caller,
+  so keys are masked in it.
 - The validator is a child process; it gets a timeout and is killed if it hangs, so a wedged check
   cannot stall the confgen loop forever.
 """
@@ -27,6 +31,8 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from confgen.redact import config_secrets, redact_config, redact_values
 
 
 class ConfigRejected(Exception):
@@ -47,7 +53,8 @@ class ConfigWriter:
         dest: Path,
         validate_cmd: Sequence[str] | None = ("exabgp", "validate"),
         *,
-        mode: int = 0o644,
+        mode: int = 0o600,  # the config holds the MD5 keys
+        group: int | None = None,  # the group that may read it (``mode`` says how): the unprivileged ExaBGP
         timeout: float = 30.0,
     ) -> None:
         self.dest = Path(dest)
@@ -55,6 +62,7 @@ class ConfigWriter:
             validate_cmd = (find_executable(validate_cmd[0]), *validate_cmd[1:])
         self.validate_cmd = tuple(validate_cmd or ())  # () = no validation (tests of the writer only)
         self.mode = mode
+        self.group = group
         self.timeout = timeout
 
     async def write(self, text: str) -> bool:
@@ -73,10 +81,12 @@ class ConfigWriter:
             with os.fdopen(fd, "wb") as tmp_file:
                 tmp_file.write(data)
                 tmp_file.flush()
+                if self.group is not None:
+                    os.fchown(tmp_file.fileno(), -1, self.group)
                 os.fchmod(tmp_file.fileno(), self.mode)
                 os.fsync(tmp_file.fileno())
             if self.validate_cmd:
-                await self._validate(tmp)
+                await self._validate(tmp, config_secrets(text))
             os.replace(tmp, self.dest)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -84,7 +94,7 @@ class ConfigWriter:
         self._fsync_dir()
         return True
 
-    async def _validate(self, candidate: Path) -> None:
+    async def _validate(self, candidate: Path, secrets: set[str]) -> None:
         proc = await asyncio.create_subprocess_exec(
             *self.validate_cmd,
             str(candidate),
@@ -101,7 +111,8 @@ class ConfigWriter:
             await proc.wait()
             raise
         if proc.returncode != 0:
-            text = output.decode(errors="replace").strip()
+            # The message is logged: a validator quoting the offending line must not carry a key there.
+            text = redact_values(redact_config(output.decode(errors="replace").strip()), secrets)
             command = " ".join(self.validate_cmd)
             raise ConfigRejected(f"{command} rejected the config (rc {proc.returncode}): {text}")
 

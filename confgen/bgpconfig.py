@@ -23,7 +23,7 @@ from typing import Any
 from confgen.intent import PrefixAdvertisement
 from confgen.validate import NAME_RE, Reader, SecretRef, parse_community, show
 
-LOG_SEVERITIES = ("Trace", "Debug", "Info", "Warning", "Error", "Fatal")
+LOG_SEVERITIES = ("Trace", "Debug", "Info", "Warning", "Error", "Fatal", "None")  # None: no log at all
 BIND_MODES = ("None", "NodeIP")
 MAX_RESTART_TIME = 4095  # the graceful-restart capability carries 12 bits of seconds (RFC 4724)
 

@@ -45,7 +45,9 @@ class PeerIntent:
     passive: bool = False
     calico_node: str = ""  # name of the Calico node behind the address, "" for external peers
     hold_time: int = 90
-    password: str = ""  # already resolved; validated by confgen before it gets here
+    # Already resolved and validated by confgen. Kept out of repr: an intent or a peer shown in a log line or
+    # an exception message must not carry the key.
+    password: str = field(default="", repr=False)
     # --- added by issue 3 (all optional; the defaults are Calico's) ---
     restart_time: int = DEFAULT_RESTART_TIME  # graceful-restart time we advertise (s); 0 = no GR capability
     keepalive_time: int = 0  # BGPPeer keepaliveTime (s); 0 = not set (hold_time / 3 applies)
@@ -110,7 +112,8 @@ class NodeIntent:
     service_external_ips: tuple[str, ...] = ()
     service_loadbalancer_ips: tuple[str, ...] = ()
     bind_mode: str = "None"  # "None" (listen on every address) | "NodeIP" (only on the node's addresses)
-    log_severity: str = "Info"  # Trace | Debug | Info | Warning | Error | Fatal (node.<name> overrides)
+    # Trace | Debug | Info | Warning | Error | Fatal | None (node.<name> overrides); None when not set
+    log_severity: str | None = None
     bgp_filters: tuple[BGPFilter, ...] = ()  # the BGPFilters this node's sessions name, sorted by name
     # --- added by issue 5 ---
     program_cluster_routes: str = "Enabled"  # BGPConfiguration programClusterRoutes; absent = v3.32's Enabled

@@ -157,11 +157,13 @@ class Model:
                 return config.listen_port
         return 0
 
-    def log_severity_of(self, node: str) -> str:
+    def log_severity_of(self, node: str) -> str | None:
+        """The node's own logSeverityScreen, else the cluster's; None when neither sets one (the daemon
+        then keeps the level of its --log-level flag)."""
         for config in (self._per_node(node), self._global()):
             if config is not None and config.log_severity_screen is not None:
                 return config.log_severity_screen
-        return "Info"
+        return None
 
     def prefix_advertisements_of(self, node: str) -> tuple[PrefixAdvertisement, ...]:
         """The node's own list replaces the cluster's entirely when it has one (confd's rule)."""

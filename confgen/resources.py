@@ -15,6 +15,8 @@ Complicating factors:
   added when the object is read back.
 - On update the stored ``uid`` and ``creationTimestamp`` are kept; on create a uuid4 and the current time
   are set (the clock and the uid source are parameters, so this stays testable).
+- CalicoNodeStatus is validated by ``confgen.nodestatus`` (the daemon reads it outside its BGP model), and
+  its ``status`` belongs to the reporting node: an update keeps the stored one, a document's is ignored.
 - The daemon ignores fields it does not know (forward compatibility); ``apply`` reports them as warnings,
   because a misspelt field (``peerIp``) is otherwise silently ignored.
 """
@@ -32,6 +34,8 @@ import yaml
 
 from confgen.datastore import keys
 from confgen.model import PARSERS
+from confgen.nodestatus import KIND as NODE_STATUS_KIND
+from confgen.nodestatus import parse_node_status
 from confgen.validate import ValidationError, show
 
 API_VERSION = "projectcalico.org/v3"
@@ -42,6 +46,7 @@ ALIASES = {
     "BGPFilter": ("bgpfilter", "bgpfilters"),
     "Node": ("node", "nodes", "no", "nos"),
     "IPPool": ("ippool", "ippools", "ipp", "ipps", "pool", "pools"),
+    "CalicoNodeStatus": ("caliconodestatus", "caliconodestatuses"),
 }
 _KIND_BY_ALIAS = {alias: kind for kind, aliases in ALIASES.items() for alias in aliases}
 
@@ -69,7 +74,11 @@ KNOWN_SPEC_FIELDS = {
         "cidr", "ipipMode", "vxlanMode", "natOutgoing", "disabled", "disableBGPExport", "blockSize",
         "nodeSelector", "namespaceSelector", "allowedUses", "assignmentMode", "ipip", "nat-outgoing",
     },
+    "CalicoNodeStatus": {"node", "classes", "updatePeriodSeconds"},
 }  # fmt: skip
+
+# The daemon's parsers, plus the node-status requests the daemon reads outside its BGP model.
+VALIDATORS = {**PARSERS, NODE_STATUS_KIND: parse_node_status}
 
 
 class DocumentError(ValueError):
@@ -148,7 +157,7 @@ def prepare(
     same key, if any (its uid and creationTimestamp are kept). Raises ``DocumentError`` or
     ``ValidationError`` (the daemon's own message)."""
     kind, name = identify(document)
-    PARSERS[kind](name, document)  # the daemon's validation, verbatim
+    VALIDATORS[kind](name, document)  # the daemon's validation, verbatim
     metadata = document["metadata"]
     kept = existing.get("metadata", {}) if isinstance(existing, Mapping) else {}
     stored_metadata: dict[str, Any] = {
@@ -168,6 +177,9 @@ def prepare(
     stored["spec"] = spec
     if kind == "Node" and "status" in document:
         stored["status"] = document["status"]
+    if kind == NODE_STATUS_KIND and isinstance(existing, Mapping) and "status" in existing:
+        # The status belongs to the reporting node; a spec update keeps what it wrote until its next write.
+        stored["status"] = existing["status"]
     unknown = sorted(set(spec) - KNOWN_SPEC_FIELDS[kind]) if isinstance(spec, dict) else []
     warnings = tuple(f"{kind} {name}: spec.{field} is not a {kind} field; it is ignored" for field in unknown)
     value = json.dumps(stored, separators=(",", ":")).encode()
@@ -208,6 +220,16 @@ def summary_row(document: Mapping[str, Any]) -> tuple[str, ...]:
         return name, *(str(bgp.get(field, "")) for field in ("asNumber", "ipv4Address", "ipv6Address"))
     if kind == "IPPool":
         return name, str(spec.get("cidr", "")), str(spec.get("nodeSelector", "all()"))
+    if kind == NODE_STATUS_KIND:
+        status = document.get("status") or {}
+        classes = spec.get("classes") or []
+        return (
+            name,
+            str(spec.get("node", "")),
+            ",".join(str(c) for c in classes) if isinstance(classes, list) else str(classes),
+            f"{spec.get('updatePeriodSeconds', '')}s",
+            str(status.get("lastUpdated", "")) if isinstance(status, dict) else "",
+        )
     if kind == "BGPConfiguration":
         return (
             name,
@@ -224,4 +246,5 @@ SUMMARY_COLUMNS = {
     "IPPool": ("NAME", "CIDR", "SELECTOR"),
     "BGPConfiguration": ("NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"),
     "BGPFilter": ("NAME",),
+    NODE_STATUS_KIND: ("NAME", "NODE", "CLASSES", "UPDATEPERIOD", "LASTUPDATED"),
 }

@@ -18,27 +18,60 @@ Complicating factors:
 - Names and keys are validated by the model (DNS-1123 names, Kubernetes key characters, never ``..``),
   so a path built from them stays inside the directory.
 - Secret files are small; anything above ``MAX_SECRET_BYTES`` is refused rather than read.
+- A secret file that its group or others may read is still used (refusing it would drop the peering),
+  but warned about (``ExposedFiles``), naming the file and its mode, once per file and mode: reads are
+  repeated on every render and SIGHUP, the warning is not. A secret volume's ``defaultMode`` (0644 unless
+  set) is where such a mode usually comes from. Any other key file the daemon reads can use the same check.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from confgen.validate import SecretError, SecretRef
 
-__all__ = ["MAX_SECRET_BYTES", "SecretError", "SecretStore", "Secrets"]
+__all__ = ["MAX_SECRET_BYTES", "ExposedFiles", "SecretError", "SecretStore", "Secrets"]
+
+log = logging.getLogger(__name__)
 
 MAX_SECRET_BYTES = 4096
+EXPOSED_BITS = 0o044  # readable by group or others
 
 Fingerprint = tuple[tuple[SecretRef, tuple[int, int, int] | None], ...]
 Secrets = Mapping[SecretRef, "str | SecretError"]  # what the pure calculation receives
 
 
+class ExposedFiles:
+    """Warns about secret files readable by group or others: once per (file, mode), at most ``limit``
+    remembered (then the memory starts again, so a warning may repeat but memory stays bounded)."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._limit = limit
+        self._warned: set[tuple[str, int]] = set()
+
+    def check(self, path: Path | str, mode: int) -> bool:
+        """True when ``mode`` lets group or others read the file (warned the first time)."""
+        mode = stat.S_IMODE(mode)
+        if not mode & EXPOSED_BITS:
+            return False
+        key = (str(path), mode)
+        if key not in self._warned:
+            if len(self._warned) >= self._limit:
+                self._warned.clear()
+            self._warned.add(key)
+            who = {0o040: "its group", 0o004: "others", 0o044: "its group and others"}[mode & EXPOSED_BITS]
+            log.warning("secret file %s is readable by %s (mode %04o): make it 0600 or 0400", path, who, mode)
+        return True
+
+
 class SecretStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, exposed: ExposedFiles | None = None) -> None:
         self.directory = Path(directory)
+        self.exposed = exposed if exposed is not None else ExposedFiles()
 
     def path(self, ref: SecretRef) -> Path:
         return self.directory / ref.name / ref.key
@@ -47,6 +80,7 @@ class SecretStore:
         path = self.path(ref)
         try:
             with open(path, "rb") as handle:
+                self.exposed.check(path, os.fstat(handle.fileno()).st_mode)  # the file itself, not the link
                 data = handle.read(MAX_SECRET_BYTES + 1)
         except FileNotFoundError:
             return SecretError(f"{path} does not exist")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from labs import containerlab, topology
+from labs import containerlab, etcd_cluster, topology
 from labs import lab as labs_lab
 from labs.ops import LabError
 
@@ -41,16 +41,26 @@ def lab() -> None:
 @click.option("--timeout", type=float, default=labs_lab.SESSION_TIMEOUT, show_default=True,
               help="seconds to wait for BGP sessions")  # fmt: skip
 @click.option("--ipv6", is_flag=True, help="dual-stack: IPv6 node addresses, pool, blocks and pods too")
+@click.option(
+    "--etcd-members", type=click.IntRange(1, etcd_cluster.MAX_MEMBERS), default=1, show_default=True,
+    help="run the lab's etcd as a cluster of this many members (one process each); every node's "
+    "ETCD_ENDPOINTS lists all of them",
+)
+@click.option(
+    "--etcd-tls", is_flag=True,
+    help="the lab's etcd serves https only and requires client certificates (peers too), from a CA made "
+    "for the lab; nodes get ETCD_CA_CERT_FILE, ETCD_CERT_FILE and ETCD_KEY_FILE",
+)
 def up(
     topology_name: str, nodes: int | None, name: str | None, etcd_endpoints: str | None, timeout: float,
-    ipv6: bool,
+    ipv6: bool, etcd_members: int, etcd_tls: bool,
 ) -> None:
     """Bring a lab up, wait for BGP sessions, and check pod-to-pod reachability."""
     endpoints = [e.strip() for e in etcd_endpoints.split(",") if e.strip()] if etcd_endpoints else None
     try:
         ok = labs_lab.up(
             topology_name, nodes, name=name, etcd_endpoints=endpoints, timeout=timeout, ipv6=ipv6,
-            echo=click.echo,
+            etcd_members=etcd_members, etcd_tls=etcd_tls, echo=click.echo,
         )
     except (LabError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -82,6 +92,8 @@ def show(name: str, output: str) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     click.echo(f"lab {info['name']}  etcd {','.join(info['etcd_endpoints'])}")
+    for m in info.get("etcd_members", []):
+        click.echo(f"  etcd {m['name']:<12} {m['client_url']:<26} nodes: {m['node_url']:<26} pid {m['pid']}")
     for n in info["nodes"]:
         click.echo(f"  node {n['name']:<12} {n['ipv4']:<18} AS {n['asn']:<10} netns {n['netns']}"
                    + (f"  {n['ipv6']}" if n.get("ipv6") else ""))

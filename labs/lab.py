@@ -20,6 +20,9 @@ Complicating factors:
 - Nothing of the lab lives in the host namespace except etcd and the proxy on loopback.
 - With the user's etcd (``--etcd-endpoints``) the lab's keys are recorded and deleted again by ``down``;
   a lab-owned etcd just goes away with its data directory.
+- A lab-owned etcd of several members (``etcd_members``), or one serving TLS (``etcd_tls``), is reached
+  by the nodes through one proxy listener per member (``labs.etcd_cluster``), so failover between members
+  happens in the nodes' client and TLS runs end to end between node and member.
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from labs import etcd, netns, ops, pods, process, report, routers, topology, tunnel
+from labs import certs, etcd, etcd_cluster, netns, ops, pods, process, report, routers, topology, tunnel
 from labs import ipv6 as dual_stack
 from labs.ops import LabError
 from labs.state import (
+    EtcdMemberState,
     LabState,
     NodeState,
     RouterState,
@@ -48,7 +52,6 @@ from labs.state import (
 
 BRIDGE = topology.SWITCH_BRIDGE
 NODE_IFNAME = "eth0"
-NODE_ETCD = "http://127.0.0.1:2379"  # what every node sees, through the proxy
 SESSION_TIMEOUT = 60.0
 DAEMON_STOP_TIMEOUT = 10.0
 
@@ -59,6 +62,8 @@ BUILD_ERRORS = (
     netns.NetnsError,
     routers.RouterError,
     etcd.EtcdUnavailable,
+    etcd_cluster.EtcdClusterError,
+    certs.CertError,
     OSError,
     ValueError,
     subprocess.SubprocessError,
@@ -88,10 +93,18 @@ def up(
     ipv6: bool = False,
     timeout: float = SESSION_TIMEOUT,
     etcd_timeout: float = 10.0,
+    etcd_members: int = 1,
+    etcd_tls: bool = False,
     echo: Echo = _quiet,
 ) -> bool:
     """Build the lab, wait for its sessions, check reachability. Returns False if any check failed; raises
-    LabError if the lab could not be built (``down`` cleans up either way)."""
+    LabError if the lab could not be built (``down`` cleans up either way). ``etcd_members`` > 1 starts
+    the lab's etcd as a cluster of that many members; ``etcd_tls`` makes it serve https only, to clients
+    (and peers) with a certificate from the lab's CA."""
+    if not 1 <= etcd_members <= etcd_cluster.MAX_MEMBERS:
+        raise LabError(f"etcd members: {etcd_members} (a lab runs 1 to {etcd_cluster.MAX_MEMBERS})")
+    if etcd_endpoints and (etcd_members != 1 or etcd_tls):
+        raise LabError("--etcd-members and --etcd-tls shape the lab's own etcd: drop --etcd-endpoints")
     if isinstance(topo, str):
         topo = resolve(topo, nodes)
     if ipv6:
@@ -105,19 +118,27 @@ def up(
     state = LabState(name=lab, topology=topo.name)
     state.save()
     try:
-        _build(state, topo, etcd_endpoints, etcd_timeout, echo)
+        _build(state, topo, etcd_endpoints, etcd_timeout, echo, etcd_members, etcd_tls)
     except BUILD_ERRORS as exc:
         raise LabError(f"lab {lab}: {exc}\n(clean up with `calico-bgp lab down {lab}`)") from exc
     return check(lab, topo, timeout=timeout, echo=echo)
 
 
 def _build(
-    state: LabState, topo: topology.Topology, endpoints: list[str] | None, etcd_timeout: float, echo: Echo
+    state: LabState,
+    topo: topology.Topology,
+    endpoints: list[str] | None,
+    etcd_timeout: float,
+    echo: Echo,
+    members: int = 1,
+    tls: bool = False,
 ) -> None:
     logs = state.dir / "logs"
     if endpoints:
         state.etcd_endpoints = list(endpoints)
         echo(f"etcd: using {','.join(endpoints)}")
+    elif members > 1 or tls:
+        _start_etcd_cluster(state, members, tls, echo)
     else:
         server = etcd.start(state.dir, logs / "etcd.log")
         state.etcd_endpoints = [server.client_url]
@@ -141,14 +162,16 @@ def _build(
         echo(f"neighbours: {pinned} static entries between nodes (large lab; see _pin_node_neighbours)")
 
     items = topology.calico_resources(topo)
-    etcd.wait_healthy(state.etcd_endpoints, timeout=etcd_timeout)
+    security = etcd_cluster.security(state)
+    etcd.wait_healthy(state.etcd_endpoints, timeout=etcd_timeout, security=security)
     state.etcd_keys = [key for key, _ in items]
     state.save()
-    etcd.put_all(state.etcd_endpoints, items)
+    etcd.put_all(state.etcd_endpoints, items, security=security)
     echo(f"etcd: wrote {len(items)} Calico resources")
 
     _start_proxy(state, logs / "proxy.log")
-    echo(f"proxy: etcd at {NODE_ETCD} in every node namespace (pid {state.proxy_pid})")
+    node_etcd = ",".join(etcd_cluster.node_endpoints(state))
+    echo(f"proxy: etcd at {node_etcd} in every node namespace (pid {state.proxy_pid})")
 
     for pod in topo.pods:
         ops.add_pod(state.name, pod.node, pod.name, pod.ipv4, state=state, ipv6=pod.ipv6)
@@ -266,13 +289,35 @@ def _add_router(state: LabState, router: topology.LabRouter) -> None:
     state.save()
 
 
+def _start_etcd_cluster(state: LabState, members: int, tls: bool, echo: Echo) -> None:
+    logs = [state.dir / "logs" / f"etcd{i + 1}.log" for i in range(members)]
+    server_tls = etcd_cluster.make_tls(state) if tls else None
+    if tls:
+        echo(f"etcd: TLS with client certificates (CA {state.etcd_ca_file})")
+    servers = etcd.start_cluster(state.dir, logs, tls=server_tls, security=etcd_cluster.security(state))
+    scheme = "https" if tls else "http"
+    state.etcd_members = [
+        EtcdMemberState(
+            s.name, s.pid, s.client_url, etcd_cluster.node_url(i, scheme), s.data_dir, str(log), list(s.argv)
+        )
+        for i, (s, log) in enumerate(zip(servers, logs, strict=True))
+    ]
+    state.etcd_endpoints = [s.client_url for s in servers]
+    state.save()
+    for s in servers:
+        echo(f"etcd: started member {s.name} {s.client_url} (pid {s.pid})")
+
+
 def _start_proxy(state: LabState, log: Path) -> None:
     ready = state.dir / "proxy.ready"
     ready.unlink(missing_ok=True)
     state.proxy_ready = str(ready)
     argv = [sys.executable, "-m", "labs.proxy", "--ready-file", str(ready)]
     argv += [arg for n in state.nodes for arg in ("--netns", n.netns)]
-    argv += [arg for e in state.etcd_endpoints for arg in ("--target", e)]
+    if state.etcd_members:  # one listener per member, each reaching that member only
+        argv += [arg for m in state.etcd_members for arg in ("--forward", f"{m.node_url}={m.client_url}")]
+    else:
+        argv += [arg for e in state.etcd_endpoints for arg in ("--target", e)]
     state.proxy_pid = process.spawn(argv, log)
     state.save()
     deadline = time.monotonic() + 10.0
@@ -284,8 +329,9 @@ def _start_proxy(state: LabState, log: Path) -> None:
 
 def _start_daemon(state: LabState, node: NodeState) -> None:
     argv = [ops.venv_tool("calico-bgp"), "node", "run", "--node", node.name]
-    argv += ["--etcd-endpoints", NODE_ETCD, "--run-dir", node.run_dir]
-    env = ops.node_env(node) | {"NODENAME": node.name, "ETCD_ENDPOINTS": NODE_ETCD}
+    etcd_env = etcd_cluster.node_env(state)  # ETCD_ENDPOINTS, and the TLS files under --etcd-tls
+    argv += ["--etcd-endpoints", etcd_env["ETCD_ENDPOINTS"], "--run-dir", node.run_dir]
+    env = ops.node_env(node) | {"NODENAME": node.name} | etcd_env
     # BGP passwords (BGPPeer secretKeyRef) are read from files, one directory per secret (ops.set_secret).
     env["CALICO_BGP_SECRETS_DIR"] = str(ops.secrets_dir(state))
     node.pid = process.spawn(netns.exec_argv(node.netns, argv), Path(node.log), env=env)
@@ -343,6 +389,8 @@ def down(lab: str, echo: Echo = _quiet) -> None:
         process.stop(state.proxy_pid, state.proxy_ready)
     if state.etcd_pid:
         etcd.stop(state.etcd_pid, state.etcd_data_dir)
+    elif state.etcd_members:
+        process.stop_all([(m.pid, m.data_dir) for m in state.etcd_members])
     elif state.etcd_keys:
         # The user's etcd outlives the lab: take our resources out so the next lab starts clean.
         try:
@@ -384,6 +432,10 @@ def show(lab: str) -> dict[str, object]:
     return {
         "name": state.name,
         "etcd_endpoints": state.etcd_endpoints,
+        "etcd_members": [
+            {"name": m.name, "client_url": m.client_url, "node_url": m.node_url, "pid": m.pid}
+            for m in state.etcd_members
+        ],
         "nodes": [
             {"name": n.name, "netns": n.netns, "ipv4": n.ipv4, "ipv6": n.ipv6, "asn": n.asn,
              "labels": n.labels, "tunnel": n.tunnel}

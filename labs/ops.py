@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bgp.status import DaemonNotRunning, query
-from labs import etcd, netns, pods, process, report, routers, topology, tunnel
+from labs import etcd, etcd_cluster, netns, pods, process, report, routers, topology, tunnel
 from labs.state import LabState, NodeState, PodState, RouterState, lab_dir, netns_name
 
 PING_WORKERS = 8
@@ -63,10 +63,12 @@ def node_env(node: NodeState) -> dict[str, str]:
 
 
 def exec(lab: str, node: str, argv: Sequence[str]) -> int:
-    """Run argv in the node's namespace with the node's environment; output goes to ours. Exit code."""
+    """Run argv in the node's namespace with the node's environment (its etcd settings too, so the
+    resource CLI works there as on the node); output goes to ours. Exit code."""
     state = load(lab)
     target = _node(state, node)
-    return subprocess.run(netns.exec_argv(target.netns, argv), env=node_env(target), check=False).returncode
+    env = node_env(target) | etcd_cluster.node_env(state)
+    return subprocess.run(netns.exec_argv(target.netns, argv), env=env, check=False).returncode
 
 
 def status(
@@ -106,12 +108,13 @@ def set_affinity(lab: str, node: str, cidr: str) -> None:
     if key not in state.etcd_keys:
         state.etcd_keys.append(key)
         state.save()
-    etcd.put_all(state.etcd_endpoints, [(key, value)])
+    etcd.put_all(state.etcd_endpoints, [(key, value)], security=etcd_cluster.security(state))
 
 
 def delete_affinity(lab: str, node: str, cidr: str) -> bool:
     key, _ = topology.affinity(node, cidr)
-    return etcd.delete(load(lab).etcd_endpoints, key)
+    state = load(lab)
+    return etcd.delete(state.etcd_endpoints, key, security=etcd_cluster.security(state))
 
 
 def ping(lab: str, from_pod: str, to_ip: str, *, state: LabState | None = None) -> bool:

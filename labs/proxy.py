@@ -4,7 +4,9 @@ Stage: lab plumbing, run as ``python -m labs.proxy`` in the host namespace, one 
 
 Owns: one listening socket per node namespace, and a byte-for-byte copy of every accepted connection to
 the etcd endpoint in the host namespace. A real node reaches etcd at a local address the same way (an etcd
-gateway or proxy on the node), so the daemons under test need no lab-specific settings.
+gateway or proxy on the node), so the daemons under test need no lab-specific settings. For an etcd
+cluster each member gets its own listener (``--forward``) that reaches that member only: the nodes then
+list every member in ETCD_ENDPOINTS and fail over in their own client, as against a real cluster.
 
 Complicating factors:
 - Loopback is per namespace, so the node daemons cannot dial the host's 127.0.0.1. A socket belongs to the
@@ -28,10 +30,9 @@ import os
 import signal
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
-
-from confgen.datastore.etcd import parse_endpoint
 
 CLONE_NEWNET = 0x40000000
 CHUNK = 65536
@@ -69,6 +70,15 @@ def listen_in_netns(netns: str, host: str, port: int) -> socket.socket:
         os.close(own)
     sock.setblocking(False)
     return sock
+
+
+def address(text: str) -> tuple[str, int]:
+    """(host, port) of an endpoint URL or host:port; the scheme does not matter to a byte copy (TLS passes
+    through, end to end between the node's client and etcd)."""
+    parts = urlsplit(text if "//" in text else f"tcp://{text}")
+    if not parts.hostname:
+        raise click.BadParameter(f"no host in {text!r}")
+    return parts.hostname, parts.port or 2379
 
 
 async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -115,11 +125,8 @@ class Forwarder:
                 writer.close()
 
 
-async def serve(
-    listeners: dict[str, socket.socket], targets: list[tuple[str, int]], ready: Path | None
-) -> None:
-    forwarder = Forwarder(targets)
-    servers = [await asyncio.start_server(forwarder.handle, sock=sock) for sock in listeners.values()]
+async def serve(listeners: list[tuple[socket.socket, Forwarder]], ready: Path | None) -> None:
+    servers = [await asyncio.start_server(forwarder.handle, sock=sock) for sock, forwarder in listeners]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -128,7 +135,7 @@ async def serve(
         tmp = ready.with_suffix(".tmp")
         tmp.write_text(f"{os.getpid()}\n")
         tmp.rename(ready)
-    log.info("forwarding %s to %s", ", ".join(listeners), targets)
+    log.info("forwarding: %s", ", ".join(f"{s.getsockname()} -> {f.targets}" for s, f in listeners))
     await stop.wait()
     for server in servers:
         server.close()
@@ -137,16 +144,32 @@ async def serve(
 
 @click.command()
 @click.option("--netns", "namespaces", multiple=True, required=True, help="node namespace to serve (repeat)")
-@click.option("--target", "targets", multiple=True, required=True, help="etcd endpoint URL in the host netns")
+@click.option("--target", "targets", multiple=True, help="etcd URL in the host netns (repeat: in order)")
 @click.option("--listen", default="127.0.0.1:2379", show_default=True, help="address inside each namespace")
+@click.option("--forward", "forwards", multiple=True, metavar="LISTEN=URL",
+              help="one more listener in each namespace, to this one endpoint only (repeat: one per member)")
 @click.option("--ready-file", type=click.Path(path_type=Path), help="written once every listener is bound")
-def main(namespaces: tuple[str, ...], targets: tuple[str, ...], listen: str, ready_file: Path | None) -> None:
-    """Expose etcd TARGET at LISTEN inside every --netns."""
+def main(
+    namespaces: tuple[str, ...], targets: tuple[str, ...], listen: str, forwards: tuple[str, ...],
+    ready_file: Path | None,
+) -> None:
+    """Expose etcd TARGET at LISTEN (and each --forward) inside every --netns."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    host, port = parse_endpoint(listen)
+    routes = [(listen, list(targets))] if targets else []
+    for spec in forwards:
+        listen_at, sep, url = spec.partition("=")
+        if not sep or not url:
+            raise click.BadParameter(f"{spec!r} is not LISTEN=URL", param_hint="--forward")
+        routes.append((listen_at, [url]))
+    if not routes:
+        raise click.UsageError("give at least one --target or --forward")
     # Bound here, synchronously, before the event loop exists: see the module docstring on setns.
-    listeners = {ns: listen_in_netns(ns, host, port) for ns in namespaces}
-    asyncio.run(serve(listeners, [parse_endpoint(t) for t in targets], ready_file))
+    listeners = []
+    for listen_at, urls in routes:
+        host, port = address(listen_at)
+        forwarder = Forwarder([address(u) for u in urls])
+        listeners += [(listen_in_netns(ns, host, port), forwarder) for ns in namespaces]
+    asyncio.run(serve(listeners, ready_file))
 
 
 if __name__ == "__main__":

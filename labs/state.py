@@ -85,6 +85,19 @@ class PodState:
 
 
 @dataclass
+class EtcdMemberState:
+    """One member of a lab-owned etcd started as a cluster (``--etcd-members`` > 1, or ``--etcd-tls``)."""
+
+    name: str
+    pid: int
+    client_url: str  # on the host's loopback
+    node_url: str  # the same member as every node sees it, through the proxy
+    data_dir: str
+    log: str
+    argv: list[str] = field(default_factory=list)  # to start it again the same way after a kill
+
+
+@dataclass
 class LabState:
     name: str
     topology: str = ""
@@ -92,6 +105,11 @@ class LabState:
     etcd_pid: int = 0  # non-zero only when the lab started etcd itself
     etcd_data_dir: str = ""
     etcd_keys: list[str] = field(default_factory=list)  # what the lab wrote; removed from a user's etcd
+    etcd_members: list[EtcdMemberState] = field(default_factory=list)  # see EtcdMemberState; else empty
+    # --etcd-tls: the CA that signed the members' certificates and the client pair the lab and nodes use
+    etcd_ca_file: str = ""
+    etcd_cert_file: str = ""
+    etcd_key_file: str = ""
     proxy_pid: int = 0
     proxy_ready: str = ""
     namespaces: list[str] = field(default_factory=list)  # creation order; deleted in reverse
@@ -138,4 +156,5 @@ class LabState:
         raw["nodes"] = [NodeState(**n) for n in raw.get("nodes", [])]
         raw["pods"] = [PodState(**p) for p in raw.get("pods", [])]
         raw["routers"] = [RouterState(**r) for r in raw.get("routers", [])]
+        raw["etcd_members"] = [EtcdMemberState(**m) for m in raw.get("etcd_members", [])]
         return cls(**raw)

@@ -77,8 +77,10 @@ class ApiChannel:
         liveness: LivenessSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
         registry: CollectorRegistry | None = None,
+        group: int | None = None,  # the unprivileged ExaBGP's group, which its bridge connects as
     ) -> None:
         self._path = Path(path)
+        self._group = group
         self._on_line = on_line
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
@@ -114,7 +116,11 @@ class ApiChannel:
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()
         self._server = await asyncio.start_unix_server(self._accept, path=str(self._path), limit=1 << 24)
-        os.chmod(self._path, 0o600)
+        if self._group is None:
+            os.chmod(self._path, 0o600)
+        else:
+            os.chown(self._path, -1, self._group)
+            os.chmod(self._path, 0o660)
 
     async def close(self) -> None:
         if self._server is not None:

@@ -7,7 +7,8 @@ to run Python in the child (``preexec_fn``) can crash the child (gRPC's fork han
 exiting with SIGSEGV right after a restart). So the daemon spawns this module with a plain fork+exec, and the
 child sets PR_SET_PDEATHSIG itself before handing over to ExaBGP's own entry point, in the same process.
 If the daemon is already gone by then, we exit instead of running an orphan that would hold port 179.
-It is also where ``bgp.exabgp.tuning`` adjusts ExaBGP's scheduling before ExaBGP starts.
+It is also where the child becomes the unprivileged ExaBGP user (``bgp.exabgp.privileges``), and where
+``bgp.exabgp.tuning`` adjusts ExaBGP's scheduling before ExaBGP starts.
 """
 
 from __future__ import annotations
@@ -17,12 +18,18 @@ import os
 import signal
 import sys
 
+from bgp.exabgp.privileges import DROP_ENV, drop_privileges, parse_drop_setting
+
 PR_SET_PDEATHSIG = 1
 PARENT_ENV = "CALICO_BGP_PARENT_PID"
 
 
 def main() -> int:
     parent = os.environ.pop(PARENT_ENV, "")
+    drop = parse_drop_setting(os.environ.pop(DROP_ENV, ""))
+    if drop is not None:
+        # Before the parent-death signal: the kernel clears that signal when the uid changes.
+        drop_privileges(*drop)
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if parent and os.getppid() != int(parent):
         return 0  # the daemon died between our fork and the prctl: nobody would stop us

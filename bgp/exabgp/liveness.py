@@ -101,6 +101,13 @@ class Liveness:
         """ExaBGP took bytes from us or wrote a line to us: it is working, if slowly."""
         self._progress = max(self._progress, now)
 
+    def waiting(self, now: float) -> float:
+        """Seconds an answer has been owed with no progress at all (0 while nothing is owed): what the
+        verdict is judged on, for readers who want to know before the verdict."""
+        if not self._connected or not self._owed:
+            return 0.0
+        return max(0.0, now - max(self._owed[0], self._progress))
+
     def verdict(self, now: float) -> str | None:
         """Why ExaBGP is considered hung, or None while it is not."""
         if not self._connected or not self._owed:

@@ -7,8 +7,11 @@ Owns: the ExaBGP process and its environment. Nothing here knows about routes.
 Complicating factors (docs/exabgp-notes.md):
 - SIGHUP *stops* ExaBGP. Reload is SIGUSR1: it re-reads the config and resets only neighbours whose settings
   changed; unchanged sessions keep running.
-- ExaBGP listens only where ``exabgp.tcp.bind`` says, and drops to ``nobody`` unless told otherwise; our API
-  process must reach a root-only socket, so it runs as root (``daemon.user=root``, ``daemon.drop=false``).
+- ExaBGP listens only where ``exabgp.tcp.bind`` says, and would drop to ``nobody`` on its own after binding,
+  keeping no capability and changing users under its API process. We turn its own drop off
+  (``daemon.user=root``, ``daemon.drop=false``) and drop before it starts instead (``run_as``,
+  ``bgp.exabgp.privileges``): the whole process, bridge included, runs unprivileged, with only
+  CAP_NET_BIND_SERVICE, which its listener needs for port 179.
 - Acks are on by default and deadlock a helper that does not read them; the bridge always reads, but we turn
   them off (``api.ack=false``) because the speaker reconciles by state, not by per-command replies.
 - The listening address is an environment setting, not config: a change of node address or listen port needs a
@@ -48,6 +51,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter
 
 from bgp.exabgp.launch import PARENT_ENV
+from bgp.exabgp.privileges import DROP_ENV, ExaBGPUser
 from bgp.exabgp.tuning import IDLE_TICK_SPEED
 
 log = logging.getLogger(__name__)
@@ -117,8 +121,10 @@ class ExaBGPSupervisor:
         api_start_deadline: float = 20.0,
         parent_of: Callable[[int], int | None] = parent_pid,
         registry: CollectorRegistry | None = None,
+        run_as: ExaBGPUser | None = None,  # None: ExaBGP stays root
     ) -> None:
         self._config = Path(config)
+        self._run_as = run_as
         self._log_file = Path(log_file)
         self._environment = dict(environment or {})
         self._on_start = on_start
@@ -237,9 +243,17 @@ class ExaBGPSupervisor:
             backoff = min(backoff * 2, self._backoff_max)
 
     async def _run_once(self) -> int:
-        env = {k: v for k, v in os.environ.items() if not k.lower().startswith("exabgp")}
+        # Not our etcd credentials (ETCD_PASSWORD, the key file's path): ExaBGP never talks to etcd.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.lower().startswith("exabgp") and not k.startswith("ETCD_")
+        }
         env.update(self._environment)
         env[PARENT_ENV] = str(os.getpid())
+        env.pop(DROP_ENV, None)
+        if self._run_as is not None:
+            env[DROP_ENV] = self._run_as.drop_setting
         self._log_file.parent.mkdir(parents=True, exist_ok=True)
         self._ready.clear()
         self._api_seen = False
@@ -281,7 +295,10 @@ class ExaBGPSupervisor:
 
     async def _copy_log(self, stream: asyncio.StreamReader) -> None:
         """ExaBGP's output goes to its log file; we read it on the way for reload confirmations."""
-        with open(self._log_file, "ab", buffering=0) as out:
+        # Root's only: the run directory may be open to ExaBGP's group, and a log is no place to share.
+        fd = os.open(self._log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)
+        with open(fd, "ab", buffering=0) as out:
             while True:
                 line = await stream.readline()
                 if not line:

@@ -30,6 +30,14 @@ Complicating factors:
   watch progress notifications before they reach us, so those cannot serve either.
   Every sign of life (a list, a watch batch, a probe answer) feeds ``heartbeat`` for the daemon's
   health report.
+- https:// endpoints, client certificates and username/password come from ``EtcdSecurity``
+  (etcd_security.py); the channel and the wording of failures from etcd_channel.py. A connect failure
+  names each endpoint and its cause on one line and labels the error metric (``tls``, ``auth``,
+  ``tls_config``); it is retried like any other. etcd's auth token lapses after a quiet spell: a call it
+  refuses is repeated once with a fresh token, so the probe's rhythm does not decide whether we stay in.
+- Ending a sync cancels its watch tasks, and aetcd's watch cleanup sometimes never lets a cancelled task
+  finish (seen against a real etcd: roughly one run in three of the TLS recovery test). Waiting for them
+  is bounded (``stop_timeout``); one that overstays is left behind, logged, and the resync goes on.
 """
 
 from __future__ import annotations
@@ -39,8 +47,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
 
 import aetcd
 import aetcd.exceptions
@@ -55,6 +62,9 @@ from confgen.datastore.base import (
     decode_value,
     watched_prefixes,
 )
+from confgen.datastore.etcd_channel import ChannelClient, describe_failure
+from confgen.datastore.etcd_security import Endpoint, EtcdSecurity, EtcdSecurityError
+from confgen.datastore.etcd_security import parse_endpoint as parse_security_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -74,26 +84,31 @@ _GRPC_OPTIONS = {
 # so an answer proves the member is serving and still part of a quorum.
 _PROBE_KEY = b"/calico/"
 
+T = TypeVar("T")
+
 WatchEvent = tuple[str, str, bytes, int]  # (kind 'put'|'delete', key, value, mod_revision)
 
 # A silent etcd is noticed within PROBE_INTERVAL + PROBE_TIMEOUT (10 s) of its last answer, for the price
 # of one count-only read per node every 5 s.
 PROBE_INTERVAL = 5.0
 PROBE_TIMEOUT = 5.0
+# Watch tasks left behind by a stop that timed out, kept referenced until they end (see EtcdSyncer._stop).
+_MAX_ABANDONED = 64
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """("127.0.0.1", 2379) from "http://127.0.0.1:2379" (TLS is not supported yet)."""
-    parts = urlsplit(endpoint if "//" in endpoint else f"http://{endpoint}")
-    if parts.scheme != "http":
-        raise ValueError(f"unsupported etcd endpoint scheme in {endpoint!r} (only http:// for now)")
-    if not parts.hostname:
-        raise ValueError(f"no host in etcd endpoint {endpoint!r}")
-    return parts.hostname, parts.port or 2379
+    """("127.0.0.1", 2379) from "http://127.0.0.1:2379" or "https://127.0.0.1:2379"."""
+    parsed = parse_security_endpoint(endpoint)
+    return parsed.host, parsed.port
 
 
 class DatastoreUnresponsive(DatastoreError):
     """etcd accepted the connection but did not answer the liveness probe in time."""
+
+
+def _token_refused(exc: BaseException) -> bool:
+    text = str(exc) + (f" {exc.__cause__}" if exc.__cause__ is not None else "")
+    return isinstance(exc, aetcd.exceptions.UnauthenticatedError) or "invalid auth token" in text
 
 
 def _translate(exc: BaseException) -> DatastoreError:
@@ -105,33 +120,56 @@ def _translate(exc: BaseException) -> DatastoreError:
 _REASONS: dict[type, str] = {CompactedError: "compacted", DatastoreUnresponsive: "unresponsive"}
 
 
-class EtcdClient:
-    """Thin async etcd v3 client: str keys, bytes values, our own error types."""
+class EtcdConnectError(DatastoreError):
+    """No endpoint could be used; ``reason`` labels the datastore error metric ("tls", "auth", ...)."""
 
-    def __init__(self, endpoints: list[str], timeout: float = 5.0) -> None:
-        if not endpoints:
-            raise ValueError("no etcd endpoints")
-        self.endpoints = [parse_endpoint(e) for e in endpoints]
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class EtcdClient:
+    """Thin async etcd v3 client: str keys, bytes values, our own error types.
+
+    ``security`` adds TLS (https:// endpoints) and username/password; an ``EtcdSecurityError`` (a
+    ``ValueError``) from the constructor means a setting that can never work (see ``EtcdSecurity.check``).
+    """
+
+    def __init__(
+        self, endpoints: list[str], timeout: float = 5.0, security: EtcdSecurity | None = None
+    ) -> None:
+        self.security = security if security is not None else EtcdSecurity()  # None: plain, no auth
+        self.endpoints: list[Endpoint] = self.security.check(endpoints)
         self.timeout = timeout
-        self._client: aetcd.Client | None = None
+        self._client: ChannelClient | None = None
         self.endpoint: str = ""  # the one connected to
 
     async def connect(self) -> None:
-        """Connect to the first endpoint that answers (a status call proves it, gRPC connects lazily)."""
-        failures = []
-        for host, port in self.endpoints:
-            client = aetcd.Client(host=host, port=port, timeout=self.timeout, options=_GRPC_OPTIONS)
+        """Connect to the first endpoint that answers (a status call proves it, gRPC connects lazily).
+
+        The TLS files are read here, at every connect, so renewed certificates are picked up."""
+        failures: list[tuple[str, str]] = []
+        for endpoint in self.endpoints:
+            client: ChannelClient | None = None
             try:
+                tls = self.security.load_tls() if endpoint.tls else None
+                client = ChannelClient(
+                    endpoint, tls=tls, credentials=self.security.credentials, timeout=self.timeout,
+                    options=_GRPC_OPTIONS,
+                )  # fmt: skip
                 await client.connect()
                 await client.status()
-            except (TimeoutError, aetcd.exceptions.ClientError, OSError) as exc:
-                failures.append(f"{host}:{port}: {_translate(exc)}")
-                with contextlib.suppress(Exception):
-                    await client.close()
+            except (TimeoutError, aetcd.exceptions.ClientError, OSError, EtcdSecurityError) as exc:
+                failures.append(describe_failure(endpoint, self.security, exc))
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(client.close(), self.timeout)
                 continue
-            self._client, self.endpoint = client, f"{host}:{port}"
+            self._client, self.endpoint = client, f"{endpoint.host}:{endpoint.port}"
             return
-        raise DatastoreError("no etcd endpoint answered: " + "; ".join(failures))
+        # The first specific cause labels the metric; plain unreachability stays "error".
+        reason = next((r for r, _ in failures if r != "error"), "error")
+        raise EtcdConnectError("no etcd endpoint answered: " + "; ".join(m for _, m in failures), reason)
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -140,7 +178,7 @@ class EtcdClient:
                 await asyncio.wait_for(client.close(), self.timeout)  # a hung server must not hang us
 
     @property
-    def _c(self) -> aetcd.Client:
+    def _c(self) -> ChannelClient:
         if self._client is None:
             raise DatastoreError("not connected")
         return self._client
@@ -164,7 +202,6 @@ class EtcdClient:
         return await self._ranges([(p, True) for p in prefixes] + [(k, False) for k in keys])
 
     async def _ranges(self, ranges: list[tuple[str, bool]]) -> tuple[int, dict[str, tuple[bytes, int]]]:
-        client = self._c
         ops = []
         for start, is_prefix in ranges:
             raw = start.encode()
@@ -173,15 +210,11 @@ class EtcdClient:
             else:
                 request = aetcd.rpc.RangeRequest(key=raw)
             ops.append(aetcd.rpc.RequestOp(request_range=request))
-        try:
-            # A transaction with no compare always succeeds: all ranges are read at one revision.
-            response = await client.kvstub.Txn(
-                aetcd.rpc.TxnRequest(compare=[], success=ops, failure=[]),
-                timeout=self.timeout,
-                metadata=client.metadata,
-            )
-        except Exception as exc:
-            raise _translate(exc) from exc
+        # A transaction with no compare always succeeds: all ranges are read at one revision.
+        request = aetcd.rpc.TxnRequest(compare=[], success=ops, failure=[])
+        response = await self._call(
+            lambda c: c.kvstub.Txn(request, timeout=self.timeout, metadata=c.metadata)
+        )
         values: dict[str, tuple[bytes, int]] = {}
         for op in response.responses:
             for kv in op.response_range.kvs:
@@ -193,21 +226,15 @@ class EtcdClient:
 
         Raises ``DatastoreError`` when etcd does not answer in time (hung, partitioned, behind a
         blackhole) or refuses."""
-        client = self._c
-        try:
-            response = await client.kvstub.Range(
-                aetcd.rpc.RangeRequest(key=_PROBE_KEY, count_only=True),
-                timeout=self.timeout,
-                metadata=client.metadata,
-            )
-        except Exception as exc:
-            raise _translate(exc) from exc
+        request = aetcd.rpc.RangeRequest(key=_PROBE_KEY, count_only=True)
+        response = await self._call(
+            lambda c: c.kvstub.Range(request, timeout=self.timeout, metadata=c.metadata)
+        )
         return response.header.revision
 
     async def put_if_unchanged(self, items: dict[str, bytes], revisions: dict[str, int]) -> bool:
         """Write every key of ``items`` in one transaction, but only if each still has the
         ``mod_revision`` in ``revisions`` (0 = must not exist). False when another writer got there first."""
-        client = self._c
         compare_op = aetcd.rpc.Compare
         compare = [
             compare_op(
@@ -222,37 +249,50 @@ class EtcdClient:
             aetcd.rpc.RequestOp(request_put=aetcd.rpc.PutRequest(key=key.encode(), value=value))
             for key, value in items.items()
         ]
-        try:
-            response = await client.kvstub.Txn(
-                aetcd.rpc.TxnRequest(compare=compare, success=puts, failure=[]),
-                timeout=self.timeout,
-                metadata=client.metadata,
-            )
-        except Exception as exc:
-            raise _translate(exc) from exc
+        request = aetcd.rpc.TxnRequest(compare=compare, success=puts, failure=[])
+        response = await self._call(
+            lambda c: c.kvstub.Txn(request, timeout=self.timeout, metadata=c.metadata)
+        )
         return bool(response.succeeded)
 
     async def put(self, key: str, value: str | bytes) -> int:
         """Write one key; returns the new revision."""
         data = value.encode() if isinstance(value, str) else value
-        try:
-            result = await self._c.put(key.encode(), data)
-        except aetcd.exceptions.ClientError as exc:
-            raise _translate(exc) from exc
+        result = await self._call(lambda c: c.put(key.encode(), data))
         return result.header.revision
 
     async def delete(self, key: str) -> bool:
-        try:
-            return await self._c.delete(key.encode()) is not None
-        except aetcd.exceptions.ClientError as exc:
-            raise _translate(exc) from exc
+        return await self._call(lambda c: c.delete(key.encode())) is not None
 
     async def compact(self, revision: int) -> None:
         """Discard history before ``revision`` (operators and tests; Calico's own compactor does this)."""
+        await self._call(lambda c: c.compact(revision, physical=True))
+
+    async def _call(self, call: Callable[[ChannelClient], Awaitable[T]]) -> T:
+        """``call`` on the connected client; once more with a fresh token if etcd refused ours (simple
+        tokens lapse after a quiet spell). Failures come out as ``DatastoreError``s."""
+        client = self._c
         try:
-            await self._c.compact(revision, physical=True)
-        except aetcd.exceptions.ClientError as exc:
-            raise _translate(exc) from exc
+            return await call(client)
+        except Exception as exc:
+            if not (client.authenticated and _token_refused(exc)):
+                raise self._translate(exc) from exc
+        try:
+            await client.reauthenticate()
+            return await call(client)
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: BaseException) -> DatastoreError:
+        """Our error for a failed call: compaction as such, auth and TLS refusals with their cause."""
+        translated = _translate(exc)
+        if isinstance(translated, CompactedError) or not self.endpoint:
+            return translated
+        connected = next((e for e in self.endpoints if f"{e.host}:{e.port}" == self.endpoint), None)
+        if connected is None:
+            return translated
+        reason, message = describe_failure(connected, self.security, exc)
+        return translated if reason == "error" else EtcdConnectError(message, reason)
 
     async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
         """Events under ``prefix`` from ``start_revision`` on, until the caller stops or an error.
@@ -265,13 +305,13 @@ class EtcdClient:
                 raw, range_end=aetcd.utils.prefix_range_end(raw), start_revision=start_revision
             )
         except aetcd.exceptions.ClientError as exc:
-            raise _translate(exc) from exc
+            raise self._translate(exc) from exc
         try:
             async for event in watch:
                 kind = "put" if event.kind == "PUT" else "delete"
                 yield kind, event.kv.key.decode(errors="replace"), event.kv.value, event.kv.mod_revision
         except aetcd.exceptions.ClientError as exc:
-            raise _translate(exc) from exc
+            raise self._translate(exc) from exc
         finally:
             # Cancelling queues a request on the watch stream; on a dead stream that queue may never
             # drain, so the cancel gets the client's deadline too.
@@ -292,6 +332,7 @@ class EtcdSyncer:
         backoff_initial: float = 0.25,
         backoff_max: float = 5.0,
         healthy_after: float = 10.0,
+        stop_timeout: float = 2.0,
         probe_interval: float | None = PROBE_INTERVAL,
         probe_timeout: float = PROBE_TIMEOUT,
         heartbeat: Callable[[], object] | None = None,
@@ -304,6 +345,8 @@ class EtcdSyncer:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._healthy_after = healthy_after
+        self._stop_timeout = stop_timeout  # real seconds a cancelled watch task may take to end
+        self._abandoned: set[asyncio.Task[None]] = set()  # tasks that did not end in time, until they do
         self._probe_interval = probe_interval  # None: no probe (the keepalive alone guards the watch)
         self._probe_timeout = probe_timeout
         self._heartbeat = heartbeat  # called on every sign of life: a list, a watch batch, a probe answer
@@ -313,6 +356,7 @@ class EtcdSyncer:
         self.last_alive: float | None = None  # clock() of the last sign of life
         self._synced_before = False
         self._cache: dict[str, Any] = {}
+        self.last_error: str | None = None  # why the last attempt failed, until a sync succeeds
 
         registry = registry if registry is not None else CollectorRegistry()
         self._m_in_sync = Gauge(
@@ -343,6 +387,12 @@ class EtcdSyncer:
             registry=registry,
         )
 
+    @property
+    def client_factory(self) -> Callable[[], Any]:
+        """What builds this syncer's connections: another etcd user of the daemon (the node-status
+        writer) takes the same one, and so the same endpoints and TLS settings."""
+        return self._client_factory
+
     async def run(self, on_snapshot: OnSnapshot) -> None:
         backoff = self._backoff_initial
         while True:
@@ -351,10 +401,12 @@ class EtcdSyncer:
             try:
                 await self._sync(client, on_snapshot)
             except (TimeoutError, DatastoreError, OSError) as exc:
-                reason = _REASONS.get(type(exc), "error")
+                reason = getattr(exc, "reason", None) or _REASONS.get(type(exc), "error")
+                self.last_error = str(exc)
                 log.warning("etcd sync lost (%s); last snapshot kept, resync in %.2fs", exc, backoff)
             except Exception:  # a bug or an unexpected client failure: same recovery, louder
                 reason = "unexpected"
+                self.last_error = "unexpected failure (see the log)"
                 log.exception("etcd sync failed unexpectedly; last snapshot kept, resync in %.2fs", backoff)
             finally:
                 self._set_in_sync(False)
@@ -377,6 +429,7 @@ class EtcdSyncer:
             self._m_reconnects.inc()
         self._synced_before = True
         self._set_in_sync(True)
+        self.last_error = None
         self._alive()
         on_snapshot(build_snapshot(self.revision, self._cache, self.node))
 
@@ -403,7 +456,31 @@ class EtcdSyncer:
         finally:
             for pump in pumps:
                 pump.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
+            await self._stop(pumps)
+
+    async def _stop(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for the cancelled pumps, at most ``stop_timeout`` (real time).
+
+        aetcd's watch cleanup can hold a cancelled task indefinitely (it waits on its watcher's lock,
+        which the task handling a dying watch stream may never release); an unbounded wait here once
+        kept a syncer from ever reconnecting. A task still running after the bound is left to finish
+        on its own (the client is closed next, which ends what it can) and we go on with a fresh
+        connection."""
+        if not tasks:
+            return
+        done, stuck = await asyncio.wait(tasks, timeout=self._stop_timeout)
+        for task in done:
+            if not task.cancelled():
+                task.exception()  # retrieved: the pumps report their failures through the queue
+        if stuck:
+            log.warning(
+                "%d etcd watch task(s) did not stop within %gs of being cancelled; left behind",
+                len(stuck), self._stop_timeout,
+            )  # fmt: skip
+            for task in stuck:
+                if len(self._abandoned) < _MAX_ABANDONED:  # referenced so they are not collected mid-run
+                    self._abandoned.add(task)
+                    task.add_done_callback(self._abandoned.discard)
 
     async def _probe(self, client: Any, queue: asyncio.Queue[Any]) -> None:
         """Every ``probe_interval``, a read that must answer within ``probe_timeout``.

@@ -33,6 +33,8 @@ PLURALS = {
     "BGPFilter": "bgpfilters",
     "Node": "nodes",
     "IPPool": "ippools",
+    # Read by the node-status reporter, never by the BGP configuration (confgen.nodestatus keeps it out).
+    "CalicoNodeStatus": "caliconodestatuses",
 }
 KINDS_BY_PLURAL = {plural: kind for kind, plural in PLURALS.items()}
 

@@ -10,6 +10,7 @@ import contextlib
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -28,13 +29,25 @@ def free_port() -> int:
 
 
 class EtcdServer:
-    def __init__(self, data_dir: Path) -> None:
+    """``certs`` (labs.certs.CertSet): serve https with its server certificate and require client
+    certificates signed by its CA; ``extra_args`` go to etcd as they are."""
+
+    def __init__(self, data_dir: Path, *, certs=None, extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.client_port = free_port()
         self.peer_port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.client_port}"
+        self.certs = certs
+        self.extra_args = extra_args
+        self.endpoint = f"{'https' if certs else 'http'}://127.0.0.1:{self.client_port}"
         self.log = data_dir.parent / f"{data_dir.name}.log"
         self.proc: subprocess.Popen | None = None
+
+    def _health_context(self) -> ssl.SSLContext | None:
+        if self.certs is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.certs.ca))
+        context.load_cert_chain(*(str(p) for p in self.certs.client()))
+        return context
 
     def start(self, timeout: float = 20.0) -> None:
         peer = f"http://127.0.0.1:{self.peer_port}"
@@ -47,7 +60,13 @@ class EtcdServer:
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"confgen-test={peer}",
+            *self.extra_args,
         ]  # fmt: skip
+        if self.certs is not None:
+            args += [
+                "--cert-file", str(self.certs.server_cert), "--key-file", str(self.certs.server_key),
+                "--client-cert-auth", "--trusted-ca-file", str(self.certs.ca),
+            ]  # fmt: skip
         log = open(self.log, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -59,7 +78,9 @@ class EtcdServer:
                 raise RuntimeError(f"etcd exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
             with (
                 contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{self.endpoint}/health", timeout=1) as response,
+                urllib.request.urlopen(
+                    f"{self.endpoint}/health", timeout=1, context=self._health_context()
+                ) as response,
             ):
                 if b'"health":"true"' in response.read():
                     return
@@ -103,3 +124,24 @@ def etcd_server():
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def etcd_server_factory():
+    """``start(**EtcdServer keywords)`` for servers with options (TLS, auth flags); every one started is
+    stopped and its directory removed in all outcomes."""
+    started: list[tuple[EtcdServer, Path]] = []
+
+    def start(**kwargs) -> EtcdServer:
+        base = Path(tempfile.mkdtemp(prefix="confgen-etcd-"))
+        server = EtcdServer(base / "data", **kwargs)
+        started.append((server, base))
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server, base in started:
+            server.stop()
+            shutil.rmtree(base, ignore_errors=True)

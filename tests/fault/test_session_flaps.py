@@ -2,7 +2,8 @@
 
 The peer is BIRD 2 in the ``external`` lab's router namespace (10.0.0.2), eBGP to node1, announcing ten
 prefixes, with its error wait and connect delay at their 1 s minimum so that a thousand flaps fit in the
-campaign (GoBGP idles a fixed 5 s after every session loss, which would make each flap cost 7 s). A flap: inside the peer's namespace the BGP port to node1 is blackholed (nftables) and the TCP
+campaign (GoBGP idles a fixed 5 s after every session loss, which would make each flap cost 7 s). A flap:
+inside the peer's namespace the BGP port to node1 is blackholed (nftables) and the TCP
 connection aborted (``ss -K``, so both ends see it at once); while the link is down the peer withdraws its
 oldest prefix and adds a new one; then the link comes back. Every fifth flap goes down again as soon as
 the session is Established, before End-of-RIB can have been processed (the case that used to leak stale
@@ -64,10 +65,10 @@ def peering(lab, request, tmp_path):
     """BIRD in the router namespace (graceful restart offered or not), node1 configured to peer with it."""
     gr = request.param
     workdir = tmp_path / "bird"
-    peer = FlappingBird(netns=inject.node_netns(lab, topologies.EXTERNAL_ROUTER), workdir=workdir, asn=PEER_AS,
-                  router_id=PEER_IP, local_addresses={"ipv4": PEER_IP},
-                  peers=[Peer(NODE_IP, TOPO.global_asn, graceful_restart=gr)],
-                  networks=[_prefix(n) for n in range(ANNOUNCED)])
+    peer = FlappingBird(netns=inject.node_netns(lab, topologies.EXTERNAL_ROUTER), workdir=workdir,
+                        asn=PEER_AS, router_id=PEER_IP, local_addresses={"ipv4": PEER_IP},
+                        peers=[Peer(NODE_IP, TOPO.global_asn, graceful_restart=gr)],
+                        networks=[_prefix(n) for n in range(ANNOUNCED)])
     key, value = topology.bgppeer_resource(
         topology.LabPeer("flap-peer", {"peerIP": PEER_IP, "asNumber": PEER_AS}))
     try:
@@ -150,7 +151,8 @@ def test_session_flaps_leak_nothing(peering, campaign, fault_row, request):
         leaked += len((kernel | learned) - want)
         missing += len(want - kernel) + len(want - learned)
         row.measure(flaps_done=n, flap_mean_s=round((time.monotonic() - flaps_started) / n, 1),
-                    reestablish_max_s=round(worst_back, 1), converge_max_s=round(worst_converge, 1), routes_leaked=leaked,
+                    reestablish_max_s=round(worst_back, 1), converge_max_s=round(worst_converge, 1),
+                    routes_leaked=leaked,
                     routes_missing=missing, wrong_while_down=wrong_while_down)
         if not converged:  # recorded above; a stuck flap would only repeat itself
             break

@@ -255,6 +255,44 @@ def test_reapplying_is_a_no_op_and_a_failure_keeps_the_old_rules(lab):
     assert rules() == before  # all or nothing: the old rules stay in force
 
 
+def test_a_flushed_ruleset_is_put_back_by_the_watch_and_enforced_again(lab):
+    """Someone runs ``nft flush ruleset`` in the node: the watch notices and restores our table (counted),
+    and a peer that is not speaking GTSM is refused again."""
+    lab.listen(lab.a, "0.0.0.0", PORT)
+
+    def listing() -> str:
+        argv = ["ip", "netns", "exec", lab.a, "nft", "list", "table", "inet", TABLE]
+        return subprocess.run(argv, capture_output=True, text=True).stdout
+
+    async def scenario() -> float:
+        gtsm = Gtsm(nft=("ip", "netns", "exec", lab.a, "nft"), check_interval=0.2)
+        await gtsm.apply(intent(("10.91.3.2", 1)))
+        ours = listing()
+        watch = asyncio.create_task(gtsm.watch())
+        try:
+            await asyncio.sleep(0.5)
+            assert gtsm.restores == 0  # an untouched table is left alone
+            argv = ("ip", "netns", "exec", lab.a, "nft", "flush", "ruleset")
+            flush = await asyncio.create_subprocess_exec(*argv)
+            assert await flush.wait() == 0
+            flushed = time.monotonic()
+            while gtsm.restores == 0:
+                assert time.monotonic() - flushed < 5, "the table was not restored"
+                await asyncio.sleep(0.05)
+            took = time.monotonic() - flushed
+            assert listing() == ours
+            await asyncio.sleep(0.5)
+            assert gtsm.restores == 1  # restored once, then left alone again
+            return took
+        finally:
+            watch.cancel()
+
+    took = asyncio.run(scenario())
+    print(f"restored {took:.2f}s after the flush with a 0.2s check interval")
+    assert lab.connect(lab.c, "10.91.3.1", PORT, ttl=64) == "TimeoutError"  # enforced again
+    assert lab.connect(lab.c, "10.91.3.1", PORT, ttl=255) == "ok"
+
+
 # ------------------------------------------------------------------ a real ExaBGP pair
 
 DRAIN = """import sys

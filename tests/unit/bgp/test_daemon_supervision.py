@@ -63,6 +63,9 @@ class FakeGtsm:
     async def remove(self):
         self.removed = True
 
+    async def watch(self):
+        await asyncio.Event().wait()
+
 
 def build(tmp_path, confgen=None, watcher=None, sweep_hold=120.0):
     daemon = NodeDaemon(

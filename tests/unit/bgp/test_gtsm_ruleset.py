@@ -166,7 +166,13 @@ async def test_apply_reports_and_counts_left_out_sessions(tmp_path):
     assert registry.get_sample_value("calico_bgp_gtsm_sessions") == 2
 
 
-RECORDER = "import pathlib, sys; pathlib.Path(sys.argv[1]).open('a').write(sys.stdin.read() + '=====\\n')"
+# A stand-in nft: records each script it is given; `list` (the table check after each apply) prints the
+# scripts so far, so a listing changes only when a script ran.
+RECORDER = (
+    "import pathlib, sys; log = pathlib.Path(sys.argv[1])\n"
+    "if 'list' in sys.argv: print(log.read_text() if log.exists() else '')\n"
+    "else: log.open('a').write(sys.stdin.read() + '=====\\n')"
+)
 
 
 async def test_apply_runs_nft_once_per_change_and_remove_deletes(tmp_path):

@@ -307,8 +307,26 @@ def test_confgen_render_prints_what_the_daemon_would_run(etcd, tmp_path, monkeyp
     assert result.exit_code == 0, result.output
     assert f"    run {api_run_line(tmp_path / 'run' / 'api.sock')};\n" in result.output
     assert "neighbor 10.0.0.12 {" in result.output and "neighbor 10.0.0.254 {" in result.output
-    assert '    md5-password "czNjcmV0";\n' in result.output
+    assert '    md5-password "<redacted>";\n' in result.output  # a key is masked unless asked for
+    assert "czNjcmV0" not in result.output and "s3cret" not in result.output
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
+    args = ["render", "--node", "node1", "--secrets-dir", str(tmp_path / "secrets")]
+    shown = invoke(etcd, confgen, [*args, "--show-secrets"])
+    assert '    md5-password "czNjcmV0";\n' in shown.output  # base64 of s3cret, as the file holds it
+    assert shown.output.replace("czNjcmV0", "<redacted>") == result.output
+
+    # --diff masks both sides, and still says (exit 1) that a key differs
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "exabgp.conf").write_text(shown.output.replace("czNjcmV0", "b2xk"))
+    changed = invoke(etcd, confgen, [*args, "--diff"])
+    assert changed.exit_code == 1 and changed.stdout == ""
+    assert "only MD5 keys differ" in changed.stderr and "b2xk" not in changed.stderr
+    old = shown.output.replace("czNjcmV0", "b2xk").replace("hold-time 90", "hold-time 30")
+    (tmp_path / "run" / "exabgp.conf").write_text(old)
+    changed = invoke(etcd, confgen, [*args, "--diff"])
+    assert changed.exit_code == 1 and "czNjcmV0" not in changed.stdout and "b2xk" not in changed.stdout
+    diff = invoke(etcd, confgen, [*args, "--diff", "--show-secrets"])
+    assert '-    md5-password "b2xk";\n' in diff.stdout and '+    md5-password "czNjcmV0";\n' in diff.stdout
 
 
 def test_confgen_render_without_the_secret_warns_and_skips_that_peering(etcd, tmp_path):

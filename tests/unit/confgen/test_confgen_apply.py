@@ -24,7 +24,7 @@ async def test_writes_new_file_atomically(tmp_path):
     writer = ConfigWriter(dest, validate_cmd=None)
     assert await writer.write(VALID) is True
     assert dest.read_text() == VALID
-    assert stat.S_IMODE(dest.stat().st_mode) == 0o644
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600  # it holds the MD5 keys
     assert leftovers(dest.parent) == []
 
 

@@ -168,7 +168,7 @@ def test_defaults_without_any_configuration():
         179,
         "None",
     )
-    assert (model.log_severity_of("n1"), model.prefix_advertisements_of("n1")) == ("Info", ())
+    assert (model.log_severity_of("n1"), model.prefix_advertisements_of("n1")) == (None, ())  # the flag rules
     assert model.configured_listen_port("n1") == 0
     assert model.node_mesh_password is None and model.node_mesh_restart_time is None
     assert model.service_ranges == ((), (), ())

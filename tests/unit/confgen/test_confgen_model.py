@@ -259,7 +259,7 @@ HOSTILE = ['10.0.0.1"; }', "10.0.0.1\nneighbor 6.6.6.6 {", "10.0.0.1;", "{", "'"
             "default",
             spec(logSeverityScreen="Loud"),
             "BGPConfiguration default: spec.logSeverityScreen 'Loud' is not one of "
-            "Trace, Debug, Info, Warning, Error, Fatal",
+            "Trace, Debug, Info, Warning, Error, Fatal, None",
         ),
     ],
 )

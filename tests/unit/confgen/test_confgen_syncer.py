@@ -286,3 +286,55 @@ async def test_a_probe_error_ends_the_sync_like_any_datastore_error(probed, fake
     assert registry.get_sample_value("calico_bgp_datastore_errors_total", {"reason": "error"}) == 1
     await fake_time.advance(0.25)
     assert syncer.in_sync and len(snapshots) == 2
+
+
+class StubbornClient(FakeClient):
+    """A watch that will not end when cancelled until ``release`` is set, the way aetcd's watch cleanup
+    can wait on a lock its dying stream holds."""
+
+    release: asyncio.Event
+
+    async def watch_prefix(self, prefix, start_revision):
+        try:
+            async for item in super().watch_prefix(prefix, start_revision):
+                yield item
+        except asyncio.CancelledError:
+            while not self.release.is_set():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.release.wait()
+            raise
+
+
+async def test_a_watch_that_ignores_cancellation_does_not_stop_the_resync(fake_time):
+    server = FakeServer()
+    server.put(node_key("node1"), node_value("10.0.0.11/24"))
+    release = asyncio.Event()
+
+    def client():
+        stubborn = StubbornClient(server)
+        stubborn.release = release
+        server.clients.append(stubborn)
+        return stubborn
+
+    syncer = EtcdSyncer(client, "node1", clock=fake_time.clock, sleep=fake_time.sleep, probe_interval=None,
+                        stop_timeout=0.01, registry=CollectorRegistry())  # fmt: skip
+    snapshots = []
+    task = asyncio.create_task(syncer.run(snapshots.append))
+    try:
+        await fake_time.settle()
+        assert len(snapshots) == 1
+        server.watches[0][2].put_nowait(DatastoreError("stream reset"))  # one fails, the rest are stopped
+        for _ in range(200):  # the stop bound is real time (10 ms); this allows up to 2 s
+            await fake_time.advance(0.25)
+            if len(server.clients) >= 2 and syncer.in_sync:
+                break
+            await asyncio.sleep(0.01)
+        assert len(server.clients) == 2 and syncer.in_sync and len(snapshots) == 2
+        assert len(syncer._abandoned) == len(syncer.prefixes) - 1
+    finally:
+        release.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await asyncio.sleep(0)
+    assert not syncer._abandoned

@@ -184,7 +184,11 @@ def test_every_canonical_prefix_is_accepted(addr, length):
 
 @given(st.text(alphabet="0123456789./ :%x\n", max_size=24))
 def test_the_fast_path_agrees_with_ipaddress(text):
-    """What the IPv4 regex accepts without ipaddress is exactly what the general rule accepts."""
+    """What the IPv4 regex accepts without ipaddress is exactly what the general rule accepts (less scope
+    ids, which ipaddress keeps in canonical text and the sink refuses on purpose)."""
+    if "%" in text:
+        assert tokens.problem(tokens.address, text) and tokens.problem(tokens.prefix, text)
+        return
     try:
         canonical = ipaddress.ip_address(text)
         address_ok = str(canonical) == text
