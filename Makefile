@@ -2,6 +2,8 @@
 #   make lab        bring up the default lab (3-node full mesh) and prove pod-to-pod reachability
 #   make lab-down   remove it
 #   make test       the whole suite (unit, golden, etcd, kernel/netns and lab tests; run as root)
+#   make test-fast  unit, golden and layout tests only (under a minute; no etcd, namespaces or labs)
+#   make lint       ruff and the import contracts (.importlinter)
 #   make bench      calico-bgp vs BIRD 1.6 benchmarks (table + bench/results/latest.{json,md})
 #   make fault      the fault campaign (tests/fault, full counts): writes tests/fault/RESULTS.md + results.json
 #   make image      the containerlab node image (containerlab/Dockerfile) built with podman
@@ -26,7 +28,7 @@ FAULT_COUNTS := CALICO_BGP_FAULT_FLAPS=1000 CALICO_BGP_FAULT_RESTARTS=20 CALICO_
 	CALICO_BGP_FAULT_STOPS=3 CALICO_BGP_FAULT_ETCD_OUTAGE_S=60 CALICO_BGP_FAULT_ETCD_RESTART_OUTAGE_S=150 \
 	CALICO_BGP_FAULT_REFUSAL_ROUTES=2000 CALICO_BGP_FAULT_REFUSAL_WINDOW_S=60
 
-.PHONY: deps interop-deps venv lab lab-down test lint bench fault clean image-deps base-image image image-test
+.PHONY: deps interop-deps venv lab lab-down test test-fast lint bench fault clean image-deps base-image image image-test
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -56,10 +58,11 @@ interop-deps: deps
 		dpkg -x $(BIRD16_DIR).deb/bird_*.deb $(BIRD16_DIR) && rm -rf $(BIRD16_DIR).deb; \
 	fi
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the versions tested together; pyproject.toml keeps the ranges.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 venv: deps $(STAMP)
@@ -71,9 +74,14 @@ lab-down: venv
 	$(BIN)/calico-bgp lab down $(TOPOLOGY)
 
 # The fault campaign's quick subset (fault_quick, small counts) runs here; the whole campaign in `make fault`.
-test: venv interop-deps
-	$(BIN)/ruff check .
+# Every check of `make lint` runs first.
+test: lint interop-deps
 	$(BIN)/pytest -q -ra -m "not fault or fault_quick"
+
+# The developer's loop: unit, golden and layout tests (layers and import contracts included), under a minute;
+# no etcd, namespaces or labs needed (tests that want root skip without it).
+test-fast: venv
+	$(BIN)/pytest -q -ra tests/unit tests/golden tests/test_layout.py
 
 # Faults injected into network-namespace labs (tests/fault), one result row per fault; several hours at
 # these counts (the 1,000-flap runs dominate). Results: tests/fault/RESULTS.md and tests/fault/results.json.
@@ -81,8 +89,12 @@ fault: venv interop-deps
 	$(FAULT_COUNTS) CALICO_BGP_FAULT_RESULTS=tests/fault CALICO_BGP_FAULT_FRESH=$(FAULT_FRESH) \
 		$(BIN)/pytest -q -ra -m fault tests/fault $(FAULT_ARGS)
 
+# Static checks, one line each: style (ruff) and the import contracts in .importlinter (layers, no cycles,
+# pure modules without I/O).
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 # calico-bgp vs BIRD 1.6 side by side (bench/): prints the table and writes bench/results/latest.{json,md}.
 # BENCH_ARGS=--quick for a short development run; `python -m bench profile|settings` for the diagnostics.

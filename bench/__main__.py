@@ -1,6 +1,6 @@
 """``python -m bench``: calico-bgp and BIRD 1.6 side by side, in one invocation, on this machine.
 
-Stage: the benchmark's entry point (``make bench``). Workloads (issue 7):
+Stage: the benchmark's entry point (``make bench``). Workloads (docs/performance.md#targets):
   (a) bulk propagation of 1k/10k/100k borrowed /32s from A's kernel to B's, and their withdrawal;
   (b) single-route latency A→B, p50/p95;
   (c) learned-route kernel install rate next to ``ip -batch`` (routes.bench), and B's fill rate;

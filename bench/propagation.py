@@ -1,5 +1,5 @@
-"""Workloads (a), (b) and (d) of issue 7 against one speaker pair: bulk propagation, single-route latency,
-memory and idle CPU.
+"""Workloads (a), (b) and (d) of docs/performance.md against one speaker pair: bulk propagation,
+single-route latency, memory and idle CPU.
 
 Stage: the benchmark's workloads. ``bench.__main__`` runs ``run_pair`` once with the BIRD pair and once
 with the calico-bgp pair, in the same invocation, with the same plan.
@@ -117,9 +117,8 @@ def _resources(pair, plan: Plan, results: PairResults, loaded: bool) -> None:
         time.sleep(window)
         elapsed = time.monotonic() - start
         for i, node in enumerate(NODES):
-            after = {s.pid: s.cpu_ticks for s in procs.samples(pair.roots(i))}
-            ticks = sum(after[s.pid] - s.cpu_ticks for s in before[node] if s.pid in after)
-            target.setdefault(node, []).append(100.0 * ticks / procs.TICKS / elapsed)
+            used = procs.cpu_window(before[node], procs.samples(pair.roots(i)))
+            target.setdefault(node, []).append(100.0 * used / elapsed)
 
 
 def _latency(pair, watch: RouteWatch, trials: int, offset: int, pool: str, out: list[float]) -> int:

@@ -2,8 +2,8 @@
 
 Stage: the end of a benchmark run (``bench.__main__``).
 
-Owns: which rows the table has and their targets (issue 7's list), the markdown layout, the machine
-description (CPU, cores, kernel, Python, ExaBGP, pyroute2, BIRD, git commit) and the files in
+Owns: which rows the table has and their targets (docs/performance.md#targets), the markdown layout,
+the machine description (CPU, cores, kernel, Python, ExaBGP, pyroute2, BIRD, git commit) and the files in
 ``bench/results``.
 
 Complicating factors:
@@ -15,7 +15,6 @@ Complicating factors:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -24,6 +23,8 @@ import time
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
+
+import psutil
 
 from bench.stats import Row, Target, fmt_summary, fmt_value, percentile, summarize
 
@@ -52,13 +53,10 @@ def machine(bird_version: str = "") -> dict[str, object]:
         proc = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
         return proc.stdout.strip()
 
-    mem_kib = 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
-        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "exabgp": _version("exabgp"),

@@ -1,4 +1,4 @@
-"""Figures from samples: medians, spreads, percentiles, ratios, and the targets of issue 7. Pure.
+"""Figures from samples: medians, spreads, percentiles, ratios, and the targets of docs/performance.md. Pure.
 
 Stage: between the workloads (which produce raw samples) and ``bench.report`` (which prints and saves).
 
@@ -10,8 +10,9 @@ Complicating factors:
   every function here accepts that and says "n/a" instead of inventing a figure.
 - Ratios are always ours / BIRD's for "lower is better" metrics (time, memory, CPU), so > 1 means we are
   slower or heavier; install rate is "higher is better" and its target is a share of ``ip -batch``.
-- Percentiles use linear interpolation between closest ranks (numpy's default), stated so that p95 of
-  50 samples is reproducible by hand.
+- Percentiles are ``statistics.quantiles(..., method="inclusive")``: linear interpolation between closest
+  ranks (numpy's default), stated so that p95 of 50 samples is reproducible by hand. Whole percentiles
+  only, which is all a report quotes.
 """
 
 from __future__ import annotations
@@ -37,23 +38,28 @@ def summarize(samples: Sequence[float]) -> Summary | None:
     return Summary(statistics.median(values), min(values), max(values), len(values))
 
 
-def percentile(samples: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100), linear interpolation between closest ranks."""
-    values = sorted(float(v) for v in samples if v is not None and math.isfinite(v))
+def percentile(samples: Sequence[float], q: int) -> float | None:
+    """The q-th percentile (a whole number 0..100), linear interpolation between closest ranks."""
+    if q != int(q) or not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} is not a whole number in 0..100")
+    values = [float(v) for v in samples if v is not None and math.isfinite(v)]
     if not values:
         return None
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile {q} outside 0..100")
-    rank = (len(values) - 1) * q / 100
-    lo, hi = math.floor(rank), math.ceil(rank)
-    return values[lo] + (values[hi] - values[lo]) * (rank - lo)
+    # quantiles() cuts between samples: the ends and a lone sample are answered here.
+    if q == 0:
+        return min(values)
+    if q == 100:
+        return max(values)
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
 @dataclass(frozen=True)
 class Target:
-    """What issue 7 asks for one metric: a ceiling on ours/BIRD (``max_ratio``), an absolute ceiling on
-    our median (``max_value``), or a floor on our share of a reference (``min_share``, with the
-    reference's samples in the row's ``reference``)."""
+    """What docs/performance.md#targets asks of one metric: a ceiling on ours/BIRD (``max_ratio``), an
+    absolute ceiling on our median (``max_value``), or a floor on our share of a reference (``min_share``,
+    with the reference's samples in the row's ``reference``)."""
 
     text: str
     max_ratio: float | None = None
@@ -63,7 +69,7 @@ class Target:
 
 @dataclass
 class Row:
-    section: str  # "a".."e", as in issue 7
+    section: str  # "a".."e", as in docs/performance.md#targets
     metric: str
     unit: str
     ours: list[float] = field(default_factory=list)

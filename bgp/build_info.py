@@ -3,7 +3,9 @@
 Stage: observability (set once at the daemon's start).
 
 Owns: the metric ``calico_bgp_build_info{version, exabgp_version, python_version, exabgp_adjustments}``
-(value 1) and the one-off look-up of which ``bgp.exabgp.tuning`` adjustments fit the installed ExaBGP.
+(value 1), the one-off look-up of which ``bgp.exabgp.tuning`` adjustments fit the installed ExaBGP, and the
+one INFO line at start that says which applied and which did not (an adjustment that no longer fits a new
+ExaBGP leaves it slower or quieter, never wrong, so nothing else would show it).
 
 Complicating factors: the adjustments are applied inside the ExaBGP child, never in the daemon, and
 importing ExaBGP into the daemon to find out would keep its modules in the daemon's memory for good. So a
@@ -27,7 +29,7 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from bgp.exabgp.tuning import TUNING_ENV
+from bgp.exabgp.tuning import PATCHES, TUNING_ENV
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,20 @@ def adjustments_label(applied: list[str] | None, environ: Mapping[str, str] = os
     if applied is None:
         return "unknown"
     return ",".join(sorted(applied))
+
+
+def adjustments_summary(applied: list[str] | None, environ: Mapping[str, str] = os.environ) -> str:
+    """The start-up log line: what applied, and by name what did not (``applied`` None: unknown)."""
+    if environ.get(TUNING_ENV, "on") == "off":
+        return f"ExaBGP adjustments: off ({TUNING_ENV}=off), ExaBGP runs as shipped"
+    if applied is None:
+        return "ExaBGP adjustments: unknown (the look-up did not answer)"
+    known = [name for name, *_ in PATCHES]
+    missing = [name for name in known if name not in applied]
+    summary = f"ExaBGP adjustments applied: {', '.join(applied) or 'none'}"
+    if missing:
+        summary += f"; not applied (no longer fit this ExaBGP): {', '.join(missing)}"
+    return summary
 
 
 class BuildInfo:
@@ -75,8 +91,9 @@ class BuildInfo:
         self._labels = labels
 
     async def look_up(self, timeout: float = LOOKUP_TIMEOUT) -> None:
-        """Find the adjustments that apply (in a child process) and relabel the metric."""
+        """Find the adjustments that apply (in a child process), relabel the metric and log them once."""
         if self._environ.get(TUNING_ENV, "on") == "off":
+            log.info("%s", adjustments_summary(None, self._environ))
             return
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -105,6 +122,7 @@ class BuildInfo:
                     proc.kill()
                 await proc.wait()
         self.set(applied)
+        log.info("%s", adjustments_summary(applied, self._environ))
 
 
 def _print_adjustments() -> None:

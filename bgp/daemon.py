@@ -91,12 +91,14 @@ class NodeConfig:
     etcd_security: EtcdSecurity = EtcdSecurity()  # TLS files and username/password, as calico-node reads them
 
 
-def api_run_line(socket_path: Path) -> str:
+def api_run_line(socket_path: Path, *, python: str = sys.executable, script: str = bridge.__file__) -> str:
+    """The command ExaBGP runs as its API process: ``python`` running the bridge ``script`` (this
+    interpreter and this installation's bridge unless told otherwise) connected to ``socket_path``."""
     # ExaBGP splits the run line on spaces and confgen refuses quotes, so paths are used as they are; the
     # renderer rejects a path it cannot place safely with a clear error.
     # -I -S: the bridge needs only the standard library; skipping site and the venv's .pth files saves
     # ~1.5 MB of RSS and some start-up time on every (re)spawn.
-    return f"{sys.executable} -I -S {bridge.__file__} {socket_path}"
+    return f"{python} -I -S {script} {socket_path}"
 
 
 class NodeDaemon:
@@ -157,6 +159,7 @@ class NodeDaemon:
             self.syncer.client_factory, config.node, self._node_status_inputs, registry=self.registry
         )
         self._agent_times: tuple[float | None, float | None] = (None, None)  # ExaBGP's start, last reload
+        self._last_resync = 0.0  # monotonic time of the last kernel read-back; run() starts the count
         self.confgen = Confgen(
             StatusSplitter(self.syncer, config.node, self.node_status.update),
             config.node,
@@ -261,14 +264,19 @@ class NodeDaemon:
         return {"node": self.config.node, "routes": self.speaker.routes_report()}
 
     def _kernel_event(self, event) -> None:
-        if self.table.observe(event) | self.resolver.observe(event):  # both must see every event
+        # Both must see every event. Neither cause needs BGP work: a repair applies what the table holds,
+        # a resolution change recomputes the kernel routes from the Loc-RIB (the resolver's contract).
+        repair = self.table.observe(event)
+        if self.resolver.observe(event):
+            self.speaker.nexthops_changed()
+        elif repair:
             self.speaker.kernel_changed()
 
     def _kernel_dump(self, routes) -> None:
         """The watcher (re)read the main table: at start, or after notifications were lost."""
         self.resolver.load(routes)
         self.table.invalidate()
-        self.speaker.kernel_changed()
+        self.speaker.nexthops_changed()  # the resolver starts over: every next hop in use is asked again
 
     def _reload(self) -> None:
         self._agent_times = (self._agent_times[0], time.time())

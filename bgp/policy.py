@@ -50,7 +50,9 @@ def net(prefix: str) -> Network:
 
 
 def within(inner: Network, outer: Network) -> bool:
-    return inner.version == outer.version and inner.subnet_of(outer)
+    if isinstance(inner, ipaddress.IPv4Network):
+        return isinstance(outer, ipaddress.IPv4Network) and inner.subnet_of(outer)
+    return isinstance(outer, ipaddress.IPv6Network) and inner.subnet_of(outer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +119,8 @@ class NodePolicy:
         large: set[tuple[int, int, int]] = set()
         for cidr, communities, large_communities in self._advertisements:
             if within_any(n, (cidr,)):
-                std.update(_community(c) for c in communities)
-                large.update(_community(c) for c in large_communities)
+                std.update(_standard(c) for c in communities)
+                large.update(_large(c) for c in large_communities)
         return tuple(sorted(std)), tuple(sorted(large))
 
     # ------------------------------------------------------------------ per peer
@@ -135,8 +137,7 @@ class NodePolicy:
         if path is not None:
             if path.peer == peer.address:
                 return None
-            from_ibgp = source is not None and source.ibgp
-            if from_ibgp and to_ibgp:
+            if source is not None and source.ibgp and to_ibgp:
                 if not self.intent.rr_cluster_id:
                     return None
                 if not (source.rr_client or peer.rr_client):
@@ -165,7 +166,9 @@ class NodePolicy:
 
     # ------------------------------------------------------------------ helpers
 
-    def _filter(self, peer: PeerIntent, candidate: Candidate, *, export: bool):
+    def _filter(
+        self, peer: PeerIntent, candidate: Candidate, *, export: bool
+    ) -> tuple[str | None, tuple[tuple[str, str], ...]]:
         if peer.kind == MESH or not peer.filters:
             return None, ()
         v6 = ":" in candidate.prefix
@@ -183,7 +186,11 @@ class NodePolicy:
         return None, ()
 
     def _attributes(
-        self, peer: PeerIntent, candidate: Candidate, source: PeerIntent | None, operations
+        self,
+        peer: PeerIntent,
+        candidate: Candidate,
+        source: PeerIntent | None,
+        operations: tuple[tuple[str, str], ...],
     ) -> Advertisement:
         path = candidate.path
         std, large = self.communities(candidate.prefix)
@@ -214,11 +221,11 @@ class NodePolicy:
                 nexthop = path.nexthop
         for op, value in operations:
             if op == "addCommunity":
-                parts = tuple(int(x) for x in value.split(":"))
-                if len(parts) == 2:
-                    std = tuple(sorted(set(std) | {parts}))
+                # confgen.bgpfilter has parsed the value: aa:nn (standard) or aa:nn:mm (large).
+                if value.count(":") == 1:
+                    std = tuple(sorted(set(std) | {_standard(value)}))
                 else:
-                    large = tuple(sorted(set(large) | {parts}))
+                    large = tuple(sorted(set(large) | {_large(value)}))
             elif op == "prependASPath":
                 local_as_path = tuple(int(x) for x in value.split()) + local_as_path
             elif op == "setPriority" and peer.ibgp:
@@ -240,8 +247,16 @@ class NodePolicy:
         )
 
 
-def _community(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(":"))
+def _standard(text: str) -> tuple[int, int]:
+    """An aa:nn community (already validated) as numbers."""
+    high, low = text.split(":")
+    return int(high), int(low)
+
+
+def _large(text: str) -> tuple[int, int, int]:
+    """An aa:nn:mm large community (already validated) as numbers."""
+    admin, first, second = text.split(":")
+    return int(admin), int(first), int(second)
 
 
 def _matches(rule: FilterRule, peer: PeerIntent, candidate: Candidate) -> bool:

@@ -1,6 +1,6 @@
 """`calico-bgp apply | get | delete` (calicoctl for the BGP resources) and `calico-bgp confgen render`.
 
-Stage: user interface over the datastore and the confgen pipeline. The lead mounts the click objects
+Stage: user interface over the datastore and the confgen pipeline. ``bgp.cli`` mounts the click objects
 ``apply``, ``get``, ``delete`` and ``confgen`` on the main ``cli`` group.
 
 Owns: the commands' flags, their output formats and exit codes. Validation and the stored shape come from
@@ -52,7 +52,7 @@ from confgen.resources import (
     present,
     summary_row,
 )
-from confgen.secrets import SecretStore
+from confgen.secrets import Secrets, SecretStore
 from confgen.validate import ValidationError
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
@@ -282,7 +282,7 @@ def render_command(
 
     revision, values = _run(_client(etcd_endpoints), work)
     snapshot = build_snapshot(revision, decode_all(values.items()), node_name)
-    secrets: dict = {}
+    secrets: Secrets = {}
     if secrets_dir is not None:
         model, _ = parse_snapshot(snapshot)
         secrets, _ = SecretStore(secrets_dir).read_all(model.secret_refs())

@@ -73,7 +73,7 @@ def _mapped_problem(address: Address) -> str:
 def parse_ip(value: object) -> Address:
     """The address ``value`` spells, or ``AddressError`` saying why it is refused."""
     problem = _text_problem(value, network=False)
-    if problem:
+    if problem or not isinstance(value, str):
         raise AddressError(problem)
     try:
         address = ipaddress.ip_address(value)
@@ -88,7 +88,7 @@ def parse_ip(value: object) -> Address:
 def parse_network(value: object, *, strict: bool = False) -> Network:
     """The network ``value`` spells (a bare address is a /32 or /128). ``strict`` refuses host bits."""
     problem = _text_problem(value, network=True)
-    if problem:
+    if problem or not isinstance(value, str):
         raise AddressError(problem)
     try:
         network = ipaddress.ip_network(value, strict=strict)
@@ -103,7 +103,7 @@ def parse_network(value: object, *, strict: bool = False) -> Network:
 def parse_interface(value: object) -> Interface:
     """An address with its subnet (``10.0.0.11/24``; a bare address is a /32 or /128)."""
     problem = _text_problem(value, network=True)
-    if problem:
+    if problem or not isinstance(value, str):
         raise AddressError(problem)
     try:
         interface = ipaddress.ip_interface(value)

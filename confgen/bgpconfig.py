@@ -117,7 +117,8 @@ def _prefix_advertisements(r: Reader) -> tuple[PrefixAdvertisement, ...] | None:
         if not isinstance(item, dict):
             raise r.error(path, f"{show(item)} is not an object")
         cidr = r.cidr(f"{path}.cidr", item.get("cidr"))
-        standard, large = set(), set()
+        standard: set[str] = set()
+        large: set[str] = set()
         communities = item.get("communities") or []
         if not isinstance(communities, list):
             raise r.error(f"{path}.communities", f"{show(communities)} is not a list")

@@ -20,6 +20,7 @@ Complicating factors:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Mapping
@@ -103,7 +104,9 @@ def intent_from_model(
         router_id = str(ipaddress.IPv4Address(router_id))  # ValueError: a caller bug, not data
 
     cluster_ips, external_ips, loadbalancer_ips = model.service_ranges
-    common = dict(
+    # A partial rather than a dict of keyword arguments, so each field is checked against NodeIntent's type.
+    intent = functools.partial(
+        NodeIntent,
         node=node_name,
         listen_port=model.listen_port_of(node_name),
         pools=_pools(model),
@@ -120,13 +123,13 @@ def intent_from_model(
     me = model.nodes.get(node_name)
     if me is None:
         warnings.append(f"Node {node_name}: not found in the datastore; no BGP sessions")
-        return NodeIntent(
-            router_id=router_id or "", local_as=model.as_number, warnings=bounded_warnings(warnings), **common
+        return intent(
+            router_id=router_id or "", local_as=model.as_number, warnings=bounded_warnings(warnings)
         )
 
     local_as = model.as_number_of(me)
     router_id = router_id or me.ipv4_address
-    peers: tuple = ()
+    peers: tuple[PeerIntent, ...] = ()
     if not me.ipv4_address and not me.ipv6_address:
         warnings.append(f"Node {node_name}: spec.bgp has no ipv4Address or ipv6Address; no BGP sessions")
     elif not router_id:
@@ -136,7 +139,7 @@ def intent_from_model(
     else:
         peers = Peering(model, me, local_as, dict(secrets or {}), warnings).sessions()
 
-    return NodeIntent(
+    return intent(
         bgp_filters=_filters(model, peers, warnings),
         router_id=router_id,
         local_as=local_as,
@@ -147,7 +150,6 @@ def intent_from_model(
         peers=peers,
         warnings=bounded_warnings(warnings),
         rr_cluster_id=me.route_reflector_cluster_id,
-        **common,
     )
 
 

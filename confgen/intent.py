@@ -48,7 +48,7 @@ class PeerIntent:
     # Already resolved and validated by confgen. Kept out of repr: an intent or a peer shown in a log line or
     # an exception message must not carry the key.
     password: str = field(default="", repr=False)
-    # --- added by issue 3 (all optional; the defaults are Calico's) ---
+    # --- optional settings (the defaults are Calico's) ---
     restart_time: int = DEFAULT_RESTART_TIME  # graceful-restart time we advertise (s); 0 = no GR capability
     keepalive_time: int = 0  # BGPPeer keepaliveTime (s); 0 = not set (hold_time / 3 applies)
     ttl_security: int = 0  # GTSM hop count (RFC 5082); 0 = off. Enforced by bgp.gtsm (nftables), not ExaBGP
@@ -105,7 +105,7 @@ class NodeIntent:
     local_blocks: tuple[str, ...] = ()  # confirmed block affinities of this node, sorted CIDR strings
     # Problems found in the snapshot (invalid resources skipped), for status and metrics.
     warnings: tuple[str, ...] = field(default=(), compare=False)
-    # --- added by issue 3 (all optional) ---
+    # --- optional: route reflection, services, bind mode, logging, filters ---
     rr_cluster_id: str = ""  # set when this node is a route reflector
     prefix_advertisements: tuple[PrefixAdvertisement, ...] = ()  # node.<name> config replaces default's
     service_cluster_ips: tuple[str, ...] = ()  # BGPConfiguration serviceClusterIPs, normalised CIDRs
@@ -115,7 +115,7 @@ class NodeIntent:
     # Trace | Debug | Info | Warning | Error | Fatal | None (node.<name> overrides); None when not set
     log_severity: str | None = None
     bgp_filters: tuple[BGPFilter, ...] = ()  # the BGPFilters this node's sessions name, sorted by name
-    # --- added by issue 5 ---
+    # --- kernel programming ---
     program_cluster_routes: str = "Enabled"  # BGPConfiguration programClusterRoutes; absent = v3.32's Enabled
 
     @property

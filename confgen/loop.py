@@ -23,7 +23,8 @@ Complicating factors:
   The render therefore runs before ``on_intent``; the file is still written only after it.
 - Failures keep the last good state. A bad intent or a config the validator rejects will not improve by
   retrying the same snapshot, so those wait for the next change; I/O errors (disk, validator timeout, a
-  failing callback) are retried with backoff. A reload that failed is remembered and retried even though
+  failing callback) are retried with backoff (``calico_bgp.backoff``, without jitter: the retries reach only
+  this node's disk, validator and ExaBGP). A reload that failed is remembered and retried even though
   the file on disk is already current.
 - Nothing may start ExaBGP before a config exists: ``first_render()`` completes after the first
   successful write (or a byte-identical file from the previous run).
@@ -42,9 +43,11 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from calico_bgp.backoff import Backoff, Retries
 from confgen.apply import ConfigRejected, ConfigWriter
 from confgen.calc import intent_from_model
 from confgen.datastore.base import Datastore, Snapshot
@@ -53,7 +56,7 @@ from confgen.intent import NodeIntent
 from confgen.model import Model, parse_snapshot
 from confgen.refusals import EXABGP_CONFIG, SinkRefusals
 from confgen.render import Rendered, RenderError, render_config
-from confgen.secrets import Fingerprint, SecretStore
+from confgen.secrets import Fingerprint, Secrets, SecretStore
 from confgen.validate import SecretRef
 
 log = logging.getLogger(__name__)
@@ -106,8 +109,7 @@ class Confgen:
         self._reload = reload
         self._debounce = debounce
         self._max_delay = max_delay
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
+        self._retries = Retries(Backoff(first=retry_initial, cap=retry_max))
         self._clock = clock
         self._sleep = sleep
         self._secrets = secrets
@@ -175,7 +177,7 @@ class Confgen:
         poller = None
         if self._secrets is not None:
             poller = asyncio.create_task(self._poll_secrets(), name="confgen-secrets")
-        backoff = self._retry_initial
+        self._retries.reset()
         retry_in: float | None = None
         try:
             while True:
@@ -187,9 +189,10 @@ class Confgen:
                 try:
                     await self._process(self._latest)
                 except _Retry:
-                    retry_in, backoff = backoff, min(backoff * 2, self._retry_max)
+                    retry_in = self._retries.next_delay()
                 else:
-                    retry_in, backoff = None, self._retry_initial
+                    retry_in = None
+                    self._retries.reset()
         finally:
             for task in (feeder, poller):
                 if task is not None:
@@ -214,7 +217,7 @@ class Confgen:
                 self.trigger()
 
     async def _wait_for_work(self, feeder: asyncio.Task[None], retry_in: float | None) -> None:
-        waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(self._pending.wait()), feeder}
+        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._pending.wait()), feeder}
         if retry_in is not None:
             waiters.add(asyncio.ensure_future(self._sleep(retry_in)))
         try:
@@ -237,7 +240,7 @@ class Confgen:
     async def _process(self, snapshot: Snapshot) -> None:
         try:
             model, warnings = parse_snapshot(snapshot, self._model)
-            secrets: dict = {}
+            secrets: Secrets = {}
             refs = model.secret_refs()
             if self._secrets is not None:
                 secrets, self._secret_fingerprint = self._secrets.read_all(refs)

@@ -46,6 +46,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import jinja2
 
@@ -104,7 +105,10 @@ def _environment() -> jinja2.Environment:
     return environment
 
 
-def _field(what: str, check: Callable[..., object], value: object, *args: object):
+_T = TypeVar("_T")
+
+
+def _field(what: str, check: Callable[..., _T], value: object, *args: object) -> _T:
     try:
         return check(value, *args)
     except TokenError as exc:

@@ -102,7 +102,7 @@ class SecretStore:
 
     def fingerprint(self, refs: Iterable[SecretRef]) -> Fingerprint:
         """(inode, size, mtime) of each referenced file through its symlinks; None when it is missing."""
-        result = []
+        result: list[tuple[SecretRef, tuple[int, int, int] | None]] = []
         for ref in sorted(set(refs)):
             try:
                 st = os.stat(self.path(ref))

@@ -42,6 +42,7 @@ import contextlib
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import NoReturn
 
 MAX_SELECTOR_LENGTH = 4096
 MAX_NESTING = 64
@@ -175,6 +176,7 @@ class _Parser:
         self.tokens: list[tuple[str, int]] = []
         pos = 0
         while True:
+            # `\s*` matches at every position, so there is always a match object.
             pos = _SPACE_RE.match(text, pos).end()  # type: ignore[union-attr]
             if pos >= len(text):
                 break
@@ -200,7 +202,7 @@ class _Parser:
         finally:
             self.depth -= 1
 
-    def fail(self, position: int, problem: str) -> None:
+    def fail(self, position: int, problem: str) -> NoReturn:
         raise SelectorError(self.text, position, problem)
 
     def peek(self, offset: int = 0) -> str:

@@ -206,7 +206,7 @@ class Reader:
 
     def get(self, path: str, default: Any = _MISSING) -> Any:
         node: Any = self.raw
-        walked = []
+        walked: list[str] = []
         for part in path.split("."):
             if node is None:
                 return default

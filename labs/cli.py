@@ -1,7 +1,8 @@
 """`calico-bgp lab ...`: one-command multi-node labs in network namespaces.
 
-Stage: user interface of the lab tooling; the lead mounts the ``lab`` group into ``bgp.cli``
-(``cli.add_command(labs.cli.lab)``); until then ``python -m labs`` runs it.
+Stage: user interface of the lab tooling. ``bgp.cli`` names this ``lab`` group by its import path and
+loads it only when ``calico-bgp lab ...`` runs (so the daemon's own commands never import ``labs``);
+``python -m labs`` runs it on its own.
 
 Owns: argument parsing and turning ``labs.lab`` results into output and exit codes. Progress (one line per
 step), status tables and the reachability grid go to stdout; errors to stderr with exit code 1.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from labs import containerlab, etcd_cluster, topology
+from labs import catalog, containerlab, etcd_cluster
 from labs import lab as labs_lab
 from labs.ops import LabError
 
@@ -31,7 +32,7 @@ def lab() -> None:
 
 @lab.command()
 @click.argument(
-    "topology_name", metavar="[TOPOLOGY]", default="mesh", type=click.Choice(sorted(topology.TOPOLOGIES))
+    "topology_name", metavar="[TOPOLOGY]", default="mesh", type=click.Choice(sorted(catalog.TOPOLOGIES))
 )
 @click.option("--nodes", type=click.IntRange(min=1), help="number of nodes (topology default if omitted)")
 @click.option("--name", help="lab name (default: the topology name); [a-z0-9_]")

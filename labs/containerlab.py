@@ -2,7 +2,7 @@
 
 Stage: a second lab runner next to ``labs.lab``; pure rendering plus one writer. ``python -m labs.containerlab
 --write`` (or ``calico-bgp lab containerlab --write``) regenerates ``containerlab/``; ``--check`` fails when
-the files drifted from ``labs.topology.TOPOLOGIES`` (tests/containerlab does the same byte comparison).
+the files drifted from ``labs.catalog.TOPOLOGIES`` (tests/containerlab does the same byte comparison).
 
 Owns: the mapping of a ``Topology`` onto containers, and every generated file: ``<lab>.clab.yml`` and
 ``configs/<lab>/<member>/`` (a start script per Calico node, the switch's bridge script, etcd's seed
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from labs import pods, routers, topology
+from labs import catalog, pods, routers, topology
 from labs.topology import LabNode, LabRouter, Topology
 
 CONTAINERLAB_TOPOLOGIES = ("mesh", "rr", "tor")
@@ -264,7 +264,7 @@ def render(topo: Topology) -> list[Rendered]:
 
 
 def render_all(names: Iterable[str] = CONTAINERLAB_TOPOLOGIES) -> list[Rendered]:
-    return [f for name in names for f in render(topology.TOPOLOGIES[name]())]
+    return [f for name in names for f in render(catalog.TOPOLOGIES[name]())]
 
 
 def drift(directory: Path, files: Iterable[Rendered]) -> list[str]:

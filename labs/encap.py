@@ -1,7 +1,7 @@
 """IPIP lab topologies: ``ipip`` (a mesh whose pool is IPIP Always) and ``crosssubnet`` (two subnets joined
 by a router, pool IPIP CrossSubnet).
 
-Stage: pure input of the lab tooling, registered in ``labs.topology.TOPOLOGIES``; ``labs.lab`` gives every
+Stage: pure input of the lab tooling, listed in ``labs.catalog.TOPOLOGIES``; ``labs.lab`` gives every
 node of a topology with an IPIP pool a ``tunl0`` (``labs.tunnel``).
 
 Owns: the address plans. ``crosssubnet``: nodes 1..k on the default segment 10.0.0.0/24 and the rest on

@@ -1,7 +1,7 @@
 """Dual-stack labs: ``with_ipv6`` gives any lab topology an IPv6 address plan beside its IPv4 one.
 
 Stage: pure input of the lab tooling, applied by ``labs.lab.up(..., ipv6=True)`` (``calico-bgp lab up mesh
---ipv6``) on top of any builder in ``labs.topology.TOPOLOGIES``.
+--ipv6``) on top of any builder in ``labs.catalog.TOPOLOGIES``.
 
 Owns: the mapping from the IPv4 plan to the IPv6 one, so that every lab keeps one address plan that a reader
 can translate in their head:

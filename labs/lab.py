@@ -35,7 +35,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from labs import certs, etcd, etcd_cluster, netns, ops, pods, process, report, routers, topology, tunnel
+from labs import (
+    catalog,
+    certs,
+    etcd,
+    etcd_cluster,
+    netns,
+    ops,
+    pods,
+    process,
+    report,
+    routers,
+    topology,
+    tunnel,
+)
 from labs import ipv6 as dual_stack
 from labs.ops import LabError
 from labs.state import (
@@ -76,10 +89,10 @@ def _quiet(_: str) -> None:
 
 def resolve(topology_name: str, nodes: int | None = None) -> topology.Topology:
     try:
-        builder = topology.TOPOLOGIES[topology_name]
+        builder = catalog.TOPOLOGIES[topology_name]
     except KeyError:
         raise LabError(
-            f"unknown topology {topology_name!r} (known: {', '.join(topology.TOPOLOGIES)})"
+            f"unknown topology {topology_name!r} (known: {', '.join(catalog.TOPOLOGIES)})"
         ) from None
     return builder() if nodes is None else builder(nodes=nodes)
 

@@ -23,6 +23,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import psutil
+
 
 def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> int:
     """Start argv detached (own session, stdin closed, stdout+stderr appended to log); returns its PID."""
@@ -43,10 +45,9 @@ def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) 
 
 def argv(pid: int) -> list[str]:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:  # gone, a zombie, or not ours to read
         return []
-    return raw.decode(errors="replace").split("\0")[:-1]
 
 
 def cmdline(pid: int) -> str:
@@ -56,11 +57,10 @@ def cmdline(pid: int) -> str:
 def alive(pid: int) -> bool:
     """True while pid runs; a zombie counts as dead (and is reaped if it is our child)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
+        status = psutil.Process(pid).status()
+    except psutil.NoSuchProcess:
         return False
-    # Field 3, after the parenthesised command name (which may itself contain spaces or parentheses).
-    if stat[stat.rindex(")") + 2] in "ZX":
+    if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         return False
@@ -104,11 +104,7 @@ def kill(pid: int) -> None:
 
 def find(marker: str) -> list[int]:
     """PIDs whose command line contains marker: the fallback when a state file never got a PID written."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid() and marker in cmdline(int(entry)):
-            found.append(int(entry))
-    return sorted(found)
+    return sorted(pid for pid in psutil.pids() if pid != os.getpid() and marker in cmdline(pid))
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

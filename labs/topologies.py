@@ -1,8 +1,8 @@
 """The lab topologies with routers and BGPPeers: ``tor`` (AS per rack), ``rr`` (route reflectors), and
 ``external`` (nodes beside a bare router namespace, for interop with any BGP daemon).
 
-Stage: pure input of the lab tooling, like ``labs.topology`` (which holds the model and the plain mesh, and
-registers these builders in ``TOPOLOGIES``). ``labs.containerlab`` renders the same topologies for
+Stage: pure input of the lab tooling, like ``labs.topology`` (which holds the model and the plain mesh);
+``labs.catalog`` lists these builders by name. ``labs.containerlab`` renders the same topologies for
 containerlab, so every definition here is the single source of both.
 
 Owns: addressing plans, AS numbers, labels and BGPPeer resources of each topology, written the way Calico

@@ -4,8 +4,8 @@ Stage: pure input of the lab tooling. ``labs.lab`` turns a ``Topology`` into nam
 ``calico_resources`` turns it into the Calico v3 resources a real cluster would hold in etcd, so the daemons
 under test read exactly what calico/node would read.
 
-Owns: the frozen lab model (``Topology``, ``LabNode``, ``LabPool``, ``LabPeer``, ``LabPod``), the builders
-registered in ``TOPOLOGIES`` and the resource encoders. No I/O.
+Owns: the frozen lab model (``Topology``, ``LabNode``, ``LabPool``, ``LabPeer``, ``LabPod``), the plain
+mesh builder and the resource encoders. No I/O. The builders are looked up by name in ``labs.catalog``.
 
 Complicating factors:
 - Names end up as kernel names. A node's name becomes its switch-port interface in the lan namespace, so it
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confgen import selector
@@ -296,9 +295,6 @@ def build_mesh(nodes: int = 3) -> Topology:
     )
 
 
-TOPOLOGIES: dict[str, Callable[..., Topology]] = {"mesh": build_mesh}
-
-
 def _resource(kind: str, name: str, spec: dict[str, object], labels: dict[str, str] | None = None) -> str:
     metadata: dict[str, object] = {"name": name}
     if labels:
@@ -356,14 +352,3 @@ def calico_resources(topology: Topology) -> list[tuple[str, str]]:
     items += [affinity(n.name, n.block) for n in topology.nodes if n.block]
     items += [affinity(n.name, n.block6) for n in topology.nodes if n.block6]
     return items
-
-
-# The router topologies build on the model above, so they live in their own module and join the registry
-# here, at the end, once everything they import exists: every runner finds all topologies in one place.
-from labs import topologies  # noqa: E402
-
-TOPOLOGIES.update(tor=topologies.build_tor, rr=topologies.build_rr, external=topologies.build_external)
-
-from labs import encap  # noqa: E402  (IPIP topologies, issue 5; same registration pattern)
-
-TOPOLOGIES.update(ipip=encap.build_ipip, crosssubnet=encap.build_crosssubnet)

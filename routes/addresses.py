@@ -26,7 +26,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from routes.netlink import ADD, AddressEvent, InterfaceAddress, Netlink, WatchOverflow
+from routes.model import ADD, AddressEvent, InterfaceAddress, Netlink, WatchOverflow
 
 log = logging.getLogger(__name__)
 

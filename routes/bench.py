@@ -6,9 +6,9 @@ gateway three ways: ``KernelNetlink.apply`` (the raw batched encoder), ``RouteTa
 same encoder, i.e. what the daemon pays) and ``ip -batch`` (iproute2, one acked request per route: the
 reference from docs/kernel-contract.md).
 It prints one table: seconds, routes/s and the ratio to ``ip -batch`` per
-method for add and delete, the read-back (dump) time, and whether issue 5's target (RouteTable at least half
-of ``ip -batch``'s add rate) is met; the namespace is removed in all outcomes. The machines are noisy:
-compare figures from one run only; medians of ``--rounds`` (default 3) are printed.
+method for add and delete, the read-back (dump) time, and whether the target (docs/performance.md#targets:
+RouteTable at least half of ``ip -batch``'s add rate) is met; the namespace is removed in all outcomes.
+The machines are noisy: compare figures from one run only; medians of ``--rounds`` (default 3) are printed.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ async def _checked(call: Awaitable[list[tuple[Route, str]]], n: int) -> None:
         raise RuntimeError(f"{len(errors)} of {n} routes failed, first: {errors[0]}")
 
 
-TARGET = 0.5  # issue 5: RouteTable must install at least half as fast as ip -batch
+TARGET = 0.5  # RouteTable must install at least half as fast as ip -batch (docs/performance.md)
 METHODS = (("ip -batch (iproute2)", "ip -batch"), ("KernelNetlink.apply", "netlink"),
            ("RouteTable.apply", "RouteTable"))
 

@@ -3,7 +3,7 @@
 Stage: the kernel-to-BGP direction. Felix writes ``<podIP>/32 dev caliXXXX scope link proto boot`` (/128
 for IPv6) in the main table for every local workload; BIRD learns them with ``protocol kernel { learn; }``.
 This watcher keeps the map of such prefixes and hands what changed to the speaker (which applies
-``routes.export.ExportRules`` to each) via the daemon's ``on_change`` callback. It also fans every event
+``bgp.export.ExportRules`` to each) via the daemon's ``on_change`` callback. It also fans every event
 out to ``observers`` (the daemon passes ``RouteTable.observe`` and ``NexthopResolver.observe``) and every
 full dump of the table to ``dump_observers`` (``NexthopResolver.load``; a re-dump after lost notifications
 also tells the daemon to read its own routes back), so one monitor socket serves the whole package.
@@ -55,8 +55,18 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter
 
-from routes.model import RT_TABLE_MAIN, RTPROT_BIRD, UNICAST, Route
-from routes.netlink import ADD, LINK_UP, LinkEvent, Netlink, RouteEvent, WatchOverflow
+from routes.model import (
+    ADD,
+    LINK_UP,
+    RT_TABLE_MAIN,
+    RTPROT_BIRD,
+    UNICAST,
+    LinkEvent,
+    Netlink,
+    Route,
+    RouteEvent,
+    WatchOverflow,
+)
 from routes.pools import network
 
 log = logging.getLogger(__name__)

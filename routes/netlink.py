@@ -1,11 +1,15 @@
-"""The kernel seam of the routes package: the ``Netlink`` protocol and its real implementation.
+"""KernelNetlink: the real implementation of the ``routes.model.Netlink`` protocol (the kernel adapter).
 
 Stage: below ``routes.table`` (which programs routes) and ``routes.monitor`` (which watches Felix's
-workload routes). Everything above talks to the ``Netlink`` protocol; unit tests use
-``routes.testing.FakeNetlink`` instead. This is the only module that imports pyroute2.
+workload routes). Everything above talks to the ``Netlink`` protocol from ``routes.model``; unit tests use
+``routes.testing.FakeNetlink`` instead, and ``tests/netns/test_netlink_contract.py`` holds the two to the
+same answers. Only the adapter's modules (this one, ``routes.nlsocket``, ``routes.netlink_watch``) open
+sockets, and only ``routes.nlsocket`` imports pyroute2; an import-linter contract keeps the rest out.
 
-Owns: netlink sockets of one network namespace (the current one, or ``netns=`` which opens the sockets
-inside a named namespace without moving this process), the ifindex <-> name cache, and batching.
+Owns: the request socket of one network namespace (the current one, or ``netns=`` which opens the
+sockets inside a named namespace without moving this process) and batching. The adapter is split along
+its two kinds of socket: this module sends requests (apply, dumps); ``routes.netlink_watch`` iterates
+subscribed sockets; ``routes.nlsocket`` opens both and holds the ifindex <-> name cache they share.
 
 Design:
 - ``apply`` is the hot path. Requests are packed by ``routes.rtnetlink`` and sent in 256 KiB datagrams on
@@ -32,110 +36,20 @@ Design:
 from __future__ import annotations
 
 import asyncio
-import collections
-import ctypes
 import errno
 import logging
 import socket
-import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
-
-from pyroute2 import AsyncIPRoute
-from pyroute2 import netns as pyroute2_netns
 
 from routes import rtnetlink as rt
-from routes.model import RT_TABLE_MAIN, Route
+from routes.model import RT_TABLE_MAIN, InterfaceAddress, NetlinkError, Route
+from routes.netlink_watch import KernelAddressWatch, KernelRouteWatch
+from routes.nlsocket import LinkNames, attach_filter, open_socket
 
 log = logging.getLogger(__name__)
 
-ADD = "add"
-DEL = "del"
-LINK_UP = "up"
-LINK_DOWN = "down"
-LINK_DEL = "del"
-
 CHUNK_BYTES = 256 * 1024
-RCVBUF_BYTES = 32 * 1024 * 1024
-DRAIN_BYTES = 4 * 1024 * 1024  # notifications decoded per read of a watch socket (about 40k routes)
 ACK_TRUESIZE = 1024  # upper bound of the receive-buffer cost of one ack skb (truesize, not payload)
-_SO_SNDBUFFORCE = 32
-_SO_RCVBUFFORCE = 33
-_SO_ATTACH_FILTER = 26
-
-
-@dataclass(frozen=True, slots=True)
-class RouteEvent:
-    action: str  # ADD (also a replace) | DEL
-    route: Route
-    ifname: str  # device of the first next hop; "" for blackholes and devices already gone
-
-
-@dataclass(frozen=True, slots=True)
-class LinkEvent:
-    action: str  # LINK_UP | LINK_DOWN | LINK_DEL
-    ifindex: int
-    ifname: str
-
-
-@dataclass(frozen=True, slots=True)
-class InterfaceAddress:
-    ifindex: int
-    address: str  # interface form: "10.0.0.11/24", "fd00::11/64"
-
-
-@dataclass(frozen=True, slots=True)
-class AddressEvent:
-    action: str  # ADD (also a change of flags or lifetimes) | DEL
-    address: InterfaceAddress
-
-
-class WatchOverflow(Exception):
-    """Notifications were lost (ENOBUFS). Re-read the state, then continue iterating the same watch."""
-
-
-class NetlinkError(OSError):
-    """A request as a whole failed (a dump refused, the socket broken); per-route errors are returned."""
-
-
-class RouteWatch(Protocol):
-    def __aiter__(self) -> RouteWatch: ...
-
-    async def __anext__(self) -> RouteEvent | LinkEvent: ...
-
-    def close(self) -> None: ...
-
-
-class Netlink(Protocol):
-    async def dump_routes(
-        self, proto: int | None = None, table: int = RT_TABLE_MAIN, *, exclude_proto: int | None = None
-    ) -> list[Route]:
-        """Routes of ``table`` (all protocols when ``proto`` is None, less ``exclude_proto``'s), devices
-        named. Excluded routes are skipped before they are decoded: a periodic dump that only wants the
-        workload routes does not pay for 100k BGP routes."""
-
-    async def apply(
-        self, replaces: Sequence[Route], deletes: Sequence[Route], creates: Sequence[Route] = ()
-    ) -> list[tuple[Route, str]]:
-        """Replace (create or overwrite), exclusively create (EEXIST if the kernel key is taken) and delete
-        (only routes of the route's protocol). Returns the failures as (route, "ENAME: text")."""
-
-    async def link_index(self, name: str) -> int | None: ...
-
-    async def link_names(self) -> dict[int, str]: ...
-
-    def watch(self, *, exclude_proto: int | None = None) -> RouteWatch:
-        """Subscribe now; iterate for RouteEvent / LinkEvent. Additions of ``exclude_proto`` routes are
-        dropped (in the kernel); their deletions are delivered."""
-
-    async def dump_addresses(self) -> list[InterfaceAddress]:
-        """Every IPv4 and IPv6 address on every interface."""
-
-    def watch_addresses(self) -> RouteWatch:
-        """Subscribe now; iterate for AddressEvent (``WatchOverflow`` when some were lost)."""
-
-    def close(self) -> None: ...
 
 
 class KernelNetlink:
@@ -149,24 +63,12 @@ class KernelNetlink:
         self._chunk_limit = chunk_bytes
         self._lock = asyncio.Lock()  # one request socket: applies and dumps take turns
         self._seq = 0
-        self._names: dict[int, str] = {}
-        self._indices: dict[str, int] = {}
+        self._links = LinkNames(netns)  # shared with the watches this object opens
 
     # -- sockets -----------------------------------------------------------------------------------
 
     def _open(self, groups: int = 0) -> socket.socket:
-        if self._netns is None:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        else:
-            sock = pyroute2_netns.create_socket(
-                self._netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE, flags=0
-            )
-        _set_buffer(sock, _SO_RCVBUFFORCE, socket.SO_RCVBUF, RCVBUF_BYTES)
-        _set_buffer(sock, _SO_SNDBUFFORCE, socket.SO_SNDBUF, 2 * self._chunk_bytes)
-        for option in (rt.NETLINK_CAP_ACK, rt.NETLINK_EXT_ACK, rt.NETLINK_GET_STRICT_CHK):
-            sock.setsockopt(rt.SOL_NETLINK, option, 1)
-        sock.bind((0, groups))
-        return sock
+        return open_socket(self._netns, 2 * self._chunk_bytes, groups)
 
     def _request_socket(self) -> socket.socket:
         if self._sock is None:
@@ -192,32 +94,14 @@ class KernelNetlink:
 
     # -- links -------------------------------------------------------------------------------------
 
-    async def _refresh_links(self) -> None:
-        # A short-lived pyroute2 socket: refreshes are rare (unknown device, ENODEV), and not holding one
-        # keeps this object free of any event-loop binding.
-        names = {}
-        async with AsyncIPRoute(netns=self._netns, flags=0, groups=0) as ipr:
-            async for link in await ipr.link("dump"):
-                names[link["index"]] = link.get("ifname")
-        self._names = names
-        self._indices = {name: index for index, name in names.items()}
-
     async def link_names(self) -> dict[int, str]:
-        await self._refresh_links()
-        return dict(self._names)
+        await self._links.refresh()
+        return dict(self._links.names)
 
     async def link_index(self, name: str) -> int | None:
-        if name not in self._indices:
-            await self._refresh_links()
-        return self._indices.get(name)
-
-    def _learn_link(self, index: int, name: str, deleted: bool) -> None:
-        old = self._names.pop(index, None)
-        if old is not None and self._indices.get(old) == index:
-            del self._indices[old]
-        if not deleted and name:
-            self._names[index] = name
-            self._indices[name] = index
+        if name not in self._links.indices:
+            await self._links.refresh()
+        return self._links.indices.get(name)
 
     # -- routes ------------------------------------------------------------------------------------
 
@@ -232,15 +116,15 @@ class KernelNetlink:
         )
         if not requests:
             return []
-        if _devices(r for _, _, r in requests) - self._indices.keys():
-            await self._refresh_links()
-        used = dict(self._indices)
+        if _devices(r for _, _, r in requests) - self._links.indices.keys():
+            await self._links.refresh()
+        used = dict(self._links.indices)
         errors = await self._transact(requests)
         # A device recreated under the same name (tunl0 after a module reload) has a new index: the
         # kernel answers our cached one with ENODEV. Refresh once and retry the routes whose index moved.
         if any(text.startswith("ENODEV") for _, text in errors):
-            await self._refresh_links()
-            moved = {name for name, index in used.items() if self._indices.get(name) != index}
+            await self._links.refresh()
+            moved = {name for name, index in used.items() if self._links.indices.get(name) != index}
             again = {id(r) for r, text in errors if text.startswith("ENODEV") and _devices([r]) & moved}
             if again:
                 errors = [e for e in errors if id(e[0]) not in again]
@@ -250,7 +134,7 @@ class KernelNetlink:
     async def _transact(self, requests: list[tuple[int, int, Route]]) -> list[tuple[Route, str]]:
         async with self._lock:
             sock = self._request_socket()
-            indices = dict(self._indices)
+            indices = dict(self._links.indices)
             return await asyncio.to_thread(self._send_batches, sock, requests, indices)
 
     def _send_batches(
@@ -309,11 +193,11 @@ class KernelNetlink:
             async with self._lock:
                 sock = self._request_socket()
                 routes, missing = await asyncio.to_thread(
-                    self._dump, sock, proto, table, dict(self._names), exclude_proto
+                    self._dump, sock, proto, table, dict(self._links.names), exclude_proto
                 )
             if not missing:
                 break
-            await self._refresh_links()  # a device we have not seen yet: name it and decode again
+            await self._links.refresh()  # a device we have not seen yet: name it and decode again
         return routes
 
     def _dump(
@@ -399,7 +283,7 @@ class KernelNetlink:
     def watch_addresses(self) -> KernelAddressWatch:
         sock = self._open(rt.RTMGRP_IPV4_IFADDR | rt.RTMGRP_IPV6_IFADDR)
         sock.setblocking(False)
-        return KernelAddressWatch(self, sock)
+        return KernelAddressWatch(sock, self._links)
 
     # -- notifications -----------------------------------------------------------------------------
 
@@ -407,125 +291,9 @@ class KernelNetlink:
         sock = self._open(rt.RTMGRP_LINK | rt.RTMGRP_IPV4_ROUTE | rt.RTMGRP_IPV6_ROUTE)
         sock.setblocking(False)
         if exclude_proto is not None:
-            _attach_filter(sock, rt.exclude_proto_filter(exclude_proto))
-        return KernelRouteWatch(self, sock)
-
-
-class KernelRouteWatch:
-    """Async iterator over one subscribed monitor socket (see ``Netlink.watch``)."""
-
-    def __init__(self, owner: KernelNetlink, sock: socket.socket) -> None:
-        self._owner = owner
-        self._sock: socket.socket | None = sock
-        self._queue: collections.deque[RouteEvent | LinkEvent] = collections.deque()
-        self._buf = bytearray(1 << 20)
-
-    def __aiter__(self) -> KernelRouteWatch:
-        return self
-
-    async def __anext__(self) -> RouteEvent | LinkEvent:
-        while not self._queue:
-            if self._sock is None:
-                raise StopAsyncIteration
-            await self._readable()
-            await self._drain()
-        return self._queue.popleft()
-
-    async def _readable(self) -> None:
-        assert self._sock is not None
-        loop = asyncio.get_running_loop()
-        ready = loop.create_future()
-        fd = self._sock.fileno()
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
-        try:
-            await ready
-        finally:
-            loop.remove_reader(fd)
-
-    async def _drain(self) -> None:
-        messages: list[bytes] = []
-        overflow = False
-        read = 0
-        # Bounded per drain: what is left stays in the socket (readable at once, so the next drain follows
-        # as soon as these events are consumed), and the decoded queue never holds more than this much.
-        while self._sock is not None and read < DRAIN_BYTES:
-            try:
-                n = self._sock.recv_into(self._buf)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                overflow = True
-                continue  # the socket stays subscribed; keep what is still queued after the loss
-            read += n
-            data = bytes(self._buf[:n])
-            messages.extend(data[off:] for _, _, _, off in rt.iter_messages(data))
-        events, missing = self._decode(messages)
-        if missing:
-            await self._owner._refresh_links()
-            events, _ = self._decode(messages)
-        self._queue.extend(events)
-        if overflow:
-            raise WatchOverflow("netlink notifications dropped (ENOBUFS)")
-
-    def _decode(self, messages: list[bytes]) -> tuple[list[RouteEvent | LinkEvent], set[int]]:
-        owner = self._owner
-        events: list[RouteEvent | LinkEvent] = []
-        missing: set[int] = set()
-        for data in messages:
-            kind = rt.NLMSGHDR.unpack_from(data)[1]
-            if kind in (rt.RTM_NEWROUTE, rt.RTM_DELROUTE):
-                route = rt.decode_route(data, 0, owner._names, missing)
-                if route is not None:
-                    ifname = route.nexthops[0].ifname if route.nexthops else ""
-                    events.append(RouteEvent(ADD if kind == rt.RTM_NEWROUTE else DEL, route, ifname))
-            elif kind in (rt.RTM_NEWLINK, rt.RTM_DELLINK):
-                index, name, up = rt.decode_link(data, 0)
-                gone = kind == rt.RTM_DELLINK
-                owner._learn_link(index, name, gone)
-                events.append(LinkEvent(LINK_DEL if gone else LINK_UP if up else LINK_DOWN, index, name))
-        return events, missing
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-
-class KernelAddressWatch(KernelRouteWatch):
-    """Async iterator over an address monitor socket (see ``Netlink.watch_addresses``)."""
-
-    def _decode(self, messages: list[bytes]) -> tuple[list[AddressEvent], set[int]]:  # type: ignore[override]
-        events: list[AddressEvent] = []
-        for data in messages:
-            kind = rt.NLMSGHDR.unpack_from(data)[1]
-            if kind in (rt.RTM_NEWADDR, rt.RTM_DELADDR):
-                decoded = rt.decode_address(data, 0)
-                if decoded is not None:
-                    action = ADD if kind == rt.RTM_NEWADDR else DEL
-                    events.append(AddressEvent(action, InterfaceAddress(*decoded)))
-        return events, set()
+            attach_filter(sock, rt.exclude_proto_filter(exclude_proto))
+        return KernelRouteWatch(sock, self._links)
 
 
 def _devices(routes: Iterable[Route]) -> set[str]:
     return {h.ifname for r in routes for h in r.nexthops if h.ifname}
-
-
-def _set_buffer(sock: socket.socket, forced: int, plain: int, size: int) -> None:
-    # The FORCE variants ignore net.core.[rw]mem_max but need CAP_NET_ADMIN.
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, forced, size)
-    except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, plain, size)
-
-
-def _attach_filter(sock: socket.socket, program: bytes) -> None:
-    # struct sock_fprog { unsigned short len; struct sock_filter *filter; }: the kernel copies the
-    # program during setsockopt, so the buffer only has to live until the call returns.
-    buf = ctypes.create_string_buffer(program, len(program))
-    fprog = struct.pack("@HP", len(program) // 8, ctypes.addressof(buf))
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
-    except OSError as exc:
-        log.warning("route filter not attached (%s); our own notifications will reach the watch", exc)

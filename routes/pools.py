@@ -1,6 +1,6 @@
 """KernelPool: the routes package's own view of an IP pool, and prefix containment helpers.
 
-Stage: input type of the pure calculations ``routes.export`` and ``routes.resolve``. The daemon translates
+Stage: input type of the pure calculations ``bgp.export`` and ``routes.resolve``. The daemon translates
 ``confgen.intent.PoolIntent`` into it, so that routes never imports confgen.
 
 Owns: the pool fields the kernel dataplane needs (encapsulation and export flag), which pools this node
@@ -125,3 +125,8 @@ def within_any(inner: Span, outers: Iterable[Span]) -> bool:
     """``inner`` lies within one of ``outers`` (same family, equal or more specific)."""
     version, first, last = inner
     return any(v == version and lo <= first and last <= hi for v, lo, hi in outers)
+
+
+def sort_key(net: Network) -> tuple[int, int, int]:
+    """Numeric order of networks (family, address, length): equal sets always list the same way."""
+    return (net.version, int(net.network_address), net.prefixlen)

@@ -44,8 +44,17 @@ import logging
 from collections.abc import Iterable
 
 from routes.bounds import BoundHits
-from routes.model import RT_TABLE_MAIN, RTPROT_BIRD, UNICAST, Nexthop, Route
-from routes.netlink import ADD, LINK_UP, LinkEvent, RouteEvent
+from routes.model import (
+    ADD,
+    LINK_UP,
+    RT_TABLE_MAIN,
+    RTPROT_BIRD,
+    UNICAST,
+    LinkEvent,
+    Nexthop,
+    Route,
+    RouteEvent,
+)
 from routes.pools import network
 
 log = logging.getLogger(__name__)

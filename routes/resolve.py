@@ -35,7 +35,6 @@ import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from routes.export import sort_key
 from routes.model import BLACKHOLE, RTPROT_BIRD, Nexthop, Route
 from routes.pools import (
     ALWAYS,
@@ -47,6 +46,7 @@ from routes.pools import (
     network,
     parse_prefix,
     programs_pool,
+    sort_key,
     span,
     within_any,
 )

@@ -2,11 +2,13 @@
 
 Stage: the kernel dataplane's reconciler. ``routes.resolve`` computes the desired routes, the daemon feeds
 them in (``set_desired`` / ``update``) and calls ``apply()`` after a batch of changes and ``resync()``
-periodically; ``routes.netlink`` does the I/O.
+periodically; ``routes.netlink`` does the I/O behind the ``routes.model.Netlink`` protocol.
 
-Owns: the desired map (dst -> Route), the view of what we have programmed ((dst, metric) -> Route, kernel
-truth after a read-back), the foreign routes that sit on destinations we might want, retry back-off,
-and the calico_bgp_kernel_* metrics.
+Owns: the reconciliation (when to read back, what is dirty, holding deletes at start), retry back-off,
+kernel events, and the calico_bgp_kernel_* metrics. Split along its two inputs: the desired routes,
+admitted and in kernel form, live in ``routes.desired.DesiredRoutes``; the view of the kernel (ours by
+(dst, metric), kernel truth after a read-back, and the foreign routes on destinations we might want) and
+the per-destination write decisions live in ``routes.kernel_view``.
 
 Ownership rules (Calico's contract with Felix, docs/kernel-contract.md; predicates in ``routes.ownership``):
 - Ours means: our protocol (12, like BIRD), our table, and no next hop on a Felix device (cali*,
@@ -55,15 +57,30 @@ from dataclasses import dataclass, replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from routes.model import RT_TABLE_MAIN, RTPROT_BIRD, Route
-from routes.netlink import ADD, DEL, LINK_DOWN, LINK_UP, LinkEvent, Netlink, RouteEvent
-from routes.ownership import describe, is_felix_device, same_route, table_refusal
-from routes.rtnetlink import kernel_form
+from calico_bgp.backoff import Backoff
+from routes.desired import DesiredRoutes
+from routes.kernel_view import KernelView, plan_writes
+from routes.model import (
+    ADD,
+    DEL,
+    LINK_DOWN,
+    LINK_UP,
+    RT_TABLE_MAIN,
+    RTPROT_BIRD,
+    LinkEvent,
+    Netlink,
+    Route,
+    RouteEvent,
+)
+from routes.ownership import describe, is_felix_device, table_refusal
 
 log = logging.getLogger(__name__)
 
 RETRY_FIRST = 1.0  # seconds before the first retry of a failed route; doubles per failure
 RETRY_MAX = 30.0
+# No jitter: the retries reach only this node's kernel, and the routes that failed together are better
+# retried together, in one write.
+RETRY_BACKOFF = Backoff(first=RETRY_FIRST, cap=RETRY_MAX)
 
 
 @dataclass(frozen=True)
@@ -94,15 +111,12 @@ class RouteTable:
         self.table = table
         self._clock = clock
         self._hold = hold_deletes
-        self._desired: dict[str, Route] = {}
-        self._refused: dict[str, str] = {}
-        self._programmed: dict[str, dict[int, Route]] = {}
-        self._installed = 0  # routes in _programmed, kept as it changes: the gauge is set on every apply
-        self._foreign: dict[str, dict[int, str]] = {}
+        self._wanted = DesiredRoutes(table, proto)
+        self._view = KernelView()  # ours and foreign routes in the kernel table, as far as we know
         self._dirty: set[str] = set()
         self._held: set[str] = set()
         self._adopted: set[str] = set()  # dsts found at the first read-back and not desired since
-        self._retry: dict[str, tuple[float, float]] = {}  # dst -> (not before, current back-off)
+        self._retry: dict[str, tuple[float, int]] = {}  # dst -> (not before, failures in a row)
         self._failures: dict[str, str] = {}  # dst -> the kernel's last refusal, until it is programmed
         self._conflicts: dict[str, str] = {}
         self._links: dict[str, bool] = {}  # device -> admin up, from observed link events
@@ -134,50 +148,23 @@ class RouteTable:
 
     def set_desired(self, routes: Iterable[Route]) -> None:
         """Replace the whole desired set."""
-        new: dict[str, Route] = {}
-        refused: dict[str, str] = {}
-        for route in routes:
-            admitted, reason = self._admit(route)
-            if admitted is not None:
-                new[admitted.dst] = admitted
-            else:
-                refused[route.dst] = reason
-        self._log_refusals(refused)
-        changed = {d for d in new.keys() | self._desired.keys() if new.get(d) != self._desired.get(d)}
+        changed = self._wanted.replace_all(routes)
         if self._retry or self._failures:
             for dst in changed:
-                self._decided(dst, dst in new)
-        self._desired, self._refused = new, refused
+                self._decided(dst, dst in self._wanted.routes)
         self._dirty |= changed
 
     def update(
         self, upserts: Mapping[str, Route] | Iterable[Route] = (), removes: Iterable[str] = ()
     ) -> None:
         """Incremental change: add or replace routes (a dst-keyed dict or plain routes), remove dsts."""
-        refused: dict[str, str] = {}
-        for dst in removes:
-            if self._desired.pop(dst, None) is not None:
-                self._dirty.add(dst)
-                if self._retry or self._failures:
-                    self._decided(dst, False)
-            self._refused.pop(dst, None)
-        for route in upserts.values() if isinstance(upserts, Mapping) else upserts:
-            admitted, reason = self._admit(route)
-            if admitted is None:
-                refused[route.dst] = reason
-                if self._desired.pop(route.dst, None) is not None:
-                    self._dirty.add(route.dst)
-                    if self._retry or self._failures:
-                        self._decided(route.dst, False)
-            else:
-                self._refused.pop(route.dst, None)
-                if self._desired.get(route.dst) != admitted:
-                    self._desired[route.dst] = admitted
-                    self._dirty.add(route.dst)
-                    if self._retry:
-                        self._decided(route.dst, True)
-        self._log_refusals(refused)
-        self._refused.update(refused)
+        changed, gone = self._wanted.update(upserts, removes)
+        self._dirty.update(changed, gone)
+        if self._retry or self._failures:
+            for dst in gone:
+                self._decided(dst, False)
+            for dst in changed:
+                self._decided(dst, True)
 
     def _decided(self, dst: str, desired: bool) -> None:
         """The desired route of ``dst`` changed (``desired``) or went away: its back-off is void, as the next
@@ -187,29 +174,13 @@ class RouteTable:
         if not desired:
             self._failures.pop(dst, None)
 
-    def _admit(self, route: Route) -> tuple[Route | None, str]:
-        reason = table_refusal(route.table) or (
-            f"belongs to table {route.table}, not {self.table}" if route.table != self.table else ""
-        )
-        felix = sorted(h.ifname for h in route.nexthops if is_felix_device(h.ifname))
-        if not reason and felix:
-            reason = f"next hop on Felix's device {felix[0]}"
-        if reason:
-            return None, reason
-        return kernel_form(route if route.proto == self.proto else replace(route, proto=self.proto)), ""
-
-    def _log_refusals(self, refused: Mapping[str, str]) -> None:
-        for dst, reason in refused.items():
-            if self._refused.get(dst) != reason:
-                log.error("refusing kernel route %s: %s", dst, reason)
-
     @property
     def desired(self) -> Mapping[str, Route]:
-        return self._desired
+        return self._wanted.routes
 
     @property
     def refused(self) -> Mapping[str, str]:
-        return self._refused
+        return self._wanted.refused
 
     @property
     def conflicts(self) -> Mapping[str, str]:
@@ -218,12 +189,12 @@ class RouteTable:
 
     @property
     def installed(self) -> int:
-        return self._installed
+        return self._view.installed
 
     @property
     def failures(self) -> Mapping[str, str]:
         """Desired dsts the kernel refused at the last attempt -> its error (they are retried)."""
-        return {dst: text for dst, text in self._failures.items() if dst in self._desired}
+        return {dst: text for dst, text in self._failures.items() if dst in self._wanted.routes}
 
     @property
     def holding_deletes(self) -> bool:
@@ -284,10 +255,10 @@ class RouteTable:
             return False
         dst, prio = route.dst, route.priority
         if self._ours(route):
-            if event.action == DEL and prio in self._programmed.get(dst, {}):
-                self._forget(route)
+            if event.action == DEL and prio in self._view.programmed.get(dst, {}):
+                self._view.forget(route)
                 self._dirty.add(dst)
-                want = self._desired.get(dst)
+                want = self._wanted.routes.get(dst)
                 if want is None:
                     return False  # our own withdrawal, seen before its ack was processed
                 if want.priority == prio:  # not the old metric of a route we just moved
@@ -296,15 +267,12 @@ class RouteTable:
                 return True
             return False
         if event.action == ADD:
-            self._foreign.setdefault(dst, {})[prio] = describe(route)
-            hit = dst in self._desired or dst in self._programmed
-            self._forget(route)  # at the same kernel key, the kernel has overwritten ours
+            self._view.add_foreign(dst, prio, describe(route))
+            hit = dst in self._wanted.routes or dst in self._view.programmed
+            self._view.forget(route)  # at the same kernel key, the kernel has overwritten ours
         else:
-            held = self._foreign.get(dst, {})
-            held.pop(prio, None)
-            if not held:
-                self._foreign.pop(dst, None)
-            hit = dst in self._desired
+            self._view.remove_foreign(dst, prio)
+            hit = dst in self._wanted.routes
         if hit:
             self._dirty.add(dst)
         return hit
@@ -337,86 +305,34 @@ class RouteTable:
     async def _read_back(self) -> int:
         """Rebuild the programmed and foreign views from a dump of the table. The first read-back adopts
         what a previous run left; later ones count the routes that differ from our view as repairs."""
-        programmed: dict[str, dict[int, Route]] = {}
-        foreign: dict[str, dict[int, str]] = {}
-        for route in await self._netlink.dump_routes(None, self.table):
-            if route.table != self.table:
-                continue
-            if self._ours(route):
-                programmed.setdefault(route.dst, {})[route.priority] = route
-            else:
-                foreign.setdefault(route.dst, {})[route.priority] = describe(route)
-        repairs = 0
+        dump = await self._netlink.dump_routes(None, self.table)
+        repairs = self._view.load(dump, self.table, self._ours, compare=not self._adopting)
+        programmed = self._view.programmed
         if self._adopting:
             if programmed:
                 log.info("adopted %d existing proto-%d routes from table %d",
-                         sum(len(v) for v in programmed.values()), self.proto, self.table)
-            self._adopted = set(programmed) - self._desired.keys()
+                         self._view.installed, self.proto, self.table)
+            self._adopted = set(programmed) - self._wanted.routes.keys()
             self._adopting = False
-        else:
-            for dst in programmed.keys() | self._programmed.keys():
-                mine, kernel = self._programmed.get(dst, {}), programmed.get(dst, {})
-                for prio in mine.keys() | kernel.keys():
-                    a, b = mine.get(prio), kernel.get(prio)
-                    if a is None or b is None or not same_route(a, b):
-                        repairs += 1
-            if repairs:
-                log.warning("kernel table %d drifted: %d routes differ from what we programmed",
-                            self.table, repairs)
-                self._m_repairs.inc(repairs)
-        self._programmed, self._foreign = programmed, foreign
-        self._installed = sum(len(v) for v in programmed.values())
-        self._dirty |= self._desired.keys() | programmed.keys() | self._held
+        elif repairs:
+            log.warning("kernel table %d drifted: %d routes differ from what we programmed",
+                        self.table, repairs)
+            self._m_repairs.inc(repairs)
+        self._dirty |= self._wanted.routes.keys() | programmed.keys() | self._held
         self._held.clear()
         self._synced = True
         return repairs
 
     async def _apply_dirty(self) -> ApplyResult:
         now = self._clock()
-        creates: list[Route] = []  # new to us: created exclusively (EEXIST if the key was taken)
-        replaces: list[Route] = []  # held by us: replaced in place
-        deletes: list[Route] = []
-        waiting: set[str] = set()
-        settled: list[str] = []  # failed before, and nothing is left to write or delete for them
-        # The hot path of a 100k-route apply: plain local lookups, no per-route allocations.
-        desired, programmed, foreign, retries = self._desired, self._programmed, self._foreign, self._retry
-        failures = self._failures
-        for dst in self._dirty:
-            retry = retries.get(dst)
-            if retry is not None and retry[0] > now:
-                waiting.add(dst)
-                continue
-            want = desired.get(dst)
-            ours = programmed.get(dst)
-            if want is None or dst in foreign:  # undesired, or yielded to the foreign owner
-                if ours and not (self._hold and dst in self._adopted):
-                    deletes.extend(ours.values())
-                    continue
-                if ours:
-                    self._held.add(dst)
-                if dst in failures or retry is not None:
-                    settled.append(dst)
-                continue
-            if self._held:
-                self._held.discard(dst)
-            if self._adopted:
-                self._adopted.discard(dst)
-            if not ours:
-                creates.append(want)
-                continue
-            have = ours.get(want.priority)
-            if have is None:
-                creates.append(want)
-            elif not same_route(want, have):
-                replaces.append(want)
-            elif len(ours) == 1 and (dst in failures or retry is not None):
-                settled.append(dst)  # the kernel holds what we want after all (a change reverted)
-            if len(ours) > 1 or have is None:
-                deletes.extend(r for p, r in ours.items() if p != want.priority)  # the metric moved
+        plan = plan_writes(self._dirty, now, self._wanted.routes, self._view, self._retry, self._failures,
+                           self._hold, self._held, self._adopted)
+        creates, replaces, deletes, settled = plan.creates, plan.replaces, plan.deletes, plan.settled
+        retries, failures = self._retry, self._failures
         for dst in settled:
             retries.pop(dst, None)
             failures.pop(dst, None)
-        self._dirty = waiting
+        self._dirty = plan.waiting
         failed: list[tuple[Route, str]] = []
         if creates or replaces or deletes:
             failed = await self._netlink.apply(replaces, deletes, creates)
@@ -427,7 +343,7 @@ class RouteTable:
         return ApplyResult(
             replaced=written,
             deleted=deleted,
-            held=sum(len(self._programmed.get(d, {})) for d in self._held),
+            held=sum(len(self._view.programmed.get(d, {})) for d in self._held),
             errors=tuple(errors),
             conflicts=tuple(sorted(self._conflicts)),
         )
@@ -437,21 +353,15 @@ class RouteTable:
     ) -> tuple[int, int, list[tuple[Route, str]]]:
         now = self._clock()
         errors: list[tuple[Route, str]] = []
-        programmed, retries, failures = self._programmed, self._retry, self._failures
+        view, retries, failures = self._view, self._retry, self._failures
         if not failed:  # the common case, and the hot one: every write and delete went through
             for route in deletes:
-                self._forget(route)
-                if (retries or failures) and route.dst not in self._desired:
+                view.forget(route)
+                if (retries or failures) and route.dst not in self._wanted.routes:
                     retries.pop(route.dst, None)  # a deletion that failed before went through
                     failures.pop(route.dst, None)
             for route in writes:
-                held = programmed.get(route.dst)
-                if held is None:
-                    programmed[route.dst] = {route.priority: route}
-                    self._installed += 1
-                else:
-                    self._installed += route.priority not in held
-                    held[route.priority] = route
+                view.record(route)
                 if retries or failures:
                     retries.pop(route.dst, None)
                     failures.pop(route.dst, None)
@@ -461,9 +371,9 @@ class RouteTable:
         for route in deletes:
             text = why.get(id(route))
             if text is None or text.startswith("ESRCH"):  # ESRCH: already gone, which is what we wanted
-                self._forget(route)
+                view.forget(route)
                 deleted += 1
-                if route.dst not in self._desired:
+                if route.dst not in self._wanted.routes:
                     retries.pop(route.dst, None)
                     failures.pop(route.dst, None)
             else:
@@ -471,43 +381,28 @@ class RouteTable:
         for route in writes:
             text = why.get(id(route))
             if text is None:
-                held = self._programmed.setdefault(route.dst, {})
-                self._installed += route.priority not in held
-                held[route.priority] = route
+                view.record(route)
                 self._retry.pop(route.dst, None)
                 self._failures.pop(route.dst, None)
                 written += 1
             elif text.startswith("EEXIST"):
                 # The exact kernel key appeared since our read-back and is not known to be ours.
-                self._foreign.setdefault(route.dst, {})[route.priority] = "unknown route (EEXIST)"
+                view.add_foreign(route.dst, route.priority, "unknown route (EEXIST)")
             else:
                 errors.append((route, text))
         for route, text in errors:
             log.warning("kernel route %s: %s", route.dst, text)
             if text.startswith(("ENOBUFS", "ETIMEDOUT")):
                 self._synced = False  # outcome unknown: read the table back before the next decision
-            backoff = min(RETRY_MAX, self._retry.get(route.dst, (0.0, RETRY_FIRST / 2))[1] * 2)
-            self._retry[route.dst] = (now + backoff, backoff)
+            streak = self._retry.get(route.dst, (0.0, 0))[1] + 1
+            self._retry[route.dst] = (now + RETRY_BACKOFF.base(streak), streak)
             self._failures[route.dst] = text
             self._dirty.add(route.dst)
         self._m_errors.inc(len(errors))
         return written, deleted, errors
 
-    def _forget(self, route: Route) -> None:
-        ours = self._programmed.get(route.dst)
-        if ours is not None:
-            if ours.pop(route.priority, None) is not None:
-                self._installed -= 1
-            if not ours:
-                del self._programmed[route.dst]
-
     def _update_conflicts(self) -> None:
-        # Iterate the foreign side: a few hundred workload and connected routes, against up to 100k ours.
-        conflicts = {
-            dst: "; ".join(held[p] for p in sorted(held))
-            for dst, held in self._foreign.items()
-            if dst in self._desired
-        }
+        conflicts = self._view.conflicts(self._wanted.routes)
         for dst in conflicts.keys() - self._conflicts.keys():
             log.warning("not programming %s: the destination is held by a foreign route (%s)",
                         dst, conflicts[dst])

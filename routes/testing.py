@@ -1,19 +1,22 @@
-"""FakeNetlink: an in-memory kernel routing table behind the ``routes.netlink.Netlink`` protocol.
+"""FakeNetlink: an in-memory kernel routing table behind the ``routes.model.Netlink`` protocol.
 
 Stage: test seam for ``routes.table`` and ``routes.monitor`` (and for labs that run without root).
 
 Owns: a model of the kernel behaviour the package depends on, deliberately including the awkward parts:
 - routes are keyed (table, dst, metric); NLM_F_EXCL creates fail with EEXIST on a taken key, replaces
   overwrite whatever holds the key (even a foreign route, as the real kernel does);
-- deletes only match the route's protocol and type (ESRCH otherwise);
+- deletes only match the route's protocol (ESRCH otherwise), and for IPv4 its type too;
 - IPv6 metric 0 is stored as 1024, and a gateway-only next hop reads back with the resolved device;
 - a downed or deleted device loses its IPv4 routes WITHOUT route notifications (IPv6 ones with them);
+  a new device starts down;
 - notifications go to every open watch, minus additions of ``exclude_proto`` routes (deletions pass, as
   with the kernel-side filter); ``overflow()`` simulates ENOBUFS, ``deafen()`` a watch that silently stops
   hearing, ``break_watches()`` a failed socket;
 - interface addresses (``add_address``, ``remove_address``) are dumped and notified on their own watches,
   as the real ones are on their own socket; deleting a link takes its addresses with it.
-Tests inject foreign routes (``add_foreign``), errors (``fail``) and inspect ``routes`` and ``calls``.
+Tests inject foreign routes (``add_foreign``), errors (``failures``) and inspect ``routes`` and ``calls``.
+``tests/netns/test_netlink_contract.py`` runs the same tests against this fake and the real kernel: where
+they disagree, this model is what gets fixed.
 """
 
 from __future__ import annotations
@@ -23,20 +26,23 @@ import errno
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from routes.model import RT_TABLE_MAIN, Nexthop, Route
-from routes.netlink import (
+from routes.model import (
     ADD,
     DEL,
     LINK_DEL,
     LINK_DOWN,
     LINK_UP,
+    RT_TABLE_MAIN,
     AddressEvent,
     InterfaceAddress,
     LinkEvent,
+    Nexthop,
+    Route,
     RouteEvent,
     WatchOverflow,
+    errno_text,
+    kernel_form,
 )
-from routes.rtnetlink import AF_INET, IP6_RT_PRIO_USER, errno_text
 
 Key = tuple[int, str, int]
 
@@ -104,7 +110,7 @@ class FakeNetlink:
 
     @staticmethod
     def _key(route: Route) -> Key:
-        prio = route.priority or (IP6_RT_PRIO_USER if route.family != AF_INET else 0)
+        prio = kernel_form(route).priority
         return (route.table, route.dst, prio)
 
     def _write(self, route: Route, exclusive: bool) -> str:
@@ -129,7 +135,9 @@ class FakeNetlink:
     def _delete(self, route: Route) -> str:
         key = self._key(route)
         held = self.routes.get(key)
-        if held is None or held.proto != route.proto or held.type != route.type:
+        if held is None or held.proto != route.proto:
+            return errno_text(errno.ESRCH)
+        if held.type != route.type and ":" not in route.dst:  # IPv6 deletes ignore the type
             return errno_text(errno.ESRCH)
         del self.routes[key]
         self._emit(RouteEvent(DEL, held, _device(held)))
@@ -152,9 +160,10 @@ class FakeNetlink:
         self._emit(RouteEvent(ADD, stored, _device(stored)))
 
     def add_link(self, name: str) -> None:
+        """A device is created; as in the kernel, it starts down (``set_link(name, True)`` raises it)."""
         self.links[name] = max(self.links.values(), default=0) + 1
-        self.down.discard(name)
-        self._emit(LinkEvent(LINK_UP, self.links[name], name))
+        self.down.add(name)
+        self._emit(LinkEvent(LINK_DOWN, self.links[name], name))
 
     def set_link(self, name: str, up: bool) -> None:
         if up:
@@ -194,7 +203,7 @@ class FakeNetlink:
         for key, route in list(self.routes.items()):
             if any(h.ifname == name for h in route.nexthops):
                 del self.routes[key]
-                if route.family != AF_INET:  # IPv6 notifies; IPv4 does not
+                if ":" in route.dst:  # IPv6 notifies; IPv4 does not
                     self._emit(RouteEvent(DEL, route, name))
 
     def overflow(self) -> None:

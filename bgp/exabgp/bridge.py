@@ -13,8 +13,10 @@ the daemon simply sees a reconnect. It is run as ``python -I -S bridge.py SOCKET
 heavy so that a respawn is quick.
 
 Complicating factors:
-- ExaBGP blocks when nobody reads its output: we always drain stdin, even while the daemon is away (lines
-  read then are dropped: the daemon resynchronises from session state when it comes back).
+- ExaBGP blocks when nobody reads its output, so we read stdin for as long as we are connected. We never
+  run without the daemon: until we first reach it (at most ``RECONNECT_FOR`` seconds) nothing is read,
+  and once it is gone we exit (next item) and ExaBGP respawns its API process. What ExaBGP says in between
+  is lost; the daemon resynchronises from session state when the new bridge connects.
 - When the daemon closes our connection we exit at once, even while ExaBGP has nothing to say (the main
   thread may sit in a read of stdin for as long as ExaBGP is quiet): the daemon closes on a bridge it will
   not use (one left by an earlier ExaBGP) or on an ExaBGP it is about to restart, and a bridge that lingered
@@ -36,6 +38,8 @@ RECONNECT_FOR = 10.0  # seconds we keep trying to reach the daemon before giving
 
 
 def _connect(path: str, deadline: float) -> socket.socket | None:
+    # Its own doubling rather than calico_bgp.backoff: run with -I -S, the bridge can import only the
+    # standard library, and it waits for one local socket, so there is no herd to spread with jitter.
     delay = 0.05
     while time.monotonic() < deadline:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -136,6 +136,7 @@ class ApiChannel:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        assert task is not None  # asyncio runs each connection's handler as a task
         self._handlers.add(task)
         try:
             await self._serve(reader, writer)

@@ -27,8 +27,9 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from confgen import tokens
 from confgen.tokens import MAX_UINT16, MAX_UINT32, TokenError, shown
@@ -66,7 +67,10 @@ def _log_refusal(message: str) -> None:
     log.warning("%s", message)
 
 
-def _token(what: str, check: Callable[..., object], value: object, *args: object):
+_T = TypeVar("_T")
+
+
+def _token(what: str, check: Callable[..., _T], value: object, *args: object) -> _T:
     try:
         return check(value, *args)
     except TokenError as exc:
@@ -144,7 +148,7 @@ class Advertisement:
         )
 
 
-def _chunks(items: list[str], size: int):
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 

@@ -114,7 +114,7 @@ Event = (
 )
 
 
-def _as_path(raw) -> tuple[int, ...]:
+def _as_path(raw: object) -> tuple[int, ...]:
     if isinstance(raw, list):  # ExaBGP 4.x shape
         return tuple(int(a) for a in raw if isinstance(a, int | str) and str(a).isdigit())
     if not isinstance(raw, dict):
@@ -143,7 +143,7 @@ def _attributes(raw: dict) -> PathAttributes:
     )
 
 
-def _nlri(item) -> tuple[str, str]:
+def _nlri(item: object) -> tuple[str, str]:
     if isinstance(item, dict):
         return str(item["nlri"]), str(item.get("path-information", ""))
     return str(item), ""  # exabgp.api.compact=true prints bare strings

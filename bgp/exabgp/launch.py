@@ -35,7 +35,8 @@ def main() -> int:
         return 0  # the daemon died between our fork and the prctl: nobody would stop us
     # ExaBGP never speaks TLS, but asyncio imports ssl when it can, which maps OpenSSL: ~4 MB of RSS per
     # node for nothing. A None entry makes that optional import fail the way asyncio expects.
-    sys.modules.setdefault("ssl", None)
+    # typeshed types sys.modules without None, the import system's documented "absent" marker.
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     from exabgp.application.main import main as exabgp_main
 
     from bgp.exabgp import tuning

@@ -53,6 +53,7 @@ import sysconfig
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +255,14 @@ def choose_exabgp_user(
     return None
 
 
-def config_file_access(user: ExaBGPUser | None) -> dict[str, int | None]:
+class ConfigFileAccess(TypedDict):
+    """``ConfigWriter``'s keyword arguments for the config's owner group and mode."""
+
+    mode: int
+    group: int | None  # None: the file keeps the writing process's group (root's)
+
+
+def config_file_access(user: ExaBGPUser | None) -> ConfigFileAccess:
     """``ConfigWriter``'s mode and group for ExaBGP's config when ExaBGP runs as ``user``."""
     if user is None:
         return {"mode": ROOT_ONLY_MODE, "group": None}

@@ -48,11 +48,13 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import psutil
 from prometheus_client import CollectorRegistry, Counter
 
 from bgp.exabgp.launch import PARENT_ENV
 from bgp.exabgp.privileges import DROP_ENV, ExaBGPUser
 from bgp.exabgp.tuning import IDLE_TICK_SPEED
+from calico_bgp.backoff import Backoff, Retries
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +100,10 @@ def exabgp_environment(
 
 
 def parent_pid(pid: int) -> int | None:
-    """The parent of ``pid`` (from /proc), None when it is gone."""
+    """The parent of ``pid``, None when it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ")"
-            return int(stat.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
+        return psutil.Process(pid).ppid()
+    except psutil.Error:  # gone, or a zombie already reaped by the time we read it
         return None
 
 
@@ -128,8 +128,8 @@ class ExaBGPSupervisor:
         self._log_file = Path(log_file)
         self._environment = dict(environment or {})
         self._on_start = on_start
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        # No jitter: a restart reaches only this node's own ExaBGP, so there is nobody to fall in step with.
+        self._retries = Retries(Backoff(first=backoff_initial, cap=backoff_max))
         self._sleep = sleep
         self._proc: asyncio.subprocess.Process | None = None
         self._stopping = False
@@ -202,7 +202,7 @@ class ExaBGPSupervisor:
         # Checked before ExaBGP dies: after that the bridge is re-parented and its pid proves nothing.
         bridge_is_ours = bridge is not None and self._parent_of(bridge) == proc.pid
         proc.kill()
-        if bridge_is_ours:
+        if bridge is not None and bridge_is_ours:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(bridge, signal.SIGKILL)
         self._restart_now.set()
@@ -221,14 +221,14 @@ class ExaBGPSupervisor:
             reloader.cancel()
 
     async def _keep_running(self) -> None:
-        backoff = self._backoff_initial
+        self._retries.reset()
         while not self._stopping:
             started = asyncio.get_running_loop().time()
             returncode = await self._run_once()
             if self._stopping:
                 break
             if asyncio.get_running_loop().time() - started > 60:
-                backoff = self._backoff_initial
+                self._retries.reset()
             killed = self._killed is not None and self._killed is self._proc
             reason = self._killed_reason if killed else "exited"
             self.restarts[reason] = self.restarts.get(reason, 0) + 1
@@ -236,11 +236,11 @@ class ExaBGPSupervisor:
             if self._restart_now.is_set():
                 self._restart_now.clear()
                 continue
+            backoff = self._retries.next_delay()
             log.warning("ExaBGP exited with %s; restarting in %.1fs", returncode, backoff)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._restart_now.wait(), backoff)
             self._restart_now.clear()
-            backoff = min(backoff * 2, self._backoff_max)
 
     async def _run_once(self) -> int:
         # Not our etcd credentials (ETCD_PASSWORD, the key file's path): ExaBGP never talks to etcd.
@@ -275,6 +275,7 @@ class ExaBGPSupervisor:
             self._on_start()
         proc = self._proc
         deadline = asyncio.create_task(self._api_deadline(proc))
+        assert proc.stdout is not None  # spawned with stdout=PIPE
         copy = asyncio.create_task(self._copy_log(proc.stdout))
         try:
             # Not proc.wait(): asyncio completes it only once every pipe is closed, and the bridge inherits

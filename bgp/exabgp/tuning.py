@@ -2,8 +2,8 @@
 
 Stage: the BGP engine's process (runs inside the ExaBGP child, never in the daemon).
 
-Owns: five measured changes to how ExaBGP schedules and copies work (bench/results/profile.md and
-settings.md hold the numbers that justify each), and one correction (6). None touches BGP encoding or
+Owns: five measured changes to how ExaBGP schedules, copies and logs work (bench/results/profile.md and
+settings.md hold the numbers that justify each), and two corrections (6, 7). None touches BGP encoding or
 the FSM.
 
 1. Work-conserving reactor loop. ExaBGP's loop sleeps ``reactor.speed``/100 s in ``poll`` whenever no peer
@@ -20,20 +20,29 @@ the FSM.
    ``self`` (21 % of the sending ExaBGP's CPU at 100k routes). We always send an explicit next hop, and the
    Adj-RIB-Out copies before it mutates (``del_from_rib``), so the route is shared when nothing changes.
 4. Every API command is logged at INFO (``API.log_message``): 9-18 % of the sender's CPU in a bulk
-   announcement, and one log line per route. The daemon knows what it sent; we log those at DEBUG.
+   announcement, and one log line per route. The daemon knows what it sent; we log those at DEBUG. The
+   same method carries ExaBGP's "invalid route" report (a parsed route its last check refuses and drops):
+   never routine, so that line goes out as a WARNING.
 5. ``Update._split_nlris`` sorts the NLRI of an UPDATE with ``NLRI.__lt__``, which builds both sides' index
    bytes on every comparison (n log n index builds; a third of the sender's CPU at 100k routes). We sort by
    the same index once per NLRI first, so upstream's sort meets an ordered list: same order, n comparisons.
 
-6. One correction, not a speed-up: ``Protocol.read_message`` calls ``Processes.notification`` with one
-   argument too many for errors found before a message is parsed (bad marker, bad length) whenever the
-   neighbour's API receives notifications, as ours does. The TypeError drops the connection without the
-   NOTIFICATION the peer is owed (RFC 4271 6.1); the wrapper skips that one report (of our own error,
-   mislabelled as received), so the NOTIFICATION goes out.
+Two corrections, not speed-ups:
+
+6. ``Protocol.read_message`` calls ``Processes.notification`` with one argument too many for errors found
+   before a message is parsed (bad marker, bad length) whenever the neighbour's API receives
+   notifications, as ours does. The TypeError drops the connection without the NOTIFICATION the peer is
+   owed (RFC 4271 6.1); the wrapper skips that one report (of our own error, mislabelled as received), so
+   the NOTIFICATION goes out.
+7. ``API.log_failure`` reports a command ExaBGP refused (a route it cannot parse, one without a next hop,
+   no matching neighbour, a withdraw of a route it does not hold) with the level name ``ERR``, which is not
+   one of its logger's level names, so the line is never written: a refused route leaves no trace. We pass
+   ``ERROR``, so every refusal reaches ExaBGP's log (the daemon's ``exabgp.log``).
 
 Complicating factors: these are patches to a pinned dependency's internals. Each one checks that what it
 replaces still exists and is skipped with a warning on stderr otherwise (ExaBGP then runs unpatched:
-slower, never wrong). tests/unit/bgp/test_exabgp_tuning.py pins the behaviour each patch relies on.
+slower or quieter, never wrong); the daemon logs at start which applied (``bgp.build_info``).
+tests/unit/bgp/test_exabgp_tuning.py pins the behaviour each patch relies on.
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+from collections.abc import Callable
+from typing import Any
 
 TUNING_ENV = "CALICO_BGP_EXABGP_TUNING"  # "off": ExaBGP as shipped (benchmarks compare both)
 ASYNC_LIMIT = 1000  # generator steps (about one NLRI each) per reactor loop before peers get a turn
@@ -125,14 +136,28 @@ def _nlri_index(nlri):
     return nlri.index()
 
 
+INVALID_PREFIX = "invalid "  # ExaBGP's "invalid route for <peers> : <route>", on announce and withdraw
+
+
 def _log_command_debug(self, message, level="INFO"):
     from exabgp.logger import log
 
-    log.debug(lambda: message, "processes")
+    if message.startswith(INVALID_PREFIX):
+        log.warning(lambda: message, "processes")
+    else:
+        log.debug(lambda: message, "processes")
 
 
 def _replace_log_message(original):
     return _log_command_debug
+
+
+def _failure_level(original):
+    def log_failure(self, message, level="ERR"):
+        # ExaBGP's logger knows ERROR, not ERR: with upstream's default the report is silently dropped.
+        return original(self, message, "ERROR" if level == "ERR" else level)
+
+    return log_failure
 
 
 def _notification_arity(original):
@@ -151,11 +176,12 @@ def _notification_arity(original):
 
 # name, module, class, method, a parameter the method must take ("" for none), attributes the class must
 # have for the wrapper, and the wrapper factory (given upstream's method, returns ours).
-PATCHES = (
+PATCHES: tuple[tuple[str, str, str, str, str, tuple[str, ...], Callable[[Any], Any]], ...] = (
     ("async", "exabgp.reactor.asynchronous", "ASYNC", "run", "", ("_notify_error", "LIMIT"), _sync_run),
     ("poll", "exabgp.reactor.loop", "Reactor", "_wait_for_io", "sleeptime", (), _work_conserving_wait),
     ("remove_self", "exabgp.bgp.neighbor", "Neighbor", "remove_self", "changes", (), _remove_self_sharing),
     ("api_log", "exabgp.reactor.api", "API", "log_message", "message", (), _replace_log_message),
+    ("api_errors", "exabgp.reactor.api", "API", "log_failure", "level", (), _failure_level),
     ("nlri_sort", "exabgp.bgp.message.update", "Update", "_split_nlris", "negotiated", (), _presorted_split),
     (
         "notify_arity",
@@ -169,7 +195,9 @@ PATCHES = (
 )
 
 
-def _patch(module: str, cls: str, method: str, parameter: str, requires: tuple[str, ...], wrap) -> None:
+def _patch(
+    module: str, cls: str, method: str, parameter: str, requires: tuple[str, ...], wrap: Callable[[Any], Any]
+) -> None:
     owner = getattr(importlib.import_module(module), cls)
     original = getattr(owner, method)
     if parameter and parameter not in inspect.signature(original).parameters:
@@ -186,9 +214,9 @@ def apply() -> list[str]:
     if _applied is not None:
         return _applied
     _applied = []
-    for name, *where in PATCHES:
+    for name, module, cls, method, parameter, requires, wrap in PATCHES:
         try:
-            _patch(*where)
+            _patch(module, cls, method, parameter, requires, wrap)
         except Exception as exc:
             _warn(name, exc)
         else:

@@ -14,9 +14,10 @@ Complicating factors:
   queued before delivering (one etcd watch response lands in the queue at once). The confgen loop
   debounces on top of that.
 - Failures keep the last good snapshot: on a disconnect, a compaction, a timeout or any client error the
-  syncer logs, marks itself out of sync, backs off (0.25 s doubling to 5 s) and does a *full relist* on
-  a fresh client. Never delivering an empty snapshot matters: an empty view would mean "no peers, no
-  pools" and tear down every session of a healthy node during a datastore blip.
+  syncer logs, marks itself out of sync, backs off (0.25 s doubling to 5 s, each wait +-20 % at random
+  so that the nodes of a cluster do not all reconnect in the same instant after an etcd outage) and does a
+  *full relist* on a fresh client. Never delivering an empty snapshot matters: an empty view would mean
+  "no peers, no pools" and tear down every session of a healthy node during a datastore blip.
 - A fresh client per attempt sidesteps gRPC's own channel reconnect backoff (up to minutes), and the
   backoff only resets after a connection stayed healthy for a while, so a datastore that accepts the
   list but fails every watch is not hammered every 0.25 s.
@@ -45,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -54,6 +56,7 @@ import aetcd.exceptions
 import aetcd.utils
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from calico_bgp.backoff import Backoff, Retries
 from confgen.datastore.base import (
     CompactedError,
     DatastoreError,
@@ -210,7 +213,9 @@ class EtcdClient:
             else:
                 request = aetcd.rpc.RangeRequest(key=raw)
             ops.append(aetcd.rpc.RequestOp(request_range=request))
-        # A transaction with no compare always succeeds: all ranges are read at one revision.
+        # A transaction with no compare always succeeds: all ranges are read at one revision. Built on the
+        # KV stub rather than aetcd's ``transaction()``, which drops the response header: a read that finds
+        # no key would then have no revision to start the watch from.
         request = aetcd.rpc.TxnRequest(compare=[], success=ops, failure=[])
         response = await self._call(
             lambda c: c.kvstub.Txn(request, timeout=self.timeout, metadata=c.metadata)
@@ -235,25 +240,15 @@ class EtcdClient:
     async def put_if_unchanged(self, items: dict[str, bytes], revisions: dict[str, int]) -> bool:
         """Write every key of ``items`` in one transaction, but only if each still has the
         ``mod_revision`` in ``revisions`` (0 = must not exist). False when another writer got there first."""
-        compare_op = aetcd.rpc.Compare
-        compare = [
-            compare_op(
-                key=key.encode(),
-                result=compare_op.EQUAL,
-                target=compare_op.MOD,
-                mod_revision=revisions.get(key, 0),
-            )
-            for key in items
-        ]
-        puts = [
-            aetcd.rpc.RequestOp(request_put=aetcd.rpc.PutRequest(key=key.encode(), value=value))
-            for key, value in items.items()
-        ]
-        request = aetcd.rpc.TxnRequest(compare=compare, success=puts, failure=[])
-        response = await self._call(
-            lambda c: c.kvstub.Txn(request, timeout=self.timeout, metadata=c.metadata)
-        )
-        return bool(response.succeeded)
+
+        def transaction(c: ChannelClient) -> Awaitable[tuple[bool, list[Any]]]:
+            ops = c.transactions
+            compare = [ops.mod(key.encode()) == revisions.get(key, 0) for key in items]
+            puts = [ops.put(key.encode(), value) for key, value in items.items()]
+            return c.transaction(compare=compare, success=puts, failure=[])
+
+        succeeded, _ = await self._call(transaction)
+        return bool(succeeded)
 
     async def put(self, key: str, value: str | bytes) -> int:
         """Write one key; returns the new revision."""
@@ -331,6 +326,8 @@ class EtcdSyncer:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         backoff_initial: float = 0.25,
         backoff_max: float = 5.0,
+        backoff_jitter: float = 0.2,
+        random_source: Callable[[], float] = random.random,
         healthy_after: float = 10.0,
         stop_timeout: float = 2.0,
         probe_interval: float | None = PROBE_INTERVAL,
@@ -342,8 +339,9 @@ class EtcdSyncer:
         self.node = node
         self._clock = clock
         self._sleep = sleep
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        self._retries = Retries(
+            Backoff(first=backoff_initial, cap=backoff_max, jitter=backoff_jitter), random=random_source
+        )
         self._healthy_after = healthy_after
         self._stop_timeout = stop_timeout  # real seconds a cancelled watch task may take to end
         self._abandoned: set[asyncio.Task[None]] = set()  # tasks that did not end in time, until they do
@@ -394,7 +392,7 @@ class EtcdSyncer:
         return self._client_factory
 
     async def run(self, on_snapshot: OnSnapshot) -> None:
-        backoff = self._backoff_initial
+        self._retries.reset()
         while True:
             started = self._clock()
             client = self._client_factory()
@@ -403,20 +401,25 @@ class EtcdSyncer:
             except (TimeoutError, DatastoreError, OSError) as exc:
                 reason = getattr(exc, "reason", None) or _REASONS.get(type(exc), "error")
                 self.last_error = str(exc)
-                log.warning("etcd sync lost (%s); last snapshot kept, resync in %.2fs", exc, backoff)
-            except Exception:  # a bug or an unexpected client failure: same recovery, louder
+                failure: BaseException = exc
+                lost = f"etcd sync lost ({exc})"
+            except Exception as exc:  # a bug or an unexpected client failure: same recovery, louder
                 reason = "unexpected"
                 self.last_error = "unexpected failure (see the log)"
-                log.exception("etcd sync failed unexpectedly; last snapshot kept, resync in %.2fs", backoff)
+                failure, lost = exc, "etcd sync failed unexpectedly"
             finally:
                 self._set_in_sync(False)
                 self._m_up.set(0)
                 await client.close()  # bounded inside the client: a hung server cannot hold us here
             self._m_errors.labels(reason).inc()
             if self._clock() - started >= self._healthy_after:
-                backoff = self._backoff_initial
-            await self._sleep(backoff)
-            backoff = min(backoff * 2, self._backoff_max)
+                self._retries.reset()
+            delay = self._retries.next_delay()
+            # What we did not foresee is an error with its traceback; a foreseen failure is a warning.
+            unexpected = reason == "unexpected"
+            level, trace = (logging.ERROR, failure) if unexpected else (logging.WARNING, None)
+            log.log(level, "%s; last snapshot kept, resync in %.2fs", lost, delay, exc_info=trace)
+            await self._sleep(delay)
 
     async def _sync(self, client: Any, on_snapshot: OnSnapshot) -> None:
         await client.connect()

@@ -28,7 +28,7 @@ import base64
 import binascii
 import datetime as dt
 import re
-from collections.abc import Iterable
+from collections.abc import Iterator
 from typing import Any
 
 import aetcd
@@ -237,7 +237,7 @@ def _value(der: bytes, offset: int, tag: int | None) -> _Span:
     return _Span(der, at, at + length)
 
 
-def _children(span: _Span) -> Iterable[int]:
+def _children(span: _Span) -> Iterator[int]:
     """Offsets of the TLVs directly inside ``span``."""
     at = span.start
     while at < span.stop:

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from clab_deploy import PODMAN, Deployment, load
 
+from labs import catalog, topology
 from labs import containerlab as labs_clab
-from labs import topology
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY_FILE = ROOT / "containerlab" / "mesh.clab.yml"
@@ -76,7 +76,7 @@ def _diagnostics(deployment: Deployment, lab: topology.Topology) -> str:
 
 
 def test_mesh_topology_from_the_image_routes_pods_across_containers(image):
-    lab = topology.TOPOLOGIES["mesh"]()
+    lab = catalog.TOPOLOGIES["mesh"]()
     clab = load(TOPOLOGY_FILE)
     assert {n.image for n in clab.nodes} == {image}
     pairs = _cross_node_pairs(lab)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import signal
 import subprocess
@@ -28,12 +27,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
+import psutil
+
 from bgp.status import DaemonNotRunning, query
 from labs import netns, ops
 
 T = TypeVar("T")
-PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def wait_for(fn: Callable[[], T], timeout: float, interval: float = 0.2) -> tuple[T | None, float]:
@@ -124,16 +123,15 @@ def metric_series(lab: str, node: str, port: int = 9094, timeout: float = 5.0) -
 def rss_mib(pids: Iterable[int]) -> float:
     total = 0
     for pid in pids:
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KIB
-    return total / 1024
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += psutil.Process(pid).memory_info().rss
+    return total / 1024 / 1024
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of pid so far (its own threads, not its children)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime: fields 14 and 15 of stat(5)
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 # ---------------------------------------------------------------------------------------------- watchers

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bgp.daemon import api_run_line
 from confgen.apply import find_executable
 from confgen.calc import intent_for
 from confgen.datastore.memory import MemoryDatastore
@@ -32,7 +33,14 @@ from confgen.secrets import SecretStore
 
 CASES_DIR = Path(__file__).parent / "cases"
 CASES = sorted(p for p in CASES_DIR.iterdir() if p.is_dir())
-API_RUN = "/usr/bin/env calico-bgp api"
+# The API process line the daemon renders (bgp.daemon.api_run_line), with the node image's paths: its venv
+# lives in /opt/calico-bgp, and the bridge runs isolated (-I -S), so the interpreter that venv links to,
+# Debian's /usr/bin/python3, is the one that runs it (and `exabgp validate` finds it on this machine too).
+API_RUN = api_run_line(
+    Path("/var/run/calico-bgp/api.sock"),
+    python="/usr/bin/python3",
+    script="/opt/calico-bgp/lib/python3.11/site-packages/bgp/exabgp/bridge.py",
+)
 
 
 def render_case(case: Path, secrets_dir: Path) -> tuple[str, str]:

@@ -5,7 +5,9 @@ What must hold: node1, started while node2's daemon is down, is not ready (exit 
 peer it waits for; 503 over HTTP); once node2 runs, both are ready (exit 0, 200) within the session set-up
 time. A SIGSTOPped ExaBGP on node1 turns `--live` to 1 (503) within ``LIVE_BOUND``, and the daemon's own
 restart of ExaBGP (bgp.exabgp.liveness) turns it back to 0. The measured times are printed. A
-``logSeverityScreen`` in ``node.node1`` changes node1's log level live, and only node1's.
+``logSeverityScreen`` in ``node.node1`` changes node1's log level live, and only node1's. Each daemon logs at
+start which ExaBGP adjustments applied (all of them, on the pinned ExaBGP), and ExaBGP, whose refusals the
+adjustments make visible, refused none of the daemon's commands.
 """
 
 from __future__ import annotations
@@ -190,3 +192,22 @@ def test_log_severity_screen_changes_the_node_level_live(mesh):
     info = "log level info (from BGPConfiguration logSeverityScreen Info)"
     _wait(lambda: logged("node1", info), 15, "node1 back at info")
     assert not logged("node2", "log level")[0] and not logged("node2", " DEBUG ")[0]
+
+
+# What ExaBGP logs when it refuses an API command (bgp.exabgp.tuning makes these visible at ERROR).
+REFUSALS = ("command could not parse", "no neighbor matching", "route not found", "invalid route")
+
+
+def test_adjustments_are_logged_at_start_and_exabgp_refused_none_of_our_commands(mesh):
+    from bgp.build_info import adjustments_summary
+    from bgp.exabgp.tuning import PATCHES
+
+    for node in NODE_IPS:
+        # One line per daemon start (the lab may have started a node's daemon more than once).
+        lines = [line for line in _log_lines(mesh, node) if "ExaBGP adjustments" in line]
+        expected = adjustments_summary([name for name, *_ in PATCHES], {})
+        assert lines, node
+        assert all(line.endswith(f"INFO bgp.build_info: {expected}") for line in lines), (node, lines)
+        exabgp_log = (Path(ops.load(mesh).node(node).run_dir) / "exabgp.log").read_text(errors="replace")
+        refused = [line for line in exabgp_log.splitlines() if any(r in line for r in REFUSALS)]
+        assert refused == [], (node, refused[:5])

@@ -13,12 +13,12 @@ import time
 
 import pytest
 
+from labs import catalog, netns, ops, state
 from labs import lab as labs_lab
-from labs import netns, ops, state, topology
 
 pytestmark = [pytest.mark.lab, pytest.mark.netns, pytest.mark.etcd]
 
-TOPO = topology.TOPOLOGIES["rr"]()
+TOPO = catalog.TOPOLOGIES["rr"]()
 REFLECTORS = {n.name: n.address for n in TOPO.nodes if n.rr_cluster_id}
 CLIENTS = {n.name: n.address for n in TOPO.nodes if not n.rr_cluster_id}
 BLOCKS = {n.name: n.block for n in TOPO.nodes if n.block}

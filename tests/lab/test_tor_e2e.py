@@ -12,12 +12,12 @@ import secrets
 
 import pytest
 
+from labs import catalog, netns, ops, routers, state
 from labs import lab as labs_lab
-from labs import netns, ops, routers, state, topology
 
 pytestmark = [pytest.mark.lab, pytest.mark.netns, pytest.mark.etcd]
 
-TOPO = topology.TOPOLOGIES["tor"]()
+TOPO = catalog.TOPOLOGIES["tor"]()
 RACK_NODES = {r.name: [n for n in TOPO.nodes if n.segment == r.ports[0].segment] for r in TOPO.routers}
 BLOCKS = {n.name: n.block for n in TOPO.nodes}
 POOL = ipaddress.ip_network(TOPO.pools[0].cidr)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bench import felix, flame, install, stats
 from bench.bird16 import BIRD_DIR, BirdNode, render_config
@@ -25,6 +28,20 @@ from bench.bird16 import BIRD_DIR, BirdNode, render_config
 def test_percentile_interpolates_between_ranks(samples, q, expected):
     got = stats.percentile(samples, q)
     assert got == pytest.approx(expected) if expected is not None else got is None
+
+
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=60))
+def test_percentiles_run_from_the_smallest_sample_to_the_largest_without_going_back(samples):
+    cuts = [stats.percentile(samples, q) for q in range(101)]
+    assert cuts[0] == min(samples) and cuts[100] == max(samples)
+    assert all(a <= b + 1e-9 * max(1.0, abs(b)) for a, b in zip(cuts, cuts[1:], strict=False))
+    assert stats.percentile(samples, 50) == pytest.approx(statistics.median(samples), abs=1e-6)
+
+
+@pytest.mark.parametrize("q", [-1, 101, 95.5])
+def test_a_percentile_outside_the_whole_numbers_0_to_100_is_refused(q):
+    with pytest.raises(ValueError, match=f"percentile {q} is not a whole number in 0..100"):
+        stats.percentile([1.0, 2.0], q)
 
 
 def test_summary_ignores_missing_and_infinite_samples():

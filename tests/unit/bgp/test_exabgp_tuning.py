@@ -6,13 +6,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 from types import SimpleNamespace
 
 import pytest
 from exabgp.bgp.message.update.attribute import Attribute
 from exabgp.bgp.neighbor import Neighbor
+from exabgp.logger import log as exabgp_log
+from exabgp.logger.option import option as exabgp_log_option
 from exabgp.protocol.family import AFI
 from exabgp.protocol.ip import IP
+from exabgp.reactor.api import API
+from exabgp.reactor.api.command import Command
 from exabgp.reactor.asynchronous import ASYNC
 
 from bgp.exabgp import tuning
@@ -22,7 +27,9 @@ def test_every_patch_fits_the_installed_exabgp():
     # In a child: apply() patches classes for the whole process.
     script = "import json; from bgp.exabgp import tuning; print(json.dumps(tuning.apply()))"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == ["async", "poll", "remove_self", "api_log", "nlri_sort", "notify_arity"]
+    assert json.loads(out.stdout) == [
+        "async", "poll", "remove_self", "api_log", "api_errors", "nlri_sort", "notify_arity"
+    ]
     assert out.stderr == ""
 
 
@@ -204,6 +211,84 @@ def test_read_messages_report_of_its_own_error_is_skipped_and_every_other_call_p
     assert patched(None, "n", "receive", 1, 1, "bad", None, b"h", b"b") is None
     patched(None, "n", "receive", 6, 2, "cease", b"h", b"b")  # every other caller, unchanged
     assert calls == [("n", "receive", 6, 2, "cease", b"h", b"b")]
+
+
+class _Recorder:
+    """Stands in for the stdlib logger ExaBGP writes through; keeps (level, line)."""
+
+    def __init__(self):
+        self.lines = []
+
+    def __getattr__(self, level):
+        return lambda line: self.lines.append((level.upper(), line))
+
+
+@pytest.fixture
+def exabgp_logging(monkeypatch):
+    """ExaBGP's own logging as our ExaBGP child runs it (level INFO, API lines enabled), recorded."""
+    option = exabgp_log_option
+    recorder = _Recorder()
+    monkeypatch.setattr("exabgp.logger.log", exabgp_log)  # undo quiet_log: the wrapper imports it per call
+    monkeypatch.setattr(option, "logger", recorder)
+    monkeypatch.setattr(option, "formater", lambda line, source, level, timestamp: f"{source} | {line}")
+    monkeypatch.setattr(option, "logit", {})
+    monkeypatch.setattr(option, "enabled", {**option.enabled, "processes": True})
+    option._set_level("INFO")
+    recorder.levels_from = option._set_level
+    return recorder
+
+
+def _announce_through_exabgp(commands, tuned):
+    """Each command through ExaBGP's own ``announce route`` handler; returns the routes it accepted."""
+    scheduled, accepted = [], []
+    reactor = SimpleNamespace(
+        peers=lambda service: ["neighbor 10.0.0.2 local-ip 10.0.0.1"],
+        asynchronous=SimpleNamespace(schedule=lambda service, line, callback: scheduled.append(callback)),
+        processes=SimpleNamespace(answer_done=lambda service: None, answer_error=lambda service: None),
+        configuration=SimpleNamespace(inject_change=lambda peers, change: accepted.append(change)),
+    )
+    api = API(reactor)
+    if tuned:  # on the instance: the class stays as shipped for the rest of this process
+        api.log_message = types.MethodType(tuning._replace_log_message(API.log_message), api)
+        api.log_failure = types.MethodType(tuning._failure_level(API.log_failure), api)
+    for command in commands:
+        Command.callback["text"]["announce route"](api, reactor, "calico-bgp", command, False)
+        for _ in scheduled.pop():
+            pass
+    return [str(change.nlri.cidr) for change in accepted]
+
+
+GOOD, NO_NEXT_HOP = "announce route 10.1.0.0/26 next-hop 10.0.0.1", "announce route 10.2.0.0/26"
+
+
+def test_a_refused_route_reaches_exabgps_log_and_an_accepted_one_stays_at_debug(exabgp_logging):
+    assert _announce_through_exabgp([GOOD, NO_NEXT_HOP], tuned=True) == ["10.1.0.0/26"]
+    assert exabgp_logging.lines == [
+        ("ERROR", f"processes | command could not parse route in : {NO_NEXT_HOP}"),
+        ("ERROR", "processes | reason: invalid route (missing next-hop, label or rd ?)"),
+    ]
+
+
+def test_upstream_writes_every_accepted_route_at_info_and_no_line_for_a_refused_one(exabgp_logging):
+    """The two upstream behaviours the patches change (if this starts failing, upstream fixed them)."""
+    assert _announce_through_exabgp([GOOD, NO_NEXT_HOP], tuned=False) == ["10.1.0.0/26"]
+    assert [level for level, _ in exabgp_logging.lines] == ["INFO"]
+    assert "route added" in exabgp_logging.lines[0][1]
+
+
+@pytest.mark.parametrize(
+    ("message", "level"),
+    [
+        ("route added to all peers : 10.1.0.0/26 next-hop 10.0.0.1", "DEBUG"),
+        ("route removed from all peers : 10.1.0.0/26 next-hop 10.0.0.1", "DEBUG"),
+        ("flushing adjb-rib out for all peers", "DEBUG"),
+        ("invalid route for all peers : 10.2.0.0/26", "WARNING"),
+    ],
+)
+def test_api_lines_are_debug_except_invalid_routes(exabgp_logging, message, level):
+    exabgp_logging.levels_from("DEBUG")
+    tuning._log_command_debug(None, message)
+    assert exabgp_logging.lines == [(level, f"processes | {message}")]
 
 
 def test_a_patch_that_no_longer_fits_is_refused_and_leaves_upstream_alone():

@@ -30,7 +30,11 @@ from confgen.model import parse_snapshot
 from confgen.render import render
 from routes.testing import FakeRouteTable
 
-API_RUN = "/usr/bin/env calico-bgp api"
+# The shape of the line the daemon renders (bgp.daemon.api_run_line), with the node image's paths.
+API_RUN = (
+    "/usr/bin/python3 -I -S /opt/calico-bgp/lib/python3.11/site-packages/bgp/exabgp/bridge.py"
+    " /var/run/calico-bgp/api.sock"
+)
 
 # -- the grammar every emitted API line must be in (independent of bgp.exabgp.commands' own check) ------
 _V4 = r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"

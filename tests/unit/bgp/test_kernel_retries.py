@@ -124,11 +124,12 @@ async def test_a_peer_that_leaves_the_intent_leaves_no_per_peer_entry_behind():
     await speaker.flush()
     speaker.set_intent(intent(peers=(PEER,)))
     await speaker.flush()
+    sessions, out = speaker._sessions, speaker._out
     per_peer = {
-        "status": speaker._status, "synced": speaker._synced, "sent": speaker._sent,
-        "offers": speaker._offers, "eor_due": speaker._eor_due, "resend": speaker._resend,
-        "teardowns": speaker._teardowns, "malformed": speaker.malformed_withdraws,
-        "prefix_limit_trips": speaker.limits.prefix_limit_trips,
+        "status": sessions._status, "synced": sessions._synced, "sent": out._sent,
+        "offers": sessions._offers, "eor_due": out._eor_due, "resend": out._resend,
+        "teardowns": sessions._teardowns, "malformed": speaker.malformed_withdraws,
+        "prefix_limit_trips": speaker.limits.prefix_limit_trips, "peers": sessions.peers,
     }
     assert {name: other for name, held in per_peer.items() if other in held} == {}
     assert speaker.received_count(other) == 0

@@ -17,11 +17,12 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, Gauge
 
 from bgp.build_info import BuildInfo, adjustments_label
-from bgp.cli import cli, node_run
+from bgp.cli import cli
 from bgp.exabgp.liveness import Liveness, LivenessSettings
 from bgp.exabgp.tuning import PATCHES, TUNING_ENV
 from bgp.http_endpoints import EndpointServer, LoopCall
 from bgp.loglevel import OFF, LogLevel
+from bgp.node_cli import node_run
 from bgp.readiness import (
     ComponentState,
     LiveFacts,

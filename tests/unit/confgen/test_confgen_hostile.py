@@ -21,7 +21,11 @@ from confgen.render import render
 from confgen.secrets import SecretStore
 from confgen.validate import SecretRef
 
-API_RUN = "/usr/bin/env calico-bgp api"
+# The shape of the line the daemon renders (bgp.daemon.api_run_line), with the node image's paths.
+API_RUN = (
+    "/usr/bin/python3 -I -S /opt/calico-bgp/lib/python3.11/site-packages/bgp/exabgp/bridge.py"
+    " /var/run/calico-bgp/api.sock"
+)
 
 HOSTILE = [
     '"',

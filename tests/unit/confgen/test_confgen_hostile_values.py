@@ -19,7 +19,11 @@ from confgen.intent import intent_document
 from confgen.model import parse_snapshot
 from confgen.render import render
 
-API_RUN = "/usr/bin/env calico-bgp api"
+# The shape of the line the daemon renders (bgp.daemon.api_run_line), with the node image's paths.
+API_RUN = (
+    "/usr/bin/python3 -I -S /opt/calico-bgp/lib/python3.11/site-packages/bgp/exabgp/bridge.py"
+    " /var/run/calico-bgp/api.sock"
+)
 
 # Values no address field may accept. Each is refused wherever it appears; none may reach the config.
 BAD_ADDRESSES = {

@@ -17,7 +17,11 @@ from confgen.loop import Confgen
 from confgen.render import render, render_config
 from confgen.secrets import SecretStore
 
-API_RUN = "/usr/bin/env calico-bgp api"
+# The shape of the line the daemon renders (bgp.daemon.api_run_line), with the node image's paths.
+API_RUN = (
+    "/usr/bin/python3 -I -S /opt/calico-bgp/lib/python3.11/site-packages/bgp/exabgp/bridge.py"
+    " /var/run/calico-bgp/api.sock"
+)
 
 
 def node(name, ip, asn=None):

@@ -15,7 +15,11 @@ from confgen.apply import find_executable
 from confgen.intent import MESH, NodeIntent, PeerIntent
 from confgen.render import RenderError, render, render_config
 
-API_RUN = "/usr/bin/env calico-bgp api"
+# The shape of the line the daemon renders (bgp.daemon.api_run_line), with the node image's paths.
+API_RUN = (
+    "/usr/bin/python3 -I -S /opt/calico-bgp/lib/python3.11/site-packages/bgp/exabgp/bridge.py"
+    " /var/run/calico-bgp/api.sock"
+)
 
 
 def peer(address, *, local="10.0.0.11", family="ipv4", **changes):
@@ -64,7 +68,7 @@ def test_neighbour_block_has_every_setting():
         "    }\n"
         "}\n"
     )
-    assert "process calico-bgp-api {\n    run /usr/bin/env calico-bgp api;\n    encoder json;\n}\n" in text
+    assert f"process calico-bgp-api {{\n    run {API_RUN};\n    encoder json;\n}}\n" in text
 
 
 @pytest.mark.parametrize(
@@ -131,7 +135,7 @@ def test_output_is_sorted_and_deterministic():
 def test_no_neighbours_is_still_a_config():
     text = render(intent(), api_run=API_RUN, api_process="api")
     assert "neighbor" not in text
-    assert "process api {\n    run /usr/bin/env calico-bgp api;\n    encoder json;\n}\n" in text
+    assert f"process api {{\n    run {API_RUN};\n    encoder json;\n}}\n" in text
 
 
 HOSTILE = ['x"', "x'", "x{", "x}", "x;", "x#", "x\\", "x[", "x]", "x,", "x\ny", "x\rz", "x\x00", "x\x7f"]

@@ -99,6 +99,11 @@ def node_value(ip):
     return {"kind": "Node", "spec": {"bgp": {"ipv4Address": ip}}}
 
 
+def mid_band() -> float:
+    """The jitter draw that leaves each backoff delay as it is, so a test can pin the sequence."""
+    return 0.5
+
+
 @pytest.fixture
 async def running(fake_time):
     server = FakeServer()
@@ -110,7 +115,7 @@ async def running(fake_time):
     # No probe here: these tests pin the exact backoff sequence of sleeps (the probe's have their own tests).
     syncer = EtcdSyncer(
         server.client, "node1", clock=fake_time.clock, sleep=fake_time.sleep, registry=registry,
-        probe_interval=None,
+        probe_interval=None, random_source=mid_band,
     )  # fmt: skip
     snapshots = []
     task = asyncio.create_task(syncer.run(snapshots.append))
@@ -190,6 +195,28 @@ async def test_backoff_is_capped_and_resets_after_a_healthy_period(running, fake
     assert fake_time.sleeps[-1] == 0.25
 
 
+@pytest.mark.parametrize(("draw", "first_wait"), [(0.0, 0.2), (0.5, 0.25), (0.999, 0.2999)])
+async def test_reconnects_are_jittered_so_nodes_do_not_retry_in_lockstep(fake_time, draw, first_wait):
+    server = FakeServer()
+    server.put(node_key("node1"), node_value("10.0.0.11/24"))
+    syncer = EtcdSyncer(
+        server.client, "node1", clock=fake_time.clock, sleep=fake_time.sleep, registry=CollectorRegistry(),
+        probe_interval=None, random_source=lambda: draw,
+    )  # fmt: skip
+    task = asyncio.create_task(syncer.run(lambda snapshot: None))
+    try:
+        await fake_time.settle()
+        server.refuse = 2
+        server.break_watches(DatastoreError("gone"))
+        await fake_time.advance(5)
+        assert fake_time.sleeps[:3] == pytest.approx([first_wait, first_wait * 2, first_wait * 4])
+        assert syncer.in_sync
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def test_compaction_forces_a_full_resync(running, fake_time):
     server, syncer, snapshots, registry = running
     server.break_watches(CompactedError("revision was already compacted below 9"))
@@ -227,6 +254,7 @@ async def probed(fake_time):
     syncer = EtcdSyncer(
         server.client, "node1", clock=fake_time.clock, sleep=fake_time.sleep, registry=registry,
         probe_interval=5.0, probe_timeout=5.0, heartbeat=lambda: beats.append(fake_time.now),
+        random_source=mid_band,
     )  # fmt: skip
     snapshots = []
     task = asyncio.create_task(syncer.run(snapshots.append))
@@ -317,7 +345,7 @@ async def test_a_watch_that_ignores_cancellation_does_not_stop_the_resync(fake_t
         return stubborn
 
     syncer = EtcdSyncer(client, "node1", clock=fake_time.clock, sleep=fake_time.sleep, probe_interval=None,
-                        stop_timeout=0.01, registry=CollectorRegistry())  # fmt: skip
+                        stop_timeout=0.01, registry=CollectorRegistry(), random_source=mid_band)  # fmt: skip
     snapshots = []
     task = asyncio.create_task(syncer.run(snapshots.append))
     try:

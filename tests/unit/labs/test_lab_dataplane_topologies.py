@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from labs import ipv6, report, topology
+from labs import catalog, ipv6, report, topology
 from labs.encap import build_crosssubnet, build_ipip
 
 
@@ -42,7 +42,7 @@ def test_static_routes_map_too(v4, v6):
 
 
 def test_dual_stack_mesh_resources_and_peers():
-    mesh = ipv6.with_ipv6(topology.TOPOLOGIES["mesh"]())
+    mesh = ipv6.with_ipv6(catalog.TOPOLOGIES["mesh"]())
     assert mesh.expected_peers("node1") == ("10.0.0.12", "10.0.0.13", "fd00::12", "fd00::13")
     items = dict(topology.calico_resources(mesh))
     node = json.loads(items["/calico/resources/v3/projectcalico.org/nodes/node1"])
@@ -57,14 +57,14 @@ def test_dual_stack_mesh_resources_and_peers():
 
 def test_ipv6_is_refused_with_frr_routers():
     with pytest.raises(ValueError, match="FRR routers"):
-        ipv6.with_ipv6(topology.TOPOLOGIES["tor"]())
+        ipv6.with_ipv6(catalog.TOPOLOGIES["tor"]())
 
 
 def test_ipip_topology():
     topo = build_ipip()
     assert [(p.cidr, p.ipip_mode) for p in topo.pools] == [("192.168.0.0/16", "Always")]
     assert [n.address for n in topo.nodes] == ["10.0.0.11", "10.0.0.12", "10.0.0.13"]
-    assert topology.TOPOLOGIES["ipip"] is build_ipip
+    assert catalog.TOPOLOGIES["ipip"] is build_ipip
 
 
 def test_crosssubnet_topology_has_two_subnets_a_router_and_routes_through_it():
@@ -80,7 +80,7 @@ def test_crosssubnet_topology_has_two_subnets_a_router_and_routes_through_it():
     assert "192.168.4.0/26 via 10.0.1.14" in router.routes
     assert topo.pools[0].ipip_mode == "CrossSubnet"
     assert topo.expected_peers("node1") == ("10.0.0.12", "10.0.1.13", "10.0.1.14")
-    assert topology.TOPOLOGIES["crosssubnet"] is build_crosssubnet
+    assert catalog.TOPOLOGIES["crosssubnet"] is build_crosssubnet
 
 
 def test_grid_marks_pairs_it_cannot_prove():

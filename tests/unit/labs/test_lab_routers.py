@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from labs import routers, state, topologies, topology
+from labs import catalog, routers, state, topologies, topology
 from labs.state import LabState, NodeState, RouterState
 from labs.topology import LabNode, LabPeer, LabRouter, RouterNeighbor, RouterPort, Topology
 
@@ -21,7 +21,7 @@ def _resources(topo: Topology) -> dict[str, dict]:
 
 
 def test_tor_is_two_racks_with_an_as_each_and_a_tor_per_rack():
-    topo = topology.TOPOLOGIES["tor"]()
+    topo = catalog.TOPOLOGIES["tor"]()
     assert [(n.name, n.ipv4, n.asn, n.segment, n.labels["rack"]) for n in topo.nodes] == [
         ("node1", "10.0.1.11/24", 65001, "rack1", "rack1"),
         ("node2", "10.0.1.12/24", 65001, "rack1", "rack1"),
@@ -37,7 +37,7 @@ def test_tor_is_two_racks_with_an_as_each_and_a_tor_per_rack():
 
 
 def test_tor_bgppeers_select_racks_as_calico_users_write_them():
-    resources = _resources(topology.TOPOLOGIES["tor"]())
+    resources = _resources(catalog.TOPOLOGIES["tor"]())
     assert resources[f"{RES}/bgppeers/rack1-tor"]["spec"] == {
         "nodeSelector": "rack == 'rack1'",
         "peerIP": "10.0.1.1",
@@ -51,7 +51,7 @@ def test_tor_bgppeers_select_racks_as_calico_users_write_them():
 
 
 def test_tor_neighbors_are_its_rack_with_a_default_route_and_the_other_tor():
-    tor1 = topology.TOPOLOGIES["tor"]().routers[0]
+    tor1 = catalog.TOPOLOGIES["tor"]().routers[0]
     assert [(n.address, n.asn, n.default_originate) for n in tor1.neighbors] == [
         ("10.0.1.11", 65001, True),
         ("10.0.1.12", 65001, True),
@@ -74,7 +74,7 @@ def test_tor_spreads_nodes_over_the_racks(count, racks):
 
 @pytest.mark.parametrize("node", ["node1", "node2", "node3", "node4"])
 def test_tor_nodes_expect_only_their_tor(node):
-    topo = topology.TOPOLOGIES["tor"]()
+    topo = catalog.TOPOLOGIES["tor"]()
     rack = topo.node(node).labels["rack"]
     assert topo.expected_peers(node) == (f"10.0.{rack[-1]}.1",)
 
@@ -83,7 +83,7 @@ def test_tor_nodes_expect_only_their_tor(node):
 
 
 def test_rr_has_two_labelled_reflectors_in_one_cluster_and_four_clients():
-    topo = topology.TOPOLOGIES["rr"]()
+    topo = catalog.TOPOLOGIES["rr"]()
     reflectors = [n for n in topo.nodes if n.rr_cluster_id]
     assert [(n.name, n.labels.get("route-reflector"), n.rr_cluster_id, n.block) for n in reflectors] == [
         ("rr1", "true", "224.0.0.1", ""),
@@ -113,7 +113,7 @@ def test_rr_has_two_labelled_reflectors_in_one_cluster_and_four_clients():
     ],
 )
 def test_rr_expected_peers_include_calicos_reverse_peerings(node, expected):
-    assert topology.TOPOLOGIES["rr"]().expected_peers(node) == expected
+    assert catalog.TOPOLOGIES["rr"]().expected_peers(node) == expected
 
 
 # ------------------------------------------------------------------------------------------------- selectors
@@ -231,7 +231,7 @@ def test_frr_config_of_a_tor():
 
 
 def test_frr_config_logs_to_stdout_without_a_file():
-    router = topology.TOPOLOGIES["tor"]().routers[0]
+    router = catalog.TOPOLOGIES["tor"]().routers[0]
     assert "log stdout informational" in routers.frr_config(router).splitlines()
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from labs import topology
+from labs import catalog, topology
 from labs.topology import LabNode, LabPeer, LabPod, Topology
 
 RES = "/calico/resources/v3/projectcalico.org"
@@ -36,7 +36,7 @@ def test_mesh_layout(count, last_node, last_ip, last_block, last_pods):
 
 
 def test_mesh_default_is_three_nodes_registered_as_mesh():
-    assert topology.TOPOLOGIES["mesh"]() == topology.build_mesh(3)
+    assert catalog.TOPOLOGIES["mesh"]() == topology.build_mesh(3)
     assert [n.name for n in topology.build_mesh().nodes] == ["node1", "node2", "node3"]
 
 

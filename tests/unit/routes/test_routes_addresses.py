@@ -9,7 +9,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 from routes import rtnetlink as rt
 from routes.addresses import InterfaceAddressWatcher
-from routes.netlink import ADD, DEL, AddressEvent, InterfaceAddress, NetlinkError
+from routes.model import ADD, DEL, AddressEvent, InterfaceAddress, NetlinkError
 from routes.testing import FakeNetlink
 
 

@@ -7,9 +7,8 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from routes.model import BLACKHOLE, RTPROT_BOOT, Nexthop, Route
+from routes.model import ADD, BLACKHOLE, RTPROT_BOOT, Nexthop, Route, RouteEvent
 from routes.monitor import WorkloadRouteWatcher
-from routes.netlink import ADD, RouteEvent
 from routes.testing import FakeNetlink
 
 

@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from routes.bounds import BoundHits
-from routes.model import Nexthop, Route
-from routes.netlink import ADD, DEL, LINK_DOWN, LinkEvent, RouteEvent
+from routes.model import ADD, DEL, LINK_DOWN, LinkEvent, Nexthop, Route, RouteEvent
 from routes.recursive import NexthopResolver
 
 CONNECTED = Route("192.0.2.0/24", nexthops=(Nexthop("", "eth0"),), proto=2)

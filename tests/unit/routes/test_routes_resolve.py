@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from routes.model import BLACKHOLE, RTPROT_BIRD, RTPROT_BOOT, Nexthop, Route
-from routes.netlink import ADD, DEL, LINK_DOWN, LinkEvent, RouteEvent
+from routes.model import (
+    ADD,
+    BLACKHOLE,
+    DEL,
+    LINK_DOWN,
+    RTPROT_BIRD,
+    RTPROT_BOOT,
+    LinkEvent,
+    Nexthop,
+    Route,
+    RouteEvent,
+)
 from routes.pools import DISABLED, ENABLED, ENABLED_IPIP_ONLY, ENABLED_NO_ENCAP_ONLY, KernelPool
 from routes.recursive import NexthopResolver
 from routes.resolve import Learned, bgp_metric, kernel_routes

@@ -10,7 +10,7 @@ import pytest
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from routes import rtnetlink as rt
-from routes.model import BLACKHOLE, Nexthop, Route
+from routes.model import BLACKHOLE, Nexthop, Route, kernel_form
 
 INDEX = {"eth0": 2, "tunl0": 3, "v0": 4}
 NAMES = {i: n for n, i in INDEX.items()}
@@ -161,4 +161,4 @@ def test_link_message():
     ids=["v6 metric 0 reads back as 1024", "v6 explicit metric kept", "v4 metric 0 kept", "next hops sorted"],
 )
 def test_kernel_form(route, expected):
-    assert rt.kernel_form(route) == expected
+    assert kernel_form(route) == expected

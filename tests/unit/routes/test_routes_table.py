@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from routes.model import BLACKHOLE, RTPROT_BOOT, Nexthop, Route
-from routes.netlink import LINK_DOWN, LINK_UP, LinkEvent
+from routes.model import BLACKHOLE, LINK_DOWN, LINK_UP, RTPROT_BOOT, LinkEvent, Nexthop, Route
 from routes.ownership import same_route
 from routes.table import RouteTable
 from routes.testing import FakeNetlink, FakeRouteTable
@@ -389,7 +388,7 @@ async def test_installed_count_follows_every_path_that_changes_the_programmed_vi
         clock.now += rng.choice((0.0, 60.0))  # sometimes past the retry back-off
         await table.apply()
         truth = sum(1 for r in kernel.routes.values() if r.proto == 12)
-        assert table.installed == sum(len(v) for v in table._programmed.values()) == truth
+        assert table.installed == sum(len(v) for v in table._view.programmed.values()) == truth
 
 
 def test_the_speakers_fake_table_keeps_the_same_desired_set_as_the_real_one(table):

@@ -195,7 +195,7 @@ async def test_retry_map_only_holds_destinations_desired_or_still_ours(steps):
                 table.observe(event)
         clock.now += wait
         await table.apply()
-        bounded = set(table.desired) | set(table._programmed) | table._dirty
+        bounded = set(table.desired) | set(table._view.programmed) | table._dirty
         assert set(table._retry) <= bounded
         assert set(table._failures) <= bounded
     kernel.failures.clear()

@@ -1,8 +1,9 @@
 """ExportRules and local_exports: which locally originated prefixes this node announces (pure).
 
-Stage: between ``routes.monitor`` (Felix's workload /32s and /128s seen in the kernel) plus the node's
-intent (confirmed local blocks, pools), and the announcer in ``bgp``, which diffs the result against what
-it has announced.
+Stage: BGP export policy, between ``routes.monitor`` (Felix's workload /32s and /128s seen in the kernel)
+plus the node's intent (confirmed local blocks, pools), and the announcer (``bgp.speaker``), which diffs the
+result against what it has announced. It decides what BGP says, not what the kernel holds, so it lives in
+``bgp``; it reads pools in the routes package's own type (``routes.pools.KernelPool``).
 
 Owns: Calico's export policy for local routes (docs/calico-model.md), evaluated in BIRD's order:
 1. a prefix inside any ``disable_bgp_export`` pool is never announced, not even a block;
@@ -25,11 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from routes.pools import KernelPool, Network, Span, network, prefix_span, span, within_any
-
-
-def sort_key(net: Network) -> tuple[int, int, int]:
-    return (net.version, int(net.network_address), net.prefixlen)
+from routes.pools import KernelPool, Span, network, prefix_span, sort_key, span, within_any
 
 
 class ExportRules:

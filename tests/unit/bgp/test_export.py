@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from routes.export import ExportRules, local_exports
+from bgp.export import ExportRules, local_exports
 from routes.pools import KernelPool, network
 
 
