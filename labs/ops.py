@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,6 +32,8 @@ from labs import etcd, etcd_cluster, netns, pods, process, report, routers, topo
 from labs.state import LabState, NodeState, PodState, RouterState, lab_dir, netns_name
 
 PING_WORKERS = 8
+PING_SETTLE = 15.0  # seconds a failing pod pair is retried for (routes still propagating)
+PING_RETRY = 0.5
 
 
 class LabError(RuntimeError):
@@ -125,11 +127,24 @@ def ping(lab: str, from_pod: str, to_ip: str, *, state: LabState | None = None) 
         return False
 
 
-def ping_matrix(state: LabState) -> dict[tuple[str, str], bool | None]:
-    """Every pod pings every other pod's IPv4 (and IPv6) address once; keys are (from pod, to IP). None:
-    not provable here, the path crosses a stand-in tunl0 (``labs.tunnel``) in one direction or the other."""
+def ping_matrix(
+    state: LabState,
+    *,
+    settle: float = PING_SETTLE,
+    ping_pair: Callable[[str, str, str], bool] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[tuple[str, str], bool | None]:
+    """Every pod pings every other pod's IPv4 (and IPv6) address; keys are (from pod, to IP). None: not
+    provable here, the path crosses a stand-in tunl0 (``labs.tunnel``) in one direction or the other.
+
+    Sessions being Established does not mean routes are in every kernel yet (a peer may hold its first
+    UPDATE for a moment), so a pair that fails is pinged again every ``PING_RETRY`` seconds until it answers
+    or ``settle`` seconds have passed since the first round: the verdict is about convergence, not about
+    how fast the check ran after the sessions came up."""
     nodes = {n.name: n.netns for n in state.nodes}
     stand_ins = {n.netns for n in state.nodes if n.tunnel == tunnel.STAND_IN}
+    ping_one = ping_pair or (lambda lab, pod, ip: ping(lab, pod, ip, state=state))
     pairs = [
         (src, dst, ip)
         for src in state.pods
@@ -144,11 +159,19 @@ def ping_matrix(state: LabState) -> dict[tuple[str, str], bool | None]:
         back = src.ipv4 if ip == dst.ipv4 else src.ipv6
         if stand_ins and tunnel.crosses_stand_in(nodes[src.node], back, nodes[dst.node], ip, stand_ins):
             return None
-        return ping(state.name, src.name, ip, state=state)
+        return ping_one(state.name, src.name, ip)
 
+    deadline = clock() + settle
+    results: dict[tuple[str, str], bool | None] = {}
+    todo = pairs
     with ThreadPoolExecutor(PING_WORKERS) as pool:
-        results = pool.map(probe, pairs)
-        return {(src.name, ip): ok for (src, _, ip), ok in zip(pairs, results, strict=True)}
+        while True:
+            for (src, _, ip), ok in zip(todo, pool.map(probe, todo), strict=True):
+                results[(src.name, ip)] = ok
+            todo = [pair for pair in todo if results[(pair[0].name, pair[2])] is False]
+            if not todo or clock() >= deadline:
+                return {(src.name, ip): results[(src.name, ip)] for src, _, ip in pairs}
+            sleep(PING_RETRY)
 
 
 def wait_sessions(
