@@ -32,6 +32,7 @@ from typing import Any
 import click
 import yaml
 
+from bgp.cli_options import DEFAULT_RUN_DIR
 from bgp.etcd_options import check_or_usage_error, etcd_security_options, security_in_context
 from confgen.calc import intent_for, router_id_setting
 from confgen.datastore import keys
@@ -56,7 +57,6 @@ from confgen.secrets import Secrets, SecretStore
 from confgen.validate import ValidationError
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
-DEFAULT_RUN_DIR = "/var/run/calico-bgp"
 APPLY_ATTEMPTS = 5
 
 
