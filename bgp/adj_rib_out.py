@@ -18,11 +18,13 @@ Complicating factors:
   routes through our restart sweeps what the End-of-RIB does not cover, so it must follow a complete table.
 - Commands are built per peer as one bulk command per attribute set, with one final command per prefix per
   batch (``bgp.exabgp.commands``); a value the builder refuses costs that route, not the batch.
+- Propagation timing asks which of the prefixes it follows (``track``) some command carried (``carried``):
+  found per peer by walking the smaller of the two sets, and usually all at the first peer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Set
 
 from bgp.exabgp.commands import Advertisement, Refused, eor_command, peer_commands
 from confgen.intent import PeerIntent
@@ -38,6 +40,8 @@ class AdjRibOut:
         self._eor_due: set[str] = set()
         # (peer, prefix) export decisions taken so far: the work a flush cost on this side.
         self.compared = 0
+        # The prefixes of the last lines()'s ``track`` that a command carried to some peer (bgp.latency).
+        self.carried: Set[str] = frozenset()
 
     # ------------------------------------------------------------------ what sessions tell us
 
@@ -70,11 +74,15 @@ class AdjRibOut:
         export: Export,
         everything: Callable[[], set[str]],
         eor_allowed: bool,
+        track: Collection[str] = (),
     ) -> list[str]:
         """The commands that make each established peer's Adj-RIB-Out match ``export`` for ``changed``
-        (for a peer owed a resend: for ``everything()``, our whole table), End-of-RIB where due."""
+        (for a peer owed a resend: for ``everything()``, our whole table), End-of-RIB where due. Which of
+        ``track`` some command carries is left in ``carried``."""
         lines: list[str] = []
         wanted = None
+        untracked = set(track)
+        carried: set[str] = set()
         for address, peer in peers.items():
             if not established(address):
                 continue  # nothing queued for a neighbour that is down; it gets the full table when up
@@ -98,6 +106,13 @@ class AdjRibOut:
                     sent[prefix] = adv
             if changes:
                 lines.extend(peer_commands(address, changes, refused=self._refused))
+                if untracked:  # usually all found at the first peer: at most one pass over each side
+                    if len(untracked) <= len(changes):
+                        found = {prefix for prefix in untracked if prefix in changes}
+                    else:
+                        found = {prefix for prefix in changes if prefix in untracked}
+                    carried |= found
+                    untracked -= found
             if address in self._eor_due and eor_allowed:
                 self._eor_due.discard(address)
                 afi = "ipv6" if peer.family == "ipv6" else "ipv4"
@@ -105,6 +120,7 @@ class AdjRibOut:
                 if eor is not None:
                     lines.append(eor)
         self._resend.clear()
+        self.carried = carried
         return lines
 
     # ------------------------------------------------------------------ views

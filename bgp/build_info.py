@@ -1,30 +1,29 @@
 """``calico_bgp_build_info``: what is running, for dashboards and bug reports.
 
-Stage: observability (set once at the daemon's start).
+Stage: observability (labelled at the daemon's start, and again once ExaBGP has reported).
 
 Owns: the metric ``calico_bgp_build_info{version, exabgp_version, python_version, exabgp_adjustments}``
-(value 1), the one-off look-up of which ``bgp.exabgp.tuning`` adjustments fit the installed ExaBGP, and the
-one INFO line at start that says which applied and which did not (an adjustment that no longer fits a new
-ExaBGP leaves it slower or quieter, never wrong, so nothing else would show it).
+(value 1) and the one INFO line per daemon run that says which ``bgp.exabgp.tuning`` adjustments applied and
+which did not (an adjustment that no longer fits a new ExaBGP leaves it slower or quieter, never wrong, so
+nothing else would show it).
 
-Complicating factors: the adjustments are applied inside the ExaBGP child, never in the daemon, and
-importing ExaBGP into the daemon to find out would keep its modules in the daemon's memory for good. So a
-short-lived child (this module run with ``-m``) applies them exactly as the ExaBGP child does, with the same
-interpreter and packages, and prints what applied; the metric says ``off`` when tuning is switched off
-(``CALICO_BGP_EXABGP_TUNING=off``) and ``unknown`` until, or if never, that child answers. Labels are sorted
-comma lists of fixed patch names, so a label's values are few and known.
+Complicating factors: the adjustments are applied inside the ExaBGP child, never in the daemon (importing
+ExaBGP here would keep its modules in the daemon's memory for good), so only that child knows which applied.
+It says so in one line of its output (``bgp.exabgp.launch``), which the supervisor passes to ``report``.
+Until then the label is ``unknown``; if no report has come ``REPORT_TIMEOUT`` after ExaBGP started, the line
+says ``unknown`` and a later report still relabels the metric and logs what applied. With tuning switched
+off (``CALICO_BGP_EXABGP_TUNING=off``) the child says nothing and the label is ``off``. Labels are sorted
+comma lists of the fixed patch names (a reported name that is not one is dropped), so a label's values are
+few and known.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
-import json
 import logging
 import os
 import platform
-import sys
 from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -33,7 +32,8 @@ from bgp.exabgp.tuning import PATCHES, TUNING_ENV
 
 log = logging.getLogger(__name__)
 
-LOOKUP_TIMEOUT = 30.0
+# ExaBGP's child reports within a second of its start (it writes the line before ExaBGP loads its config).
+REPORT_TIMEOUT = 30.0
 
 
 def package_version(name: str) -> str:
@@ -56,7 +56,7 @@ def adjustments_summary(applied: list[str] | None, environ: Mapping[str, str] = 
     if environ.get(TUNING_ENV, "on") == "off":
         return f"ExaBGP adjustments: off ({TUNING_ENV}=off), ExaBGP runs as shipped"
     if applied is None:
-        return "ExaBGP adjustments: unknown (the look-up did not answer)"
+        return "ExaBGP adjustments: unknown (ExaBGP did not report them)"
     known = [name for name, *_ in PATCHES]
     missing = [name for name in known if name not in applied]
     summary = f"ExaBGP adjustments applied: {', '.join(applied) or 'none'}"
@@ -76,6 +76,9 @@ class BuildInfo:
             registry=registry,
         )
         self._labels: tuple[str, ...] | None = None
+        self._started = asyncio.Event()  # ExaBGP has been started at least once
+        self._reported = asyncio.Event()  # ... and its child has reported what applied
+        self._logged: list[str] | None = None  # what the last summary line said applied
         self.set(None)
 
     def set(self, applied: list[str] | None) -> None:
@@ -90,46 +93,31 @@ class BuildInfo:
         self._gauge.labels(*labels).set(1)
         self._labels = labels
 
-    async def look_up(self, timeout: float = LOOKUP_TIMEOUT) -> None:
-        """Find the adjustments that apply (in a child process), relabel the metric and log them once."""
-        if self._environ.get(TUNING_ENV, "on") == "off":
-            log.info("%s", adjustments_summary(None, self._environ))
+    def exabgp_started(self) -> None:
+        """ExaBGP was (re)started: its report is due within the deadline of ``run``."""
+        self._started.set()
+
+    def report(self, applied: list[str]) -> None:
+        """The ExaBGP child's report of what applied: relabel, and log what applied unless already logged."""
+        known = [name for name, *_ in PATCHES]
+        applied = [name for name in known if name in applied]  # in PATCHES order, only known names
+        self._reported.set()
+        if applied == self._logged:
             return
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                __name__,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-        except OSError as exc:
-            log.warning("could not find which ExaBGP adjustments apply: %s", exc)
-            return
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-            applied = json.loads(out)
-            if not isinstance(applied, list) or not all(isinstance(name, str) for name in applied):
-                raise ValueError(f"not a list of names: {out[:200]!r}")
-        except (TimeoutError, ValueError) as exc:
-            log.warning("could not find which ExaBGP adjustments apply: %s", exc)
-            return
-        finally:
-            # Also on cancellation (the daemon stopping first): no child and no transport outlive the loop.
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        self._logged = applied
         self.set(applied)
         log.info("%s", adjustments_summary(applied, self._environ))
 
-
-def _print_adjustments() -> None:
-    from bgp.exabgp import tuning
-
-    print(json.dumps(tuning.apply()))
-
-
-if __name__ == "__main__":
-    _print_adjustments()
+    async def run(self, timeout: float = REPORT_TIMEOUT) -> None:
+        """Log ``off`` at once when tuning is off; otherwise log ``unknown`` if ExaBGP, once started, has
+        not reported within ``timeout`` (the report itself is logged by ``report``). Returns when done."""
+        if self._environ.get(TUNING_ENV, "on") == "off":
+            log.info("%s", adjustments_summary(None, self._environ))
+            return
+        # No deadline on ExaBGP's start: it waits for the first render, which a datastore outage may hold
+        # back indefinitely; the report's deadline counts from the start.
+        await self._started.wait()
+        try:
+            await asyncio.wait_for(self._reported.wait(), timeout)
+        except TimeoutError:
+            log.warning("%s", adjustments_summary(None, self._environ))

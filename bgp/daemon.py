@@ -5,7 +5,9 @@ feeds confgen; confgen's intent feeds the speaker and the ExaBGP environment, it
 (reload on change); the bridge feeds ExaBGP's events to the speaker; the kernel watcher feeds workload routes
 to the speaker; the speaker drives the API commands and the route table.
 
-Owns: the task group, signal handling and shutdown order.
+Owns: the task group, signal handling and shutdown order. What the daemon reports about itself (status,
+health, ready, live, CalicoNodeStatus) is gathered by ``bgp.daemon_reports``; its settings are
+``bgp.node_config``.
 
 Complicating factors:
 - ExaBGP must not start before the first config is rendered and validated (it would run with no neighbours
@@ -28,30 +30,29 @@ import logging
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from bgp import readiness
 from bgp.build_info import BuildInfo
+from bgp.daemon_reports import DaemonReports, datastore_problem
 from bgp.exabgp import bridge
 from bgp.exabgp.channel import ApiChannel
-from bgp.exabgp.privileges import ExaBGPUser, config_file_access, prepare_run_dir
+from bgp.exabgp.privileges import config_file_access, prepare_run_dir
 from bgp.exabgp.supervisor import ExaBGPSupervisor, exabgp_environment
 from bgp.gtsm import Gtsm, GtsmError
 from bgp.http_endpoints import EndpointServer, LoopCall
-from bgp.limits import DEFAULT_MAX_AS_PATH_LENGTH, DEFAULT_MAX_PREFIXES, LimitSettings, PeerLimits
+from bgp.limits import LimitSettings, PeerLimits
 from bgp.loglevel import LogLevel
-from bgp.metrics import SpeakerMetrics, build_registry
-from bgp.nodestatus import AgentState, StatusInputs, agent_version
+from bgp.metrics import PropagationCollector, SpeakerMetrics, build_registry
+from bgp.node_config import NodeConfig
 from bgp.nodestatus_writer import NodeStatusReporter
 from bgp.speaker import Speaker
-from bgp.status import ControlServer, status_report
+from bgp.status import ControlServer
 from bgp.sweep_gate import SweepGate
 from bgp.watchdog import Health, LoopWatchdog
 from confgen.apply import ConfigWriter
 from confgen.calc import router_id_setting
-from confgen.datastore.etcd import PROBE_INTERVAL, PROBE_TIMEOUT, EtcdClient, EtcdSyncer
-from confgen.datastore.etcd_security import EtcdSecurity
+from confgen.datastore.etcd import PROBE_INTERVAL, PROBE_TIMEOUT, EtcdSyncer
+from confgen.datastore.etcd_client import EtcdClient
 from confgen.intent import NodeIntent
 from confgen.loop import Confgen
 from confgen.nodestatus import StatusSplitter
@@ -73,32 +74,20 @@ log = logging.getLogger(__name__)
 KERNEL_VERIFY_INTERVAL = 30.0
 
 
-@dataclass(frozen=True)
-class NodeConfig:
-    node: str
-    etcd_endpoints: tuple[str, ...]
-    run_dir: Path
-    metrics_port: int = 9094
-    metrics_address: str = "0.0.0.0"
-    resync_interval: float = 90.0  # Felix's RouteRefreshInterval
-    sweep_hold: float = 120.0  # BIRD's default graceful-restart time; counted from ExaBGP's start
-    secrets_dir: Path | None = None  # BGP passwords' secretKeyRef, laid out like a Kubernetes secret volume
-    router_id: str | None = None  # CALICO_ROUTER_ID: an IPv4 literal or "hash"
-    max_prefixes: int = DEFAULT_MAX_PREFIXES  # per peer; 0 = unlimited (bgp.limits says why this default)
-    max_as_path_length: int = DEFAULT_MAX_AS_PATH_LENGTH  # longer AS_PATHs are treated as withdraws
-    log_level: int = logging.INFO  # --log-level; a BGPConfiguration logSeverityScreen overrides it live
-    exabgp_user: ExaBGPUser | None = None  # ExaBGP drops to this user (bgp.exabgp.privileges); None: root
-    etcd_security: EtcdSecurity = EtcdSecurity()  # TLS files and username/password, as calico-node reads them
-
-
-def api_run_line(socket_path: Path, *, python: str = sys.executable, script: str = bridge.__file__) -> str:
-    """The command ExaBGP runs as its API process: ``python`` running the bridge ``script`` (this
-    interpreter and this installation's bridge unless told otherwise) connected to ``socket_path``."""
-    # ExaBGP splits the run line on spaces and confgen refuses quotes, so paths are used as they are; the
-    # renderer rejects a path it cannot place safely with a clear error.
-    # -I -S: the bridge needs only the standard library; skipping site and the venv's .pth files saves
-    # ~1.5 MB of RSS and some start-up time on every (re)spawn.
-    return f"{python} -I -S {script} {socket_path}"
+def api_run_line(
+    socket_path: Path,
+    *,
+    socat: str | None = bridge.INSTALLED,
+    python: str = sys.executable,
+    script: str = bridge.__file__,
+) -> str:
+    """The command ExaBGP runs as its API process, connected to ``socket_path``: ``socat`` (by default the
+    one installed, looked up and logged here, once per daemon) or, without it, ``python`` running the
+    bridge ``script`` (this interpreter and this installation's bridge unless told otherwise)."""
+    if socat == bridge.INSTALLED:
+        socat = bridge.installed_socat()
+        log.info("ExaBGP's API relay: %s", socat or f"the Python bridge ({bridge.RELAY_ENV} or no socat)")
+    return bridge.run_line(socket_path, socat=socat, python=python, script=script)
 
 
 class NodeDaemon:
@@ -108,8 +97,6 @@ class NodeDaemon:
         self.registry = build_registry()
         self.log_level = LogLevel(config.log_level)
         self.build_info = BuildInfo(self.registry)
-        self._started = time.monotonic()  # readiness is strict for its first 30 s (bgp.readiness)
-        self._api_down_since: float | None = None  # ExaBGP should run but has no API connection
         # One per registry: the API command builder, the config renderer and the nft writer all report here.
         self.refusals = SinkRefusals(self.registry)
         self.netlink = KernelNetlink()
@@ -133,12 +120,15 @@ class NodeDaemon:
             limits=PeerLimits(LimitSettings(config.max_prefixes, config.max_as_path_length)),
             refusals=self.refusals,
         )
+        # calico_bgp_propagation_*_seconds; p50/p99 of the last minute go to `calico-bgp status`.
+        PropagationCollector(self.speaker.propagation, self.registry)
         self.supervisor = ExaBGPSupervisor(
             run_dir / "exabgp.conf",
             run_dir / "exabgp.log",
             environment=exabgp_environment([], 179),
             registry=self.registry,
             on_start=self._exabgp_started,
+            on_adjustments=self.build_info.report,
             run_as=config.exabgp_user,
         )
         endpoints = list(config.etcd_endpoints)
@@ -149,16 +139,21 @@ class NodeDaemon:
             lambda: EtcdClient(endpoints, security=config.etcd_security),
             config.node,
             heartbeat=self.health.register(
-                "datastore", max_silence=PROBE_INTERVAL + PROBE_TIMEOUT + 5.0, check=self._datastore_problem
+                "datastore",
+                max_silence=PROBE_INTERVAL + PROBE_TIMEOUT + 5.0,
+                check=lambda: datastore_problem(self.syncer),
             ),
             registry=self.registry,
         )
         # CalicoNodeStatus requests are taken out of the syncer's snapshots: confgen never sees them, so the
         # status the reporter writes back cannot cause a render.
+        # Through a lambda: the reports are built once confgen, which takes this reporter, exists.
         self.node_status = NodeStatusReporter(
-            self.syncer.client_factory, config.node, self._node_status_inputs, registry=self.registry
+            self.syncer.client_factory,
+            config.node,
+            lambda classes: self.reports.node_status_inputs(classes),
+            registry=self.registry,
         )
-        self._agent_times: tuple[float | None, float | None] = (None, None)  # ExaBGP's start, last reload
         self._last_resync = 0.0  # monotonic time of the last kernel read-back; run() starts the count
         self.confgen = Confgen(
             StatusSplitter(self.syncer, config.node, self.node_status.update),
@@ -191,14 +186,24 @@ class NodeDaemon:
         )
         # The import guard's connected subnets: the networks of this node's interface addresses.
         self.addresses = InterfaceAddressWatcher(self.netlink, on_change=self.speaker.set_interface_addresses)
+        self.reports = DaemonReports(
+            config.node,
+            syncer=self.syncer,
+            confgen=self.confgen,
+            channel=self.channel,
+            speaker=self.speaker,
+            table=self.table,
+            health=self.health,
+            watchdog=self.loop_watchdog,
+        )
         self.control = ControlServer(
             run_dir / "ctl.sock",
             {
-                "status": self._status,
-                "routes": self._routes,
-                "health": self._health,
-                "ready": lambda: self._ready().as_json(),
-                "live": lambda: self._live().as_json(),
+                "status": self.reports.status,
+                "routes": self.reports.routes,
+                "health": self.reports.health_report,
+                "ready": lambda: self.reports.ready().as_json(),
+                "live": lambda: self.reports.live().as_json(),
             },
         )
         # ExaBGP: down while it has no API connection (the channel's probe ends the connection of a hung
@@ -206,7 +211,6 @@ class NodeDaemon:
         self._exabgp_alive = self.health.register(
             "exabgp", check=lambda: None if self.channel.connected.is_set() else "no API connection to ExaBGP"
         )
-        self._intent: NodeIntent | None = None
         # Adopted kernel routes are swept on evidence from BGP, never on a clock from our own start.
         self.sweep_gate = SweepGate(config.sweep_hold)
 
@@ -214,9 +218,8 @@ class NodeDaemon:
 
     def _exabgp_started(self) -> None:
         # The supervisor runs only after confgen's first render: this ExaBGP has a full config.
-        self._agent_times = (time.time(), None)
-        if self._api_down_since is None:
-            self._api_down_since = time.monotonic()
+        self.reports.exabgp_started()
+        self.build_info.exabgp_started()
         self.speaker.exabgp_restarted()
         self.sweep_gate.exabgp_started()
 
@@ -225,13 +228,13 @@ class NodeDaemon:
         # ExaBGP starts it after installing its signal handlers: reloads may go from now on.
         if not self.supervisor.accept_api(pid):
             return False
-        self._api_down_since = None
+        self.reports.api_connected()
         self.speaker.exabgp_up()
         return True
 
     def _api_lost(self) -> None:
         # Lines were lost both ways: rebuilt from scratch with a new ExaBGP, never patched up.
-        self._api_down_since = self._api_down_since or time.monotonic()
+        self.reports.api_lost()
         self.speaker.exabgp_down("ExaBGP restarting: its API connection was lost")
         self.supervisor.restart("its API connection was lost", "api-lost")
 
@@ -251,17 +254,15 @@ class NodeDaemon:
         except GtsmError as exc:
             log.error("TTL security rules not applied: %s", exc)
             raise
-        self._intent = intent
+        self.reports.intent = intent
         self.log_level.apply(intent.log_severity)
         self.speaker.set_intent(intent)
         self.supervisor.set_environment(exabgp_environment(list(intent.listen_addresses), intent.listen_port))
 
     def _workloads_changed(self, changes) -> None:
         # Only the prefixes the burst touched (prefix -> device, None when gone): O(change), not O(workloads).
-        self.speaker.update_workload_routes(changes)
-
-    def _routes(self) -> dict:
-        return {"node": self.config.node, "routes": self.speaker.routes_report()}
+        # The burst's read time (the watch's clock, monotonic as the speaker's) times its export.
+        self.speaker.update_workload_routes(changes, read_at=self.watcher.burst_read_at)
 
     def _kernel_event(self, event) -> None:
         # Both must see every event. Neither cause needs BGP work: a repair applies what the table holds,
@@ -279,71 +280,8 @@ class NodeDaemon:
         self.speaker.nexthops_changed()  # the resolver starts over: every next hop in use is asked again
 
     def _reload(self) -> None:
-        self._agent_times = (self._agent_times[0], time.time())
+        self.reports.reloaded()
         self.supervisor.reload()
-
-    def _node_status_inputs(self, classes: frozenset[str]) -> StatusInputs:
-        """The daemon's state for a CalicoNodeStatus (bgp.nodestatus); the Loc-RIB only when asked for."""
-        boot, reloaded = self._agent_times
-        agent = AgentState(self.channel.connected.is_set(), agent_version(), boot, reloaded)
-        routes: tuple = ()
-        interfaces: dict[str, str] = {}
-        if "Routes" in classes:
-            routes = tuple(self.speaker.routes_report())
-            for dst, route in getattr(self.table, "desired", {}).items():
-                if route.nexthops and route.nexthops[0].ifname:
-                    interfaces[dst] = route.nexthops[0].ifname
-        peers = tuple(self.speaker.peer_statuses()) if "BGP" in classes else ()
-        return StatusInputs(agent, self._intent, peers, routes, interfaces)
-
-    def _ready(self) -> readiness.Verdict:
-        """`calico-bgp health --ready` and /readyz (bgp.readiness has the rules)."""
-        facts = readiness.ReadyFacts(
-            uptime=time.monotonic() - self._started,
-            datastore_synced=self.syncer.revision > 0,
-            config_rendered=self.confgen.config is not None,
-            exabgp_connected=self.channel.connected.is_set(),
-            peers=tuple(
-                readiness.PeerState(s.address, s.family, s.established) for s in self.speaker.peer_statuses()
-            ),
-            end_of_rib_pending=not self.speaker.initial_sync_done(),
-        )
-        return readiness.readiness(facts)
-
-    def _live(self) -> readiness.Verdict:
-        """`calico-bgp health --live` and /livez; answered on the event loop, so a blocked one cannot."""
-        now = time.monotonic()
-        down_since = self._api_down_since
-        facts = readiness.LiveFacts(
-            components=tuple(
-                readiness.ComponentState(c.name, c.state, c.detail) for c in self.health.components()
-            ),
-            exabgp_wanted=self.confgen.config is not None,
-            exabgp_connected=self.channel.connected.is_set(),
-            exabgp_disconnected_for=0.0 if down_since is None else now - down_since,
-            probe_waiting=self.channel.liveness.waiting(now),
-        )
-        return readiness.liveness(facts)
-
-    def _datastore_problem(self) -> str | None:
-        if self.syncer.in_sync:
-            return None
-        cause = f": {self.syncer.last_error}" if self.syncer.last_error else ""
-        return f"not in sync with etcd (the last good view is kept){cause}"
-
-    def _health(self) -> dict:
-        """Answered from the event loop: no answer at all (a timeout) means the daemon is hung."""
-        report = self.health.report()
-        report["node"] = self.config.node
-        dog = self.loop_watchdog
-        report["event_loop"] = {"lag_seconds": dog.lag, "max_lag_seconds": dog.max_lag}
-        return report
-
-    def _status(self) -> dict:
-        warnings = list(self._intent.warnings) if self._intent else ["no configuration rendered yet"]
-        if not self.syncer.in_sync:
-            warnings.append("datastore unreachable: running on the last good configuration")
-        return status_report(self.config.node, self.speaker.peer_statuses(), warnings)
 
     # -------------------------------------------------------------- lifecycle
 
@@ -389,12 +327,12 @@ class NodeDaemon:
         if config.metrics_port:
             on_loop = LoopCall(asyncio.get_running_loop())
             probes = {
-                "/readyz": ("ready", lambda: on_loop(self._ready)),
-                "/livez": ("live", lambda: on_loop(self._live)),
+                "/readyz": ("ready", lambda: on_loop(self.reports.ready)),
+                "/livez": ("live", lambda: on_loop(self.reports.live)),
             }
             endpoints = EndpointServer(config.metrics_address, config.metrics_port, self.registry, probes)
             endpoints.start()
-        build_info = asyncio.create_task(self.build_info.look_up(), name="build-info")
+        build_info = asyncio.create_task(self.build_info.run(), name="build-info")  # returns: not a component
         tasks = [
             asyncio.create_task(self.confgen.run(), name="confgen"),
             asyncio.create_task(self.watcher.run(), name="kernel-watcher"),

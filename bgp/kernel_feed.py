@@ -79,6 +79,7 @@ class KernelFeed:
         self._rejects: tuple[str, ...] = ()
         self._rebuild = True
         self._apply = False
+        self.acked: tuple[Route, ...] = ()  # what the kernel acknowledged at the last flush
 
     def set_intent(self, intent: NodeIntent, pools: Sequence[KernelPool], rejects: Sequence[str]) -> None:
         """The intent's settings (``pools`` from ``kernel_pools``; ``rejects``: the service ranges)."""
@@ -98,6 +99,7 @@ class KernelFeed:
     async def flush(self, loc: LocRib, changed: Collection[str]) -> str:
         """Bring the table up to date with ``loc``, whose ``changed`` prefixes were just selected again.
         Returns what the table was asked for (IDLE, APPLIED, UPDATED, REBUILT)."""
+        self.acked = ()
         if self._intent is None:
             return IDLE
         rebuild, repair = self._rebuild, self._apply
@@ -113,8 +115,14 @@ class KernelFeed:
             done = APPLIED
         else:
             return IDLE
-        await self.table.apply()
+        result = await self.table.apply()
+        # routes.table.ApplyResult.acked; a table that reports nothing (a fake) acknowledges nothing.
+        self.acked = getattr(result, "acked", ())
         return done
+
+    def acked_prefixes(self) -> set[str]:
+        """The destinations the kernel acknowledged writing or deleting at the last flush."""
+        return {route.dst for route in self.acked}
 
     def _routes(self, selected: Mapping[str, Learned]) -> list[Route]:
         intent = self._intent

@@ -139,7 +139,8 @@ def node_run(
     etcd_security: EtcdSecurity,
 ) -> None:
     """Run the node daemon: etcd watch, config rendering, ExaBGP, route programming."""
-    from bgp.daemon import NodeConfig, run_node
+    from bgp.daemon import run_node
+    from bgp.node_config import NodeConfig
 
     endpoints = tuple(e.strip() for e in etcd_endpoints.split(",") if e.strip())
     if not endpoints:

@@ -4,7 +4,8 @@ Stage: user interface over the datastore and the confgen pipeline. ``bgp.cli`` m
 ``apply``, ``get``, ``delete`` and ``confgen`` on the main ``cli`` group.
 
 Owns: the commands' flags, their output formats and exit codes. Validation and the stored shape come from
-``confgen.resources`` (the daemon's own parsers), etcd access from ``confgen.datastore.etcd.EtcdClient``.
+``confgen.resources`` (the daemon's own parsers), etcd access from
+``confgen.datastore.etcd_client.EtcdClient``.
 
 Complicating factors:
 - ``apply`` is all or nothing: every document is validated before anything is written, and all of them
@@ -37,7 +38,7 @@ from bgp.etcd_options import check_or_usage_error, etcd_security_options, securi
 from confgen.calc import intent_for, router_id_setting
 from confgen.datastore import keys
 from confgen.datastore.base import DatastoreError, build_snapshot, decode_all, watched_prefixes
-from confgen.datastore.etcd import EtcdClient
+from confgen.datastore.etcd_client import EtcdClient
 from confgen.intent import intent_document
 from confgen.model import parse_snapshot
 from confgen.redact import redact_config

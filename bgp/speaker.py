@@ -30,6 +30,9 @@ Complicating factors:
   commands, the announce/withdraw reordering bug, is avoided by sending one command per prefix per batch.
 - The import guard (``bgp.import_guard``) keeps link-local, loopback, multicast and on-link prefixes out of
   selection, while their paths stay in the Adj-RIB-In to be re-screened when the node's addresses change.
+- Propagation timing (``bgp.latency``) rides on the batching: a workload burst and an ExaBGP line each carry
+  one read time; a flush takes what was read before it and observes, per batch, the routes its write to
+  ExaBGP (export) or its kernel apply (import) carried. Nothing is timed per route.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from bgp.exabgp.commands import Advertisement
 from bgp.export import ExportRules
 from bgp.import_guard import ImportScreen
 from bgp.kernel_feed import IDLE, KernelFeed, kernel_pools
+from bgp.latency import Propagation, tracked
 from bgp.limits import PeerLimits
 from bgp.policy import Candidate, NodePolicy
 from bgp.rib import AdjRibIn, Path, select
@@ -78,7 +82,7 @@ class Speaker:
     def __init__(
         self,
         *,
-        send: Callable[[list[str]], Awaitable[None]],
+        send: Callable[[list[str]], Awaitable[object]],  # False: the lines were dropped, not written
         route_table,
         metrics=None,
         clock: Callable[[], float] = time.monotonic,
@@ -86,6 +90,7 @@ class Speaker:
         resolve: Resolve | None = None,  # routes.recursive.NexthopResolver.resolve: BIRD's gateway recursive
         limits: PeerLimits | None = None,  # per-peer prefix limit and AS_PATH length limit (bgp.limits)
         refusals: SinkRefusals | None = None,  # counts and logs values the API command builder refuses
+        propagation: Propagation | None = None,  # times workload and learned routes through (bgp.latency)
     ) -> None:
         self._send = send
         self._metrics = metrics
@@ -112,6 +117,7 @@ class Speaker:
             wallclock=wallclock,
         )
         self._kernel = KernelFeed(route_table, resolve)
+        self.propagation = propagation if propagation is not None else Propagation(clock)
         self._changed: set[str] = set()
         self._full = True
         self._wake = asyncio.Event()
@@ -150,9 +156,10 @@ class Speaker:
         changes.update((p, d) for p, d in workloads.items() if self._workloads.get(p) != d)
         self.update_workload_routes(changes)
 
-    def update_workload_routes(self, changes: Mapping[str, str | None]) -> None:
+    def update_workload_routes(self, changes: Mapping[str, str | None], read_at: float | None = None) -> None:
         """Workload prefixes that changed (``routes.monitor``'s contract): prefix -> device, or None when
-        gone. Costs in proportion to ``changes``, not to the workloads held; an entry we hold is a no-op."""
+        gone. Costs in proportion to ``changes``, not to the workloads held; an entry we hold is a no-op.
+        ``read_at``: when the kernel notifications were read (the clock's time), to time their export."""
         touched = []
         for prefix, device in changes.items():
             if device is None:
@@ -163,7 +170,9 @@ class Speaker:
                 touched.append(prefix)
         self._workloads_seen = True
         if touched:
-            self._update_local(touched)
+            exported = self._update_local(touched)
+            if read_at is not None:
+                self.propagation.export.read(read_at, exported)
         self._wake.set()
 
     def _recompute_local(self, pools: tuple[KernelPool, ...], services: tuple[str, ...]) -> None:
@@ -182,11 +191,13 @@ class Speaker:
         self._local = local
         self._changed |= changed
 
-    def _update_local(self, prefixes: Iterable[str]) -> None:
-        """_recompute_local for these prefixes only: what each would be in its output, were it run now."""
+    def _update_local(self, prefixes: Iterable[str]) -> list[str]:
+        """_recompute_local for these prefixes only: what each would be in its output, were it run now.
+        Returns the prefixes whose local export changed."""
         rules = self._export_rules
         if rules is None:
-            return  # no intent yet: set_intent recomputes everything
+            return []  # no intent yet: set_intent recomputes everything
+        changed = []
         # Prefixes are canonical (as the kernel and the datastore write them), so a string is its own key.
         for prefix in prefixes:
             # A touched prefix may also be a block (workload devices label it) or, in principle, a service
@@ -204,6 +215,8 @@ class Speaker:
             else:
                 self._local[prefix] = candidate
             self._changed.add(prefix)
+            changed.append(prefix)
+        return changed
 
     def set_interface_addresses(self, addresses: Iterable[str]) -> None:
         """The kernel's interface addresses (``routes.addresses``): the import guard's connected subnets."""
@@ -242,10 +255,11 @@ class Speaker:
         self._wake.set()
 
     def handle_line(self, line: str) -> None:
+        read_at = self._clock()  # one reading per line, before decoding: the import latency starts here
         for event in ev.parse_line(line):
-            self.handle_event(event)
+            self.handle_event(event, read_at)
 
-    def handle_event(self, event: ev.Event) -> None:
+    def handle_event(self, event: ev.Event, read_at: float | None = None) -> None:
         if isinstance(event, ev.Unparsed):
             self.unparsed_lines += 1
             log.warning("ignoring ExaBGP line (%s): %s", event.reason, event.line[:120])
@@ -254,6 +268,8 @@ class Speaker:
         if changed is None:
             return
         self._changed |= changed
+        if read_at is not None:
+            self.propagation.imported.read(read_at, changed)
         self._wake.set()
 
     def tick(self, now: float | None = None) -> None:
@@ -309,6 +325,8 @@ class Speaker:
         full = self._full
         changed = self._changed
         self._full, self._changed = False, set()
+        # The changes read so far are carried by this flush; those read while it awaits, by the next.
+        exports, imports = self.propagation.export.take(), self.propagation.imported.take()
         if full:
             changed = set(self._rib.prefixes()) | set(self._loc) | set(self._local) | self._out.prefixes()
             self._kernel.rebuild()
@@ -317,12 +335,15 @@ class Speaker:
             self._select(prefix, policy, peers)
         compared = self._out.compared
         lines = self._sessions.take_teardowns()
-        lines += self._out.lines(
-            changed, peers, self._sessions.established, self._export, self._everything, self._workloads_seen
-        )
-        if lines:
-            await self._send(lines)
+        out, track = self._out, tracked(exports) if exports else ()
+        established, seen = self._sessions.established, self._workloads_seen
+        lines += out.lines(changed, peers, established, self._export, self._everything, seen, track)
+        # A send that returns False dropped the lines (no working connection to ExaBGP): nothing was carried.
+        if lines and await self._send(lines) is not False:
+            self.propagation.export.delivered(exports, self._out.carried)
         kernel = await self._kernel.flush(self._loc, changed)
+        if imports:
+            self.propagation.imported.delivered(imports, self._kernel.acked_prefixes())
         self.last_flush = FlushWork(len(changed), self._out.compared - compared, len(lines), kernel)
         if self._metrics is not None:
             self._metrics.observe_speaker(self)

@@ -10,6 +10,7 @@ Complicating factors:
 - STATE and INFO use BIRD 1.6's words (``start``/``up``; ``Established``, ``Passive``, ``Active``,
   ``OpenSent``, plus the last error) because that is what users of ``calicoctl node status`` read.
 - A status request must never block the daemon: the server answers from an in-memory snapshot.
+- The report may carry ``propagation`` (``bgp.latency``: p50/p99 of the last minute), shown as one line.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bgp.latency import describe as describe_propagation
 from confgen.intent import PeerIntent
 
 
@@ -163,6 +165,9 @@ def render_status(report: dict, now: float | None = None) -> str:
             ]
             lines.append(render_table(["Peer address", "Peer type", "State", "Since", "Info"], rows))
         lines.append("")
+    if report.get("propagation"):
+        lines.append(describe_propagation(report["propagation"]))
+        lines.append("")
     for warning in report.get("warnings", []):
         lines.append(f"WARNING: {warning}")
     return "\n".join(lines).rstrip() + "\n"
@@ -234,9 +239,14 @@ def query(path: Path, request: str = "status", timeout: float = 5.0) -> dict:
     return json.loads(data)
 
 
-def status_report(node: str, peers: list[PeerStatus], warnings: list[str]) -> dict:
-    return {
+def status_report(
+    node: str, peers: list[PeerStatus], warnings: list[str], propagation: dict | None = None
+) -> dict:
+    report: dict[str, object] = {
         "node": node,
         "peers": [{**p.as_json(), "since_ts": p.since} for p in peers],
         "warnings": list(warnings),
     }
+    if propagation is not None:  # bgp.latency.Propagation.report: p50/p99 over the last minute
+        report["propagation"] = propagation
+    return report

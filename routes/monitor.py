@@ -44,7 +44,9 @@ Design and complicating factors:
   already holds is possible (after a failed call) and must be a no-op for it. A call that raises is not
   lost: its entries are reported again with the next burst. It must not block: hand the delta to a queue
   or an event. The first call comes after the initial dump (every prefix present), even when empty, so
-  the consumer knows the kernel has been read.
+  the consumer knows the kernel has been read. During the call, ``burst_read_at`` is when the watch read
+  the notification that started the burst (its ``read_at``; the clock is the watch's), None for a burst
+  started by a dump: the export side of propagation timing (``bgp.latency``) starts there.
 """
 
 from __future__ import annotations
@@ -115,6 +117,9 @@ class WorkloadRouteWatcher:
         self._touched: dict[str, str | None] = {}
         self._reported = False
         self._flush: asyncio.Task[None] | None = None
+        self._watch: object = None  # the current subscription, whose read_at stamps a burst
+        self._loading = False
+        self.burst_read_at: float | None = None
         self.ready = asyncio.Event()  # set after the first on_change call
         # Liveness: None = never compared with a dump (a socket error or end is still recovered).
         self._verify_interval = verify_interval
@@ -167,7 +172,7 @@ class WorkloadRouteWatcher:
     async def _follow(self) -> str:
         """One subscription: dump, then follow notifications (and verify them) until it goes wrong.
         Returns why it ended: "ended" or "stalled"; a socket failure raises ``OSError``."""
-        watch = self._netlink.watch(exclude_proto=self._exclude)
+        watch = self._watch = self._netlink.watch(exclude_proto=self._exclude)
         tasks: list[asyncio.Future[str]] = []
         try:
             await self._load()
@@ -241,17 +246,21 @@ class WorkloadRouteWatcher:
 
     async def _load(self) -> None:
         routes = await self._netlink.dump_routes(None, self._table)
-        # Whatever we held may have changed unseen: all of it, and all the dump holds, is touched.
-        for dst in self._routes:
-            self._touch(dst)
-        self._routes.clear()
-        self._on_device.clear()
-        for route in routes:
-            if self._is_workload(route):
-                self._put(route.dst, route.priority, route.nexthops[0].ifname)
-        for observer in self._dump_observers:
-            observer(routes)
-        self._changed()
+        self._loading = True  # a burst a dump starts is no propagation of a notification: not timed
+        try:
+            # Whatever we held may have changed unseen: all of it, and all the dump holds, is touched.
+            for dst in self._routes:
+                self._touch(dst)
+            self._routes.clear()
+            self._on_device.clear()
+            for route in routes:
+                if self._is_workload(route):
+                    self._put(route.dst, route.priority, route.nexthops[0].ifname)
+            for observer in self._dump_observers:
+                observer(routes)
+            self._changed()
+        finally:
+            self._loading = False
         if self._heartbeat is not None:
             self._heartbeat()
 
@@ -316,6 +325,8 @@ class WorkloadRouteWatcher:
 
     def _changed(self) -> None:
         if self._flush is None or self._flush.done():
+            # Once per burst: the read time of the notifications being consumed, which start it.
+            self.burst_read_at = None if self._loading else getattr(self._watch, "read_at", None)
             self._flush = asyncio.get_running_loop().create_task(self._report())
 
     async def _report(self) -> None:

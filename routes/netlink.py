@@ -22,7 +22,7 @@ Design:
 - Dumps use the same raw socket with NETLINK_GET_STRICT_CHK, so the kernel filters by table and protocol,
   and are decoded by ``routes.rtnetlink``: pyroute2's decoder costs ~100x more per route, which would
   turn a 100k-route read-back into half a minute. A dump interrupted by a concurrent change
-  (NLM_F_DUMP_INTR) is retried. pyroute2 serves link lookups (``AsyncIPRoute``) and netns sockets.
+  (NLM_F_DUMP_INTR) is retried. Links are dumped by ``routes.nlsocket``; pyroute2 only opens netns sockets.
 - ``watch`` subscribes at call time (before the caller's initial dump, so nothing falls in between) to
   RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE and RTNLGRP_LINK. Link events matter because the kernel removes
   IPv4 routes of a deleted or downed device WITHOUT sending RTM_DELROUTE. An optional BPF filter drops

@@ -14,6 +14,9 @@ Complicating factors:
   once), so a burst of 100k notifications never becomes 100k queued objects.
 - ENOBUFS means notifications were lost; the socket stays subscribed, so iteration raises
   ``WatchOverflow`` once and the caller re-dumps and keeps iterating the same watch.
+- ``read_at`` is when the events being iterated were read: one clock reading per drain, not per event
+  (the export side of ``bgp.latency`` starts there). A drain happens only once the queue is empty, so
+  every queued event comes from the latest one.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import asyncio
 import collections
 import errno
 import socket
+import time
+from collections.abc import Callable
 from typing import Generic, Self, TypeVar
 
 from routes import rtnetlink as rt
@@ -47,8 +52,12 @@ Event = TypeVar("Event")
 class _Watch(Generic[Event]):
     """Async iterator over one subscribed socket; subclasses decode the messages into ``Event``s."""
 
-    def __init__(self, sock: socket.socket, links: LinkNames) -> None:
+    def __init__(
+        self, sock: socket.socket, links: LinkNames, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._links = links
+        self._clock = clock
+        self.read_at: float | None = None  # when the queued events were read from the socket
         self._sock: socket.socket | None = sock
         self._queue: collections.deque[Event] = collections.deque()
         self._buf = bytearray(1 << 20)
@@ -84,6 +93,7 @@ class _Watch(Generic[Event]):
         messages: list[bytes] = []
         overflow = False
         read = 0
+        self.read_at = self._clock()
         # Bounded per drain: what is left stays in the socket (readable at once, so the next drain follows
         # as soon as these events are consumed), and the decoded queue never holds more than this much.
         while self._sock is not None and read < DRAIN_BYTES:

@@ -12,21 +12,24 @@ share it without reaching into each other.
 Complicating factors:
 - The FORCE buffer options ignore net.core.[rw]mem_max but need CAP_NET_ADMIN; without it the plain
   ones (capped by the sysctls) are the fallback.
-- Refreshes use a short-lived pyroute2 socket: they are rare (an unknown device, ENODEV), and not holding
-  one keeps this object free of any event-loop binding.
+- Refreshes dump the links on a short-lived socket of their own, in a thread, with our codec: they are rare
+  (an unknown device, ENODEV), and not holding one keeps this object free of any event-loop binding.
+- pyroute2 is imported only to open a socket in a named namespace (tests, benchmarks): its package
+  ``__init__`` loads all of pyroute2 (IPDB, NDB, conntrack, ...), about 11 MB of RSS that a node's daemon,
+  which runs in its own namespace, has no use for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import errno
 import logging
 import socket
 import struct
 
-from pyroute2 import AsyncIPRoute
-from pyroute2 import netns as pyroute2_netns
-
 from routes import rtnetlink as rt
+from routes.model import NetlinkError, errno_text
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +37,66 @@ RCVBUF_BYTES = 32 * 1024 * 1024
 _SO_SNDBUFFORCE = 32
 _SO_RCVBUFFORCE = 33
 _SO_ATTACH_FILTER = 26
+LINK_DUMP_TIMEOUT = 5.0  # seconds a link dump may wait for the kernel's next message
+LINK_DUMP_ATTEMPTS = 5  # dumps interrupted by a concurrent link change (NLM_F_DUMP_INTR) are retried
 
 
 def open_socket(netns: str | None, sndbuf: int, groups: int = 0) -> socket.socket:
     """A bound NETLINK_ROUTE socket with extended acks and strict dump checking, subscribed to
     ``groups``."""
-    if netns is None:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-    else:
-        sock = pyroute2_netns.create_socket(
-            netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE, flags=0
-        )
+    sock = _raw_socket(netns)
     _set_buffer(sock, _SO_RCVBUFFORCE, socket.SO_RCVBUF, RCVBUF_BYTES)
     _set_buffer(sock, _SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf)
     for option in (rt.NETLINK_CAP_ACK, rt.NETLINK_EXT_ACK, rt.NETLINK_GET_STRICT_CHK):
         sock.setsockopt(rt.SOL_NETLINK, option, 1)
     sock.bind((0, groups))
     return sock
+
+
+def _raw_socket(netns: str | None) -> socket.socket:
+    if netns is None:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    from pyroute2 import netns as pyroute2_netns  # see the module docstring: only for a named namespace
+
+    sock: socket.socket = pyroute2_netns.create_socket(
+        netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE, flags=0
+    )
+    return sock
+
+
+def dump_links(netns: str | None, timeout: float = LINK_DUMP_TIMEOUT) -> dict[int, str]:
+    """Device names by ifindex, read from the kernel (blocking: run it in a thread)."""
+    for _ in range(LINK_DUMP_ATTEMPTS):
+        with _raw_socket(netns) as sock:
+            sock.settimeout(timeout)
+            sock.bind((0, 0))
+            names, interrupted = _dump_links_once(sock)
+        if not interrupted:
+            return names
+    raise NetlinkError(errno.EINTR, f"link dump interrupted {LINK_DUMP_ATTEMPTS} times by concurrent changes")
+
+
+def _dump_links_once(sock: socket.socket) -> tuple[dict[int, str], bool]:
+    seq = 1
+    sock.send(rt.encode_link_dump(seq))
+    names: dict[int, str] = {}
+    interrupted = False
+    buf = bytearray(1 << 16)
+    view = memoryview(buf)
+    while True:
+        n = sock.recv_into(buf)
+        for kind, flags, mseq, offset in rt.iter_messages(view[:n]):
+            if mseq != seq:
+                continue
+            interrupted |= bool(flags & rt.NLM_F_DUMP_INTR)
+            if kind == rt.NLMSG_DONE:
+                return names, interrupted
+            if kind == rt.NLMSG_ERROR:
+                code, detail = rt.decode_error(view, offset)
+                raise NetlinkError(code, errno_text(code, f"link dump: {detail}"))
+            if kind == rt.RTM_NEWLINK:
+                index, name, _ = rt.decode_link(view, offset)
+                names[index] = name
 
 
 def _set_buffer(sock: socket.socket, forced: int, plain: int, size: int) -> None:
@@ -80,10 +126,7 @@ class LinkNames:
         self.indices: dict[str, int] = {}
 
     async def refresh(self) -> None:
-        names = {}
-        async with AsyncIPRoute(netns=self._netns, flags=0, groups=0) as ipr:
-            async for link in await ipr.link("dump"):
-                names[link["index"]] = link.get("ifname")
+        names = await asyncio.to_thread(dump_links, self._netns)
         self.names = names
         self.indices = {name: index for index, name in names.items()}
 

@@ -360,6 +360,12 @@ def decode_link(data: bytes | memoryview, offset: int) -> tuple[int, str, bool]:
     return index, name, bool(flags & IFF_UP)
 
 
+def encode_link_dump(seq: int) -> bytes:
+    """RTM_GETLINK dump request: every interface, of every family."""
+    header = NLMSGHDR.pack(HDR_LEN + IFINFOMSG.size, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+    return header + IFINFOMSG.pack(0, 0, 0, 0, 0)
+
+
 def encode_address_dump(family: int, seq: int) -> bytes:
     """RTM_GETADDR dump request for one family, every interface."""
     size = HDR_LEN + IFADDRMSG.size

@@ -11,7 +11,8 @@ Owns: a model of the kernel behaviour the package depends on, deliberately inclu
   a new device starts down;
 - notifications go to every open watch, minus additions of ``exclude_proto`` routes (deletions pass, as
   with the kernel-side filter); ``overflow()`` simulates ENOBUFS, ``deafen()`` a watch that silently stops
-  hearing, ``break_watches()`` a failed socket;
+  hearing, ``break_watches()`` a failed socket; a watch's ``read_at`` is the ``clock`` reading at which it
+  handed out its latest event, as the real one's is that of its latest read;
 - interface addresses (``add_address``, ``remove_address``) are dumped and notified on their own watches,
   as the real ones are on their own socket; deleting a link takes its addresses with it.
 Tests inject foreign routes (``add_foreign``), errors (``failures``) and inspect ``routes`` and ``calls``.
@@ -23,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
 from routes.model import (
@@ -48,7 +50,13 @@ Key = tuple[int, str, int]
 
 
 class FakeNetlink:
-    def __init__(self, links: Iterable[str] = ("lo", "eth0", "tunl0"), default_device: str = "eth0") -> None:
+    def __init__(
+        self,
+        links: Iterable[str] = ("lo", "eth0", "tunl0"),
+        default_device: str = "eth0",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock  # stamps each watch's read_at
         self.routes: dict[Key, Route] = {}
         self.links: dict[str, int] = {name: i for i, name in enumerate(links, start=1)}
         self.down: set[str] = set()
@@ -245,6 +253,7 @@ class FakeWatch:
         self.closed = False
         self.deaf = False
         self.error: OSError | None = None
+        self.read_at: float | None = None
 
     def __aiter__(self) -> FakeWatch:
         return self
@@ -260,6 +269,7 @@ class FakeWatch:
                 raise StopAsyncIteration
             event = await self.queue.get()
             if event is not None:
+                self.read_at = self.owner.clock()
                 return event
 
     def close(self) -> None:

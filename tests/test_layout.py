@@ -96,3 +96,13 @@ def test_probe_commands_load_no_lab_tooling_and_no_grpc(args):
 def test_lab_subcommand_still_loads_its_group():
     """The other side of laziness: `calico-bgp lab --help` does reach labs.cli."""
     assert "labs.cli" in _imported_by("lab", "--help")
+
+
+def test_the_daemon_does_not_load_pyroute2():
+    """A node's daemon works in its own namespace and dumps links with routes' own codec (routes.nlsocket):
+    pyroute2, whose package __init__ loads all of it (about 11 MB of RSS), is only for sockets in a named
+    namespace (tests, benchmarks)."""
+    code = "import sys, bgp.daemon; print(*sorted(m for m in sys.modules if m.split('.')[0] == 'pyroute2'))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == []

@@ -227,21 +227,23 @@ class ApiChannel:
             self.dropped += count
             self._dropped.inc(count)
 
-    async def send(self, lines: list[str]) -> None:
-        """Write commands to ExaBGP, or drop them (counted) when it has no working connection."""
+    async def send(self, lines: list[str]) -> bool:
+        """Write commands to ExaBGP, or drop them (counted) when it has no working connection. True when
+        every line was handed to the connection and drained."""
         if not lines:
-            return
+            return True
         async with self._send_lock:
             writer = self._writer
             if writer is None:
                 self._drop(len(lines))
-                return
+                return False
             pieces = _chunks(("\n".join(lines) + "\n").encode(), CHUNK_BYTES)
             for n, piece in enumerate(pieces):
                 if self._writer is not writer or not await self._write(writer, piece):
                     self._drop(sum(p.count(b"\n") for p in pieces[n:]))
                     log.warning("ExaBGP API connection lost while sending %d lines", len(lines))
-                    return
+                    return False
+        return True
 
     async def _write(self, writer: asyncio.StreamWriter, piece: bytes) -> bool:
         """Write one chunk and wait for the transport to take it, with the liveness deadline."""

@@ -9,8 +9,9 @@ Complicating factors:
 - ExaBGP 5.0.15 reorders an announce and a withdraw of the same prefix within one burst
   (docs/exabgp-notes.md), so the input is a mapping prefix -> final state: one command per prefix per
   batch, by construction.
-- Per-line parsing costs ExaBGP ~1 ms of CPU, so prefixes sharing an attribute set go out as one bulk
-  ``announce attributes ... nlri ...`` line, chunked to keep each line a reasonable size.
+- Each line costs ExaBGP a parse of its attributes (~120 µs of CPU), so prefixes sharing an attribute set go
+  out as one bulk ``announce attributes ... nlri ...`` line, chunked to keep each line a reasonable size;
+  ExaBGP (``bgp.exabgp.tuning_api``) then parses the attributes once and the prefixes at ~6 µs each.
 - An API line is a command: a newline inside a value is a second command (``shutdown`` included), so every
   token is checked against its grammar (``confgen.tokens``: canonical addresses and prefixes, ints in
   range, fixed keywords) however it was validated upstream. A refused value costs only what carries it:

@@ -9,11 +9,18 @@ child sets PR_SET_PDEATHSIG itself before handing over to ExaBGP's own entry poi
 If the daemon is already gone by then, we exit instead of running an orphan that would hold port 179.
 It is also where the child becomes the unprivileged ExaBGP user (``bgp.exabgp.privileges``), and where
 ``bgp.exabgp.tuning`` adjusts ExaBGP's scheduling before ExaBGP starts.
+
+The child reports which adjustments applied in one line on stderr before ExaBGP's own output
+(``adjustments_line``): the supervisor reads that stream anyway on its way to ``exabgp.log``, and
+``bgp.build_info`` turns the line into the start-up log line and the metric. A file would have to live
+where the unprivileged ExaBGP user may write, which the run directory is not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -22,6 +29,25 @@ from bgp.exabgp.privileges import DROP_ENV, drop_privileges, parse_drop_setting
 
 PR_SET_PDEATHSIG = 1
 PARENT_ENV = "CALICO_BGP_PARENT_PID"
+ADJUSTMENTS_MARK = b"calico-bgp launch: ExaBGP adjustments applied: "
+
+
+def adjustments_line(applied: list[str]) -> bytes:
+    """The line the child writes about the adjustments that applied: the mark, then a JSON list of names."""
+    return ADJUSTMENTS_MARK + json.dumps(applied).encode() + b"\n"
+
+
+def parse_adjustments(line: bytes) -> list[str] | None:
+    """The names in an ``adjustments_line``; None for any other line, or one that is not a list of names."""
+    if not line.startswith(ADJUSTMENTS_MARK):
+        return None
+    try:
+        names = json.loads(line[len(ADJUSTMENTS_MARK) :])
+    except ValueError:
+        return None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        return None
+    return names
 
 
 def main() -> int:
@@ -42,7 +68,10 @@ def main() -> int:
     from bgp.exabgp import tuning
 
     if os.environ.get(tuning.TUNING_ENV, "on") != "off":
-        tuning.apply()
+        applied = tuning.apply()
+        # One write, so the line cannot interleave with anything; a closed stderr must not stop ExaBGP.
+        with contextlib.suppress(OSError):
+            os.write(2, adjustments_line(applied))
 
     sys.argv = ["exabgp", *sys.argv[1:]]
     return exabgp_main()

@@ -51,7 +51,7 @@ from pathlib import Path
 import psutil
 from prometheus_client import CollectorRegistry, Counter
 
-from bgp.exabgp.launch import PARENT_ENV
+from bgp.exabgp.launch import PARENT_ENV, parse_adjustments
 from bgp.exabgp.privileges import DROP_ENV, ExaBGPUser
 from bgp.exabgp.tuning import IDLE_TICK_SPEED
 from calico_bgp.backoff import Backoff, Retries
@@ -115,6 +115,7 @@ class ExaBGPSupervisor:
         *,
         environment: Mapping[str, str] | None = None,
         on_start: Callable[[], None] | None = None,
+        on_adjustments: Callable[[list[str]], None] | None = None,
         backoff_initial: float = 1.0,
         backoff_max: float = 30.0,
         sleep=asyncio.sleep,
@@ -128,6 +129,7 @@ class ExaBGPSupervisor:
         self._log_file = Path(log_file)
         self._environment = dict(environment or {})
         self._on_start = on_start
+        self._on_adjustments = on_adjustments  # the child's report of the tuning that applied, each start
         # No jitter: a restart reaches only this node's own ExaBGP, so there is nobody to fall in step with.
         self._retries = Retries(Backoff(first=backoff_initial, cap=backoff_max))
         self._sleep = sleep
@@ -258,6 +260,9 @@ class ExaBGPSupervisor:
         self._ready.clear()
         self._api_seen = False
         self._api_pid = None
+        # A new ExaBGP reads the config as it is now, so a reload asked for before this point (the file was
+        # written first) is already served; sending it anyway would re-read every neighbour once more.
+        self._reload_wanted.clear()
         self._proc = await asyncio.create_subprocess_exec(
             *exabgp_command(),
             "server",
@@ -295,7 +300,8 @@ class ExaBGPSupervisor:
             self.restart(f"no API connection {self.api_start_deadline:.0f}s after start", "no-api")
 
     async def _copy_log(self, stream: asyncio.StreamReader) -> None:
-        """ExaBGP's output goes to its log file; we read it on the way for reload confirmations."""
+        """ExaBGP's output goes to its log file; we read it on the way for reload confirmations and for the
+        launcher's report of the adjustments that applied (``bgp.exabgp.launch``)."""
         # Root's only: the run directory may be open to ExaBGP's group, and a log is no place to share.
         fd = os.open(self._log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.fchmod(fd, 0o600)
@@ -307,6 +313,8 @@ class ExaBGPSupervisor:
                 out.write(line)
                 if b"performing reload" in line:
                     self._reloaded.set()
+                elif self._on_adjustments is not None and (applied := parse_adjustments(line)) is not None:
+                    self._on_adjustments(applied)
 
     def reload(self) -> None:
         """SIGUSR1: re-read the config; only changed neighbours are reset. Sent when ExaBGP is ready and
@@ -317,6 +325,8 @@ class ExaBGPSupervisor:
         while True:
             await self._reload_wanted.wait()
             await self._ready.wait()
+            if not self._reload_wanted.is_set():  # served by a start while we waited for readiness
+                continue
             proc = self._proc
             if proc is None or proc.returncode is not None:
                 await asyncio.sleep(0.1)

@@ -2,8 +2,9 @@
 
 Stage: the BGP engine's process (runs inside the ExaBGP child, never in the daemon).
 
-Owns: five measured changes to how ExaBGP schedules, copies and logs work (bench/results/profile.md and
-settings.md hold the numbers that justify each), and two corrections (6, 7). None touches BGP encoding or
+Owns: ten measured changes to how ExaBGP schedules, copies, parses, encodes and logs work
+(bench/results/profile.md, settings.md and changes.md hold the numbers that justify each; 8-11 are in
+docs/exabgp-patches.md), and two corrections (6, 7). None touches BGP encoding or
 the FSM.
 
 1. Work-conserving reactor loop. ExaBGP's loop sleeps ``reactor.speed``/100 s in ``poll`` whenever no peer
@@ -27,6 +28,19 @@ the FSM.
    bytes on every comparison (n log n index builds; a third of the sender's CPU at 100k routes). We sort by
    the same index once per NLRI first, so upstream's sort meets an ordered list: same order, n comparisons.
 
+8. ``API.api_attributes`` tokenises a bulk ``announce|withdraw attributes ... nlri p1 p2 ...`` one character
+   at a time and parses every prefix through several objects; we let it parse the attributes once (the
+   command cut to its last prefix) and build the other prefixes' routes as its own loop does
+   (``bgp.exabgp.tuning_api``). The API handlers of those commands build each route's log line, its
+   full text, even when it goes out at DEBUG and DEBUG is off; ours build it only to write it.
+9. ``JSON._update`` writes a received UPDATE's plain unicast NLRI without a ``Family`` object and an
+   ``INET.json`` call per prefix, to the same bytes (``bgp.exabgp.tuning_json``).
+10. ``log.debug`` checks the level only after resolving the logger's method and a call, for each of the
+   few DEBUG lines per NLRI ExaBGP's parser and peer loop emit; we check the level first.
+11. ``Family.index`` formats (afi, safi) as hex bytes each time a route's index is built, several times per
+   route between the API and the wire; we keep the few answers. ``AFI.create``/``SAFI.create`` build a
+   fallback object before looking in their cache, on every call (several per route); we look first.
+
 Two corrections, not speed-ups:
 
 6. ``Protocol.read_message`` calls ``Processes.notification`` with one argument too many for errors found
@@ -49,11 +63,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from bgp.exabgp import tuning_api, tuning_json
+
 TUNING_ENV = "CALICO_BGP_EXABGP_TUNING"  # "off": ExaBGP as shipped (benchmarks compare both)
+SKIP_PREFIX = "skip:"  # "skip:name,name": all but those (to measure one patch end to end)
 ASYNC_LIMIT = 1000  # generator steps (about one NLRI each) per reactor loop before peers get a turn
 IDLE_TICK_SPEED = 10.0  # exabgp.reactor.speed: poll timeout when idle = speed/100 s = 100 ms
 
@@ -152,6 +170,71 @@ def _replace_log_message(original):
     return _log_command_debug
 
 
+def _debug_only(api) -> bool:
+    """Whether ``api`` writes routine API lines at DEBUG (the ``api_log`` patch is in place)."""
+    return getattr(api.log_message, "__func__", None) is _log_command_debug
+
+
+ROUTE_HANDLERS = {"announce attributes": True, "withdraw attributes": False, "withdraw attribute": False}
+
+
+def _lazy_route_log(callbacks):
+    # Command.callback: {"text": {command: handler}, ...}. Replaced in place (ExaBGP holds this dict), all
+    # three or none.
+    text = callbacks["text"]
+    misfits = [name for name in ROUTE_HANDLERS if name not in text or not tuning_api.fits(text[name])]
+    if misfits:
+        raise AttributeError(f"handlers no longer as expected: {', '.join(misfits)}")
+    for name, announce in ROUTE_HANDLERS.items():
+        handler = tuning_api.route_handler(announce, _debug_only)
+        handler.func_name = getattr(text[name], "func_name", name.replace(" ", "_"))  # type: ignore[attr-defined]
+        text[name] = handler
+    return callbacks
+
+
+FAMILY_INDEXES = 64  # (afi, safi) pairs kept; ExaBGP knows about twenty
+
+
+def _family_index_cache(original):
+    known: dict[tuple[int, int], bytes] = {}
+
+    def index(self):
+        # A pure function of the two numbers (upstream formats them as hex), asked for several times per
+        # route on its way through the Adj-RIB-Out and into an UPDATE.
+        key = (self.afi, self.safi)  # ints (AFI and SAFI subclass int): hashed and compared as numbers
+        found = known.get(key)
+        if found is None:
+            found = original(self)
+            if len(known) < FAMILY_INDEXES:
+                known[key] = found
+        return found
+
+    return index
+
+
+def _cached_create(original):
+    def create(cls, value):
+        # Upstream builds the fallback value for ``cache.get(value, fallback)`` before it looks: a new int
+        # object per call, for the family of every route several times over. The answer is the same.
+        found = cls.cache.get(value)
+        return found if found is not None else original(value)
+
+    return classmethod(create)
+
+
+def _debug_gate(original):
+    from exabgp.logger.option import option
+
+    def debug(cls, message, source="", level="DEBUG"):
+        # Upstream writes a warning for a message that is not callable before it checks the level: such a
+        # message still goes the upstream way.
+        if callable(message) and not option.logit.get(level, False):
+            return None
+        return original(message, source, level)
+
+    return classmethod(debug)
+
+
 def _failure_level(original):
     def log_failure(self, message, level="ERR"):
         # ExaBGP's logger knows ERROR, not ERR: with upstream's default the report is silently dropped.
@@ -183,6 +266,14 @@ PATCHES: tuple[tuple[str, str, str, str, str, tuple[str, ...], Callable[[Any], A
     ("api_log", "exabgp.reactor.api", "API", "log_message", "message", (), _replace_log_message),
     ("api_errors", "exabgp.reactor.api", "API", "log_failure", "level", (), _failure_level),
     ("nlri_sort", "exabgp.bgp.message.update", "Update", "_split_nlris", "negotiated", (), _presorted_split),
+    ("api_bulk", "exabgp.reactor.api", "API", "api_attributes", "peers", (), tuning_api.bulk_attributes),
+    ("api_lazy_log", "exabgp.reactor.api.command.command", "Command", "callback", "", (), _lazy_route_log),
+    ("json_nlri", "exabgp.reactor.api.response.json", "JSON", "_update", "update", ("_json",),
+     tuning_json.fast_update),
+    ("log_gate", "exabgp.logger", "log", "debug", "message", (), _debug_gate),
+    ("family_index", "exabgp.protocol.family", "Family", "index", "", ("afi_safi",), _family_index_cache),
+    ("afi_create", "exabgp.protocol.family", "AFI", "create", "value", ("cache",), _cached_create),
+    ("safi_create", "exabgp.protocol.family", "SAFI", "create", "value", ("cache",), _cached_create),
     (
         "notify_arity",
         "exabgp.reactor.api.processes",
@@ -214,7 +305,11 @@ def apply() -> list[str]:
     if _applied is not None:
         return _applied
     _applied = []
+    setting = os.environ.get(TUNING_ENV, "")
+    skipped = set(setting[len(SKIP_PREFIX) :].split(",")) if setting.startswith(SKIP_PREFIX) else set()
     for name, module, cls, method, parameter, requires, wrap in PATCHES:
+        if name in skipped:
+            continue
         try:
             _patch(module, cls, method, parameter, requires, wrap)
         except Exception as exc:

@@ -1,7 +1,7 @@
 """The gRPC channel to one etcd member: TLS and etcd authentication on top of aetcd, and failures turned
 into one line an operator can act on.
 
-Stage: under ``EtcdClient`` (confgen/datastore/etcd.py), which picks the endpoint and owns the retries.
+Stage: under ``EtcdClient`` (confgen/datastore/etcd_client.py), which picks the endpoint and owns the retries.
 
 Owns: ``ChannelClient``, aetcd's client with its connect step replaced so it can build a TLS channel
 (aetcd only ever builds an insecure one), and ``describe_failure``, which maps gRPC's failure text to a

@@ -3,7 +3,7 @@ reads them (``ETCD_ENDPOINTS``, ``ETCD_CA_CERT_FILE``, ``ETCD_CERT_FILE``, ``ETC
 ``ETCD_USERNAME``, ``ETCD_PASSWORD``).
 
 Stage: configuration for the datastore connection; pure apart from reading the files it names.
-``EtcdClient`` (confgen/datastore/etcd.py) turns an ``EtcdSecurity`` into a gRPC channel.
+``EtcdClient`` (confgen/datastore/etcd_client.py) turns an ``EtcdSecurity`` into a gRPC channel.
 
 Owns: the settings value, the checks that turn a bad setting into one line naming the setting and the
 problem, and the loading of the PEM bytes gRPC wants.

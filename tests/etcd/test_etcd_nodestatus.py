@@ -17,7 +17,8 @@ from bgp.nodestatus import AgentState, StatusInputs
 from bgp.nodestatus_writer import NodeStatusReporter
 from bgp.resources_cli import apply, get
 from confgen.datastore import keys
-from confgen.datastore.etcd import EtcdClient, EtcdSyncer
+from confgen.datastore.etcd import EtcdSyncer
+from confgen.datastore.etcd_client import EtcdClient
 from confgen.intent import NodeIntent
 from confgen.nodestatus import StatusSplitter
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from bgp.resources_cli import apply, confgen, delete, get
 from confgen.datastore import keys
-from confgen.datastore.etcd import EtcdClient
+from confgen.datastore.etcd_client import EtcdClient
 
 pytestmark = pytest.mark.etcd
 

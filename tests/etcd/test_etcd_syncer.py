@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from confgen.datastore import keys
 from confgen.datastore.base import CompactedError, DatastoreError
-from confgen.datastore.etcd import PROBE_INTERVAL, PROBE_TIMEOUT, EtcdClient, EtcdSyncer
+from confgen.datastore.etcd import PROBE_INTERVAL, PROBE_TIMEOUT, EtcdSyncer
+from confgen.datastore.etcd_client import EtcdClient
 
 pytestmark = pytest.mark.etcd
 

@@ -23,7 +23,8 @@ from prometheus_client import CollectorRegistry
 
 from bgp.resources_cli import apply, get
 from confgen.datastore import keys
-from confgen.datastore.etcd import EtcdClient, EtcdConnectError, EtcdSyncer
+from confgen.datastore.etcd import EtcdSyncer
+from confgen.datastore.etcd_client import EtcdClient, EtcdConnectError
 from confgen.datastore.etcd_security import EtcdSecurity
 from labs import certs as certs_mod
 

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from confgen.datastore.etcd import EtcdClient
+from confgen.datastore.etcd_client import EtcdClient
 
 pytestmark = pytest.mark.etcd
 

@@ -35,7 +35,7 @@ from labs import etcd, netns, ops, process, state
 from labs import lab as labs_lab
 
 EXABGP = "bgp.exabgp.launch server"  # ExaBGP's command line, as the supervisor starts it
-BRIDGE = "bgp/exabgp/bridge.py"  # the API process ExaBGP spawns
+BRIDGE = "/api.sock"  # the API process ExaBGP spawns: socat or the Python bridge, both naming this socket
 
 
 class InjectError(AssertionError):

@@ -33,11 +33,12 @@ from confgen.secrets import SecretStore
 
 CASES_DIR = Path(__file__).parent / "cases"
 CASES = sorted(p for p in CASES_DIR.iterdir() if p.is_dir())
-# The API process line the daemon renders (bgp.daemon.api_run_line), with the node image's paths: its venv
-# lives in /opt/calico-bgp, and the bridge runs isolated (-I -S), so the interpreter that venv links to,
-# Debian's /usr/bin/python3, is the one that runs it (and `exabgp validate` finds it on this machine too).
+# The API process line the daemon renders (bgp.daemon.api_run_line), with the node image's paths: Debian's
+# socat relays to the daemon's socket (`exabgp validate` needs it installed here too: `make deps`). Without
+# socat the line is the Python bridge's, which confgen's own tests render.
 API_RUN = api_run_line(
     Path("/var/run/calico-bgp/api.sock"),
+    socat="/usr/bin/socat",
     python="/usr/bin/python3",
     script="/opt/calico-bgp/lib/python3.11/site-packages/bgp/exabgp/bridge.py",
 )

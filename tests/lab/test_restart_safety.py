@@ -174,10 +174,13 @@ def test_crash_of_exabgp_loses_at_most_one_ping(lab):
     _assert_held(sent, lost, sampler, f"ExaBGP killed, sessions back after {recovery:.1f} s")
 
 
+API_RELAY = "/api.sock"  # ExaBGP's API process, socat or the Python bridge: both name the daemon's socket
+
+
 def test_crash_of_the_api_process_loses_at_most_one_ping(lab):
-    old = _node_process(lab, "node1", "bgp/exabgp/bridge.py")
+    old = _node_process(lab, "node1", API_RELAY)
     sent, lost, sampler, recovery = _ping_through(lab, lambda: os.kill(old, signal.SIGKILL))
-    _wait_new_process(lab, "node1", "bgp/exabgp/bridge.py", old)  # ExaBGP respawned its API process
+    _wait_new_process(lab, "node1", API_RELAY, old)  # ExaBGP respawned its API process
     _assert_held(sent, lost, sampler, f"API process killed, sessions back after {recovery:.1f} s")
 
 

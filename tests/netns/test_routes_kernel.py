@@ -315,6 +315,20 @@ async def test_a_route_the_kernel_refuses_is_retried_alone_with_back_off(ns, net
     assert table.next_retry() is None
 
 
+async def test_link_names_match_ip_link_across_many_dump_messages(ns, netlink):
+    """Our own link dump (no pyroute2): every device by index, 300 of them spanning several datagrams, and a
+    rename seen on the next refresh."""
+    batch = "".join(f"link add lk{i} type veth peer name lp{i}\n" for i in range(150))
+    subprocess.run(["ip", "-n", ns, "-batch", "-"], input=batch, text=True, check=True)
+    expected = {link["ifindex"]: link["ifname"] for link in ip_json(ns, "link", "show")}
+    assert len(expected) > 300
+    assert await netlink.link_names() == expected
+    ip(ns, "link", "set", "lk7", "name", "renamed7")
+    index = next(i for i, name in expected.items() if name == "lk7")
+    assert await netlink.link_index("renamed7") == index
+    assert (await netlink.link_names())[index] == "renamed7"
+
+
 def test_benchmark_command_runs_and_cleans_up(capsys):
     """``python -m routes.bench`` end to end on a small count (its figures are not asserted: not a timed
     test); it must leave no namespace behind."""

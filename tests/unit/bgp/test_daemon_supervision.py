@@ -10,7 +10,8 @@ import signal
 
 import pytest
 
-from bgp.daemon import NodeConfig, NodeDaemon
+from bgp.daemon import NodeDaemon
+from bgp.node_config import NodeConfig
 from bgp.sweep_gate import SweepGate
 from confgen.intent import NodeIntent
 

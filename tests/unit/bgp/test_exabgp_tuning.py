@@ -4,6 +4,7 @@ process stay unpatched), and that all of them still fit the pinned ExaBGP."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import types
@@ -28,9 +29,19 @@ def test_every_patch_fits_the_installed_exabgp():
     script = "import json; from bgp.exabgp import tuning; print(json.dumps(tuning.apply()))"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == [
-        "async", "poll", "remove_self", "api_log", "api_errors", "nlri_sort", "notify_arity"
+        "async", "poll", "remove_self", "api_log", "api_errors", "nlri_sort", "api_bulk", "api_lazy_log",
+        "json_nlri", "log_gate", "family_index", "afi_create", "safi_create", "notify_arity"
     ]
     assert out.stderr == ""
+
+
+def test_named_patches_can_be_left_out_for_a_measurement():
+    script = "import json; from bgp.exabgp import tuning; print(json.dumps(tuning.apply()))"
+    env = {**os.environ, tuning.TUNING_ENV: "skip:api_bulk,log_gate"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
+    applied = json.loads(out.stdout)
+    assert "api_bulk" not in applied and "log_gate" not in applied
+    assert len(applied) == len(tuning.PATCHES) - 2 and out.stderr == ""
 
 
 class _QuietLog:
@@ -314,3 +325,56 @@ def test_a_patch_that_no_longer_fits_is_refused_and_leaves_upstream_alone():
         assert Target().method(0) == "ours"
     finally:
         del sys.modules[module.__name__]
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+@pytest.mark.parametrize("message", [lambda: "parsed 10.1.0.0/26", "not callable"])
+def test_debug_gate_writes_what_upstream_writes(exabgp_logging, level, message):
+    exabgp_logging.levels_from(level)
+    upstream = exabgp_log.debug  # bound to ExaBGP's log class, as the patch receives it
+    upstream(message, "processes")
+    written, exabgp_logging.lines[:] = list(exabgp_logging.lines), []
+    gated = tuning._debug_gate(upstream).__get__(None, exabgp_log)
+    gated(message, "processes")
+    assert exabgp_logging.lines == written
+    assert bool(written) is (level == "DEBUG" or not callable(message))
+
+
+def test_debug_gate_does_not_call_a_message_below_the_level(exabgp_logging):
+    called = []
+    gated = tuning._debug_gate(exabgp_log.debug).__get__(None, exabgp_log)
+    gated(lambda: called.append(1) or "x", "processes")
+    assert called == []
+
+
+def _families():
+    from exabgp.protocol.family import SAFI
+
+    return [(afi, safi) for afi in [*AFI.cache, 99] for safi in [*SAFI.cache, 250]]
+
+
+def test_family_index_is_upstreams_and_kept_only_for_a_bounded_number_of_families():
+    from exabgp.protocol.family import Family
+
+    index = tuning._family_index_cache(Family.index)
+    families = _families()
+    assert len(families) > tuning.FAMILY_INDEXES  # more than it keeps: those past the bound are computed
+    for _ in range(2):  # the second time from what it kept
+        for afi, safi in families:
+            family = Family(afi, safi)
+            assert index(family) == Family.index(family)
+    closure = dict(zip(index.__code__.co_freevars, (c.cell_contents for c in index.__closure__), strict=True))
+    assert len(closure["known"]) == tuning.FAMILY_INDEXES
+
+
+@pytest.mark.parametrize("name", ["AFI", "SAFI"])
+def test_cached_create_answers_as_upstream(name):
+    import exabgp.protocol.family as family
+
+    cls = getattr(family, name)
+    create = tuning._cached_create(cls.create).__get__(None, cls)
+    for value in [*cls.cache, 0, 99, 250]:
+        ours, upstream = create(value), cls.create(value)
+        assert type(ours) is type(upstream) and ours == upstream and str(ours) == str(upstream)
+        if value in cls.cache:
+            assert ours is upstream

@@ -60,3 +60,19 @@ def test_routes_table():
     assert "| 192.168.1.0/26 | local" in text
     assert "10.0.0.12, 10.0.0.13" in text and "10.0.0.12 (stale)" in text and "not installed: EINVAL" in text
     assert render_routes({"node": "n", "routes": []}) == "No routes on n.\n"
+
+
+def test_propagation_is_in_the_json_and_one_line_of_the_text():
+    propagation = {
+        "export": {"p50_ms": 0.65, "p99_ms": 1.2, "count": 3},
+        "import": {"p50_ms": None, "p99_ms": None, "count": 0},
+    }
+    report = json.loads(json.dumps(status_report("node1", [], ["w"], propagation)))
+    assert report["propagation"] == propagation
+    lines = render_status(report, now=0).splitlines()
+    assert lines[-3:] == [
+        "Propagation over the last minute: export p50 0.65 ms, p99 1.2 ms (3 routes); import: no routes",
+        "",
+        "WARNING: w",
+    ]
+    assert "propagation" not in status_report("node1", [], [])  # a report without it renders as before

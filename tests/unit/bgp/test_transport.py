@@ -13,19 +13,101 @@ from pathlib import Path
 import pytest
 
 from bgp.daemon import api_run_line
+from bgp.exabgp import bridge as bridge_module
 from bgp.exabgp import supervisor as sup
 from bgp.exabgp.channel import ApiChannel
 
+SOCAT = bridge_module.installed_socat({"PATH": os.environ.get("PATH", "")})
 
-async def _start_bridge(sock: Path):
+
+@pytest.fixture(params=["socat", "python"])
+def relay(request) -> str | None:
+    """Each API process the daemon may run: socat (where installed) and the Python bridge."""
+    if request.param == "socat" and SOCAT is None:
+        pytest.skip("socat is not installed (make deps)")
+    return SOCAT if request.param == "socat" else None
+
+
+async def _start_bridge(sock: Path, relay: str | None = None):
     return await asyncio.create_subprocess_exec(
-        *api_run_line(sock).split(),
+        *api_run_line(sock, socat=relay).split(),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
 
 
-async def test_bridge_relays_both_ways_and_reconnects(tmp_path):
+@pytest.mark.parametrize(
+    ("path", "socat", "relay"),
+    [
+        ("/var/run/calico-bgp/api.sock", "/usr/bin/socat", "socat"),
+        ("/var/run/calico-bgp/api.sock", None, "python"),
+        ("/run/a:b/api.sock", "/usr/bin/socat", "python"),  # ":" separates socat's address fields
+        ("/run/a,b/api.sock", "/usr/bin/socat", "python"),  # "," starts socat's address options
+        ("/run/a!!b/api.sock", "/usr/bin/socat", "python"),  # "!!" splits a socat address in two
+    ],
+)
+def test_run_line_uses_socat_only_where_the_path_reads_literally(path, socat, relay):
+    line = bridge_module.run_line(Path(path), socat=socat, python="/usr/bin/python3", script="/b/bridge.py")
+    words = line.split()
+    if relay == "socat":
+        assert words == ["/usr/bin/socat", *bridge_module.SOCAT_OPTIONS, "STDIO", f"UNIX-CONNECT:{path}"]
+    else:
+        assert words == ["/usr/bin/python3", "-I", "-S", "/b/bridge.py", path]
+
+
+@pytest.mark.parametrize(
+    ("environ", "found"),
+    [({}, True), ({bridge_module.RELAY_ENV: "python"}, False), ({bridge_module.RELAY_ENV: "socat"}, True)],
+)
+def test_installed_socat_is_looked_up_on_path_unless_told_otherwise(tmp_path, environ, found):
+    fake = tmp_path / "socat"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    assert bridge_module.installed_socat({"PATH": str(tmp_path), **environ}) == (str(fake) if found else None)
+    assert bridge_module.installed_socat({"PATH": str(tmp_path / "empty"), **environ}) is None
+
+
+async def test_relay_is_byte_exact_both_ways_and_exits_when_the_daemon_closes(tmp_path, relay):
+    """Lines longer than one read (64 KiB) arrive whole and unchanged in both directions, and the relay exits
+    as soon as the daemon closes, though ExaBGP (our stdin) stays open and quiet."""
+    received: list[str] = []
+    channel = ApiChannel(tmp_path / "api.sock", on_line=received.append)
+    await channel.start()
+    proc = await _start_bridge(tmp_path / "api.sock", relay)
+    try:
+        await asyncio.wait_for(channel.connected.wait(), 5)
+        # Every ASCII byte after newline and multi-byte UTF-8 (so the channel's decoding is lossless and equal
+        # text means equal bytes), in a line of 190 KiB, with short lines around it.
+        body = (bytes(range(11, 128)) + "é✓€".encode()) * 1500
+        up = [b'{"type": "state"}', body, "é ✓".encode()]
+        proc.stdin.write(b"".join(line + b"\n" for line in up))
+        await proc.stdin.drain()
+        await _until(lambda: len(received) == 3)
+        assert received == [line.decode("utf-8", "replace") + "\n" for line in up]
+        down = ["show neighbor summary", "x" * 100_000 + " ✓", "announce eor"]
+        await channel.send(down)
+        expected = "".join(line + "\n" for line in down).encode()
+        assert await asyncio.wait_for(proc.stdout.readexactly(len(expected)), 5) == expected
+        # The daemon ends the connection (as it does when it restarts ExaBGP): the relay exits at once.
+        await channel.close()
+        assert await asyncio.wait_for(proc.wait(), 3) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await channel.close()
+
+
+async def test_socat_relay_fails_at_once_without_a_daemon(tmp_path):
+    """No retry (see the bridge's docstring): a relay that cannot connect exits 1 and ExaBGP's respawn limit
+    takes over; it must not sit reading nothing."""
+    if SOCAT is None:
+        pytest.skip("socat is not installed (make deps)")
+    proc = await _start_bridge(tmp_path / "nobody.sock", SOCAT)
+    assert await asyncio.wait_for(proc.wait(), 5) == 1
+
+
+async def test_bridge_relays_both_ways_and_reconnects(tmp_path, relay):
     lines: list[str] = []
     connects: list[int | None] = []
 
@@ -38,7 +120,7 @@ async def test_bridge_relays_both_ways_and_reconnects(tmp_path):
     # Commands sent before any bridge connects are dropped and counted, never replayed to a later one.
     await channel.send(["neighbor 10.0.0.12 announce route 192.168.9.0/26 next-hop 10.0.0.11"])
     assert channel.dropped == 1
-    bridge = await _start_bridge(tmp_path / "api.sock")
+    bridge = await _start_bridge(tmp_path / "api.sock", relay)
     await asyncio.wait_for(channel.connected.wait(), 5)
     await channel.send(["neighbor 10.0.0.12 announce eor ipv4 unicast"])
     assert (
@@ -53,7 +135,7 @@ async def test_bridge_relays_both_ways_and_reconnects(tmp_path):
         await asyncio.sleep(0.02)
     assert lines == ['{"type": "state"}\n'] and connects == [bridge.pid]  # the bridge's pid, from the socket
     # ExaBGP respawns its API process: the new bridge replaces the old connection.
-    second = await _start_bridge(tmp_path / "api.sock")
+    second = await _start_bridge(tmp_path / "api.sock", relay)
     await asyncio.wait_for(channel.connected.wait(), 5)
     for _ in range(100):
         if len(connects) == 2:
@@ -80,14 +162,17 @@ async def test_bridge_gives_up_without_a_daemon(tmp_path, monkeypatch):
     assert b"cannot reach the daemon" in await proc.stderr.read()
 
 
-async def test_a_refused_connection_gets_nothing_and_is_not_read(tmp_path):
+async def test_a_refused_connection_gets_nothing_and_is_not_read(tmp_path, relay):
     lines: list[str] = []
     channel = ApiChannel(tmp_path / "api.sock", on_line=lines.append, on_connect=lambda pid: False)
     await channel.start()
-    bridge = await _start_bridge(tmp_path / "api.sock")
+    bridge = await _start_bridge(tmp_path / "api.sock", relay)
     bridge.stdin.write(b'{"type": "state"}\n')
     await bridge.stdin.drain()
-    assert await asyncio.wait_for(bridge.wait(), 10) == 0  # the daemon closed on it: the bridge exits
+    # The daemon closed on it: the relay exits. socat's status is 1 when it still had our line to write and
+    # met the closed socket; ExaBGP treats any exit of its API process alike.
+    returncode = await asyncio.wait_for(bridge.wait(), 10)
+    assert returncode == 0 or (relay is not None and returncode == 1)
     await channel.send(["neighbor 10.0.0.12 announce eor ipv4 unicast"])
     assert lines == [] and channel.dropped == 1 and not channel.connected.is_set()
     await channel.close()
@@ -154,6 +239,27 @@ async def test_supervisor_reload_restart_and_stop(tmp_path, fake_exabgp):
         await asyncio.wait_for(task, 5)
         assert log.read_text().count("term") >= 2 and s.pid is None
     finally:  # never leave the stand-in running, whatever failed
+        if s.pid is not None:
+            os.kill(s.pid, signal.SIGKILL)
+
+
+async def test_a_reload_asked_for_before_a_start_is_served_by_that_start(tmp_path, fake_exabgp):
+    # confgen writes the file, then asks for a reload; the ExaBGP started after that reads the same file.
+    log, _, _ = fake_exabgp
+    s = sup.ExaBGPSupervisor(tmp_path / "exabgp.conf", tmp_path / "exabgp.log", environment={})
+    s.reload()
+    task = asyncio.create_task(s.run())
+    try:
+        await _until(lambda: s.pid is not None and log.exists())
+        s.mark_ready()
+        await asyncio.sleep(0.3)
+        assert "usr1" not in log.read_text() and s.reloads_sent == 0
+        s.reload()  # a change after the start still goes out
+        await _until(lambda: "usr1" in log.read_text())
+        assert s.reloads_sent == 1
+        await s.stop(timeout=5)
+        await asyncio.wait_for(task, 5)
+    finally:
         if s.pid is not None:
             os.kill(s.pid, signal.SIGKILL)
 

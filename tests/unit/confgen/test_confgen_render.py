@@ -49,6 +49,7 @@ def test_neighbour_block_has_every_setting():
         "    hold-time 90;\n"
         "    passive true;\n"
         "    manual-eor true;\n"
+        "    adj-rib-in false;\n"
         "    family {\n"
         "        ipv4 unicast;\n"
         "    }\n"
@@ -222,7 +223,7 @@ CONFIG_LINE = re.compile(
     r"#[ -~]*|process calico-bgp-api \{|    run [ -~]+;|    encoder json;|neighbor [0-9a-f.:]+ \{"
     r'|    description "[A-Za-z][A-Za-z0-9_]*";|    (?:router-id|local-address) [0-9a-f.:]+;'
     r"|    (?:local-as|peer-as|hold-time|connect|outgoing-ttl) [0-9]+;"
-    r'|    (?:passive|manual-eor|md5-base64) (?:true|false);|    md5-password "[A-Za-z0-9+/=]+";'
+    r'|    (?:passive|manual-eor|md5-base64|adj-rib-in) (?:true|false);|    md5-password "[A-Za-z0-9+/=]+";'
     r"|    (?:family|capability|api) \{|        ipv[46] unicast;|        route-refresh;"
     r"|        graceful-restart [0-9]+;|        processes \[ calico-bgp-api \];|        neighbor-changes;"
     r"|        receive \{|            (?:parsed|update|notification|open);|        \}|    \}|\}|"

@@ -139,6 +139,18 @@ def test_unknown_devices_are_reported_missing():
     assert missing == {2} and route.nexthops[0].ifname == ""
 
 
+def test_link_dump_request_is_read_by_pyroute2():
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    msg = ifinfmsg(rt.encode_link_dump(7))
+    msg.decode()
+    header = msg["header"]
+    request = (rt.RTM_GETLINK, rt.NLM_F_REQUEST | rt.NLM_F_DUMP, 7)
+    assert (header["type"], header["flags"], header["sequence_number"]) == request
+    # NETLINK_GET_STRICT_CHK refuses a dump whose header fields are set: all of them zero, no attributes.
+    assert (msg["family"], msg["index"], msg["flags"], msg["change"], msg["attrs"]) == (0, 0, 0, 0, [])
+
+
 def test_link_message():
     name = b"cali12345\0"
     attr = struct.pack("=HH", 4 + len(name), rt.IFLA_IFNAME) + name + b"\0" * ((-len(name)) % 4)
