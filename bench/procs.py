@@ -17,7 +17,7 @@ Complicating factors:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import psutil
@@ -28,7 +28,8 @@ class Sample:
     pid: int
     name: str
     rss_kib: int
-    cpu_seconds: float  # user + system
+    cpu_seconds: float  # user + system, its own and that of the children it has waited for
+    reaped_cpu_seconds: float = 0.0  # the part of cpu_seconds its finished children used
 
 
 def parents() -> dict[int, int]:
@@ -68,7 +69,10 @@ def sample(pid: int) -> Sample | None:
             times = proc.cpu_times()
     except psutil.Error:  # gone since it was listed
         return None
-    return Sample(pid, _role(name, cmdline), rss, times.user + times.system)
+    # Children it has reaped count too: a daemon's short-lived helpers (a config check, a version probe)
+    # are part of what it costs, and are gone by the time anyone samples the tree.
+    reaped = times.children_user + times.children_system
+    return Sample(pid, _role(name, cmdline), rss, times.user + times.system + reaped, reaped)
 
 
 def _role(name: str, argv: list[str]) -> str:
@@ -121,6 +125,47 @@ def cpu_percent(roots: Iterable[int], seconds: float, sleep=time.sleep) -> float
 def cpu_seconds(roots: Iterable[int]) -> float:
     """CPU seconds the trees' live processes have used since they started."""
     return sum(s.cpu_seconds for s in samples(roots))
+
+
+def _by_root(roots: Iterable[int], value: Callable[[Sample], float]) -> dict[int, float]:
+    """``value`` summed over each root's tree, from one listing of all processes (a 100-node mesh would
+    otherwise list every process of the machine 100 times per reading)."""
+    ppid = parents()
+    out = {}
+    for root in roots:
+        found = [s for pid in tree(root, ppid) if (s := sample(pid)) is not None]
+        if found:
+            out[root] = sum(value(s) for s in found)
+    return out
+
+
+def rss_by_root(roots: Iterable[int]) -> dict[int, float]:
+    """Resident set of each root's tree in MiB; roots no longer running are left out."""
+    return _by_root(roots, lambda s: s.rss_kib / 1024)
+
+
+def cpu_by_root(roots: Iterable[int]) -> dict[int, float]:
+    """CPU seconds each root's tree has used (its live processes); roots no longer running are left out."""
+    return _by_root(roots, lambda s: s.cpu_seconds)
+
+
+def cpu_split(roots: Iterable[int]) -> dict[int, dict[str, float]]:
+    """CPU seconds of each root's tree by process role ("daemon", "exabgp", ...), with what each role's
+    finished children used under "<role>'s finished children"."""
+    ppid = parents()
+    out: dict[int, dict[str, float]] = {}
+    for root in roots:
+        split: dict[str, float] = {}
+        for pid in tree(root, ppid):
+            if (s := sample(pid)) is None:
+                continue
+            split[s.name] = split.get(s.name, 0.0) + s.cpu_seconds - s.reaped_cpu_seconds
+            if s.reaped_cpu_seconds:
+                key = f"{s.name}'s finished children"
+                split[key] = split.get(key, 0.0) + s.reaped_cpu_seconds
+        if split:
+            out[root] = split
+    return out
 
 
 def settle(roots: Iterable[int], *, below: float = 3.0, window: float = 0.5, timeout: float = 30.0) -> float:

@@ -2,9 +2,9 @@
 
 Stage: the end of a benchmark run (``bench.__main__``).
 
-Owns: which rows the table has and their targets (docs/performance.md#targets), the markdown layout,
-the machine description (CPU, cores, kernel, Python, ExaBGP, pyroute2, BIRD, git commit) and the files in
-``bench/results``.
+Owns: which rows the table has and which headline metric (``bench.targets``) each counts towards, the
+markdown layout, the machine description (CPU, cores, kernel, Python, ExaBGP, pyroute2, BIRD, git commit)
+and the files in ``bench/results``.
 
 Complicating factors:
 - Every row keeps its raw samples in the JSON, so a later reader can recompute any figure; the markdown
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import psutil
 
-from bench.stats import Row, Target, fmt_summary, fmt_value, percentile, summarize
+from bench import targets
+from bench.stats import Row, fmt_summary, fmt_value, percentile, summarize
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,12 +72,14 @@ def machine(bird_version: str = "") -> dict[str, object]:
 
 # ------------------------------------------------------------------------------------------ rows
 
-BULK_TARGETS = {100_000: Target("≤ 1.0× BIRD", max_ratio=1.0), 10_000: Target("≤ 3× BIRD", max_ratio=3.0)}
-RSS_TARGET_ROUTES = 10_000
-
 
 def _k(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 else str(n)
+
+
+def _tagged(key: str) -> dict[str, object]:
+    """The key and target of a headline metric, as Row keyword arguments."""
+    return {"key": key, "target": targets.target(key)}
 
 
 def propagation_rows(bird, ours) -> list[Row]:
@@ -105,7 +108,7 @@ def propagation_rows(bird, ours) -> list[Row]:
                 "s",
                 ours=get(ours, "bulk_add", n) or [],
                 bird=get(bird, "bulk_add", n),
-                target=BULK_TARGETS.get(n),
+                **_tagged(f"add {_k(n)}"),
             )
         )
     for n in sizes:
@@ -116,11 +119,12 @@ def propagation_rows(bird, ours) -> list[Row]:
                 "s",
                 ours=get(ours, "bulk_del", n) or [],
                 bird=get(bird, "bulk_del", n),
+                **_tagged(f"delete {_k(n)}"),
             )
         )
-    for label, attr, target in (
-        ("single route A→B, empty table", "latency_ms", Target("p50 ≤ 5 ms", max_value=5.0)),
-        ("single route A→B, largest table present", "latency_loaded_ms", None),
+    for label, attr in (
+        ("single route A→B, empty table", "latency_ms"),
+        ("single route A→B, largest table present", "latency_loaded_ms"),
     ):
         o, b = get(ours, attr) or [], get(bird, attr)
         rows.append(
@@ -130,8 +134,8 @@ def propagation_rows(bird, ours) -> list[Row]:
                 "ms",
                 ours=o,
                 bird=b,
-                target=target,
                 note=f"trials: ours {len(o)}, BIRD {len(b or [])}",
+                **_tagged("latency p50"),
             )
         )
         rows.append(
@@ -141,6 +145,7 @@ def propagation_rows(bird, ours) -> list[Row]:
                 "ms",
                 ours=[v] if (v := percentile(o, 95)) is not None else [],
                 bird=[v] if (v := percentile(b or [], 95)) is not None else ([] if b is not None else None),
+                **_tagged("latency p95"),
             )
         )
     for n in sizes:
@@ -162,10 +167,10 @@ def propagation_rows(bird, ours) -> list[Row]:
                 "MiB",
                 ours=_one(get(ours, "rss_idle"), node),
                 bird=_one(get(bird, "rss_idle"), node),
+                **_tagged("rss idle"),
             )
         )
         for n in sizes:
-            target = Target("≤ 100 MB", max_value=100 * 1e6 / 2**20) if n == RSS_TARGET_ROUTES else None
             rows.append(
                 Row(
                     "d",
@@ -173,7 +178,7 @@ def propagation_rows(bird, ours) -> list[Row]:
                     "MiB",
                     ours=_one(get(ours, "rss_held"), f"{node} {n}"),
                     bird=_one(get(bird, "rss_held"), f"{node} {n}"),
-                    target=target,
+                    **_tagged(f"rss {_k(n)}"),
                 )
             )
     for node in ("A", "B"):
@@ -184,7 +189,7 @@ def propagation_rows(bird, ours) -> list[Row]:
                 "% core",
                 ours=get(ours, "cpu_idle", node) or [],
                 bird=get(bird, "cpu_idle", node),
-                target=Target("≤ 1% of a core", max_value=1.0),
+                **_tagged("cpu idle"),
             )
         )
         loaded = _k(ours.loaded_routes if ours else bird.loaded_routes if bird else 0)
@@ -195,6 +200,7 @@ def propagation_rows(bird, ours) -> list[Row]:
                 "% core",
                 ours=get(ours, "cpu_loaded", node) or [],
                 bird=get(bird, "cpu_loaded", node),
+                **_tagged("cpu loaded"),
             )
         )
     return rows
@@ -211,26 +217,24 @@ def mesh_rows(runs: dict[int, list]) -> list[Row]:
     for n in sorted(runs):
         done = runs[n]
         conv = [r.converged_s for r in done if r.converged_s is not None]
-        target = Target("converges", max_value=float("inf")) if n == max(runs) else None
         rows.append(
             Row(
                 "e",
                 f"{n}-node mesh: lab up start → every block in every kernel",
                 "s",
                 ours=conv,
-                target=target,
+                target=targets.mesh_target(n, max(runs)),
                 failures=len(done) - len(conv),
                 note=f"{len(conv)}/{len(done)} runs converged",
+                key=targets.mesh_key(n),
             )
         )
-        rows.append(
-            Row(
-                "e",
-                f"{n}-node mesh: lab up start → lab up returned",
-                "s",
-                ours=[r.up_s for r in done if r.up_s is not None],
-            )
-        )
+        for label, values in (
+            ("lab up start → last daemon started", [r.phases.get("daemons") for r in done]),
+            ("lab up start → first node converged", [min(r.node_converged_s or [None]) for r in done]),
+            ("lab up start → lab up returned", [r.up_s for r in done]),
+        ):
+            rows.append(Row("e", f"{n}-node mesh: {label}", "s", ours=[v for v in values if v is not None]))
         for label, attr, unit in (
             ("CPU per node, start → converged (median node)", "cpu_s_per_node", "s"),
             ("RSS per node after convergence (median node)", "rss_mib_per_node", "MiB"),
@@ -246,7 +250,45 @@ def mesh_rows(runs: dict[int, list]) -> list[Row]:
                     note="max node: " + ", ".join(fmt_value(s.high) for s in per_run if s),
                 )
             )
+        for label, attr, unit in (
+            ("machine CPU busy, start → converged (all cores)", "machine_busy_pct", "%"),
+            ("machine memory in use at the peak", "memory_peak_gib", "GiB"),
+        ):
+            values = [getattr(r, attr) for r in done]
+            rows.append(Row("e", f"{n}-node mesh: {label}", unit, ours=[v for v in values if v is not None]))
     return rows
+
+
+def mesh_notes(runs: dict[int, list]) -> list[str]:
+    """Per mesh size: where lab up's time went (median phase ends) and the monitor's own CPU."""
+    notes = []
+    for n in sorted(runs):
+        done = runs[n]
+        phases: dict[str, list[float]] = {}
+        for r in done:
+            for phase, at in r.phases.items():
+                phases.setdefault(phase, []).append(at)
+        ends = ", ".join(f"{p} {fmt_value(summarize(v).median)} s" for p, v in phases.items() if summarize(v))
+        monitor = max((r.monitor_cpu_s for r in done), default=0.0)
+        if ends:  # runs saved before phases were recorded have none
+            notes.append(
+                f"(e) {n}-node mesh, end of each lab up phase after its start (median): {ends}; "
+                f"convergence monitor used at most {monitor:.2f} s CPU per run"
+            )
+        for i, r in enumerate(done):
+            if r.cpu_split_s:
+                split = ", ".join(f"{role} {seconds:.2f} s" for role, seconds in r.cpu_split_s.items())
+                notes.append(
+                    f"(e) {n}-node mesh run {i + 1}, CPU start → converged by process, median node: {split}"
+                )
+            if r.idle_split_pct:
+                split = ", ".join(
+                    f"{role} {pct:.2f} %" for role, pct in r.idle_split_pct.items() if pct >= 0.005
+                )
+                notes.append(f"(e) {n}-node mesh run {i + 1}, idle CPU after convergence by process: {split}")
+            if r.limit:
+                notes.append(f"(e) {n}-node mesh run {i + 1} stopped by the machine: {r.limit}")
+    return notes
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -285,6 +327,7 @@ def row_json(row: Row) -> dict[str, object]:
     return {
         "section": row.section,
         "metric": row.metric,
+        "headline": row.key or None,
         "unit": row.unit,
         "bird": side(row.bird),
         "ours": side(row.ours),
@@ -307,6 +350,9 @@ calico-bgp / BIRD medians (lower is better except for rates). Raw samples: `late
 
 ## Machine
 {machine_lines}
+
+## Headline (targets: docs/performance.md#targets)
+{targets.render_markdown(rows)}
 
 ## Results
 {render(rows)}

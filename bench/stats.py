@@ -78,6 +78,7 @@ class Row:
     target: Target | None = None
     note: str = ""
     failures: int = 0  # runs that produced no sample (timed out, did not converge): a target is then missed
+    key: str = ""  # the headline metric this row counts towards (bench.targets), "" for none
 
     def ratio(self) -> float | None:
         ours, bird = summarize(self.ours), summarize(self.bird or [])

@@ -78,10 +78,12 @@ def list_netns(prefix: str = "") -> list[str]:
     return sorted(n for n in names if n.startswith(prefix))
 
 
-def add_netns(netns: str) -> None:
-    """Create netns with its loopback up (daemons and the etcd proxy listen on 127.0.0.1 inside it)."""
+def add_netns(netns: str, *, loopback_up: bool = True) -> None:
+    """Create netns with its loopback up (daemons and the etcd proxy listen on 127.0.0.1 inside it), or
+    down for a caller that brings it up in its own ``ip -batch``."""
     ip(None, "netns", "add", netns)
-    ip(netns, "link", "set", "lo", "up")
+    if loopback_up:
+        ip(netns, "link", "set", "lo", "up")
 
 
 def delete_netns(netns: str) -> None:

@@ -15,8 +15,11 @@ Complicating factors:
 
 from __future__ import annotations
 
+import compileall
 import contextlib
+import importlib.util
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -41,6 +44,30 @@ def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) 
     # The Popen is dropped on purpose: the process outlives this one. If it dies while we still run, alive()
     # or subprocess's own cleanup of dropped children reaps it.
     return proc.pid
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's soft limit on open files to ``wanted`` (within the hard limit) and return the
+    limit now in force. Lab processes inherit it: the etcd proxy holds a listener and two sockets per
+    daemon connection, so a 100-node lab needs more than the usual 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return soft
+    new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    return new
+
+
+def ensure_bytecode(packages: Iterable[str]) -> None:
+    """Compile the packages' modules to ``__pycache__`` where they are missing or out of date.
+
+    A node's image is installed with its bytecode; a checkout run with PYTHONDONTWRITEBYTECODE (as CI and
+    sandboxes often set it) has none, and then every daemon a lab starts compiles the same ~100 modules from
+    source: 0.1 s of CPU per node, 5 s for a 50-node mesh on 2 cores. Up-to-date files are only stat'ed."""
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        for path in (spec.submodule_search_locations or []) if spec else []:
+            compileall.compile_dir(path, quiet=2)  # an unwritable tree stays as it is: imports still work
 
 
 def argv(pid: int) -> list[str]:
