@@ -18,6 +18,8 @@ Complicating factors:
   routes through our restart sweeps what the End-of-RIB does not cover, so it must follow a complete table.
 - Commands are built per peer as one bulk command per attribute set, with one final command per prefix per
   batch (``bgp.exabgp.commands``); a value the builder refuses costs that route, not the batch.
+- ``sent`` is the largest per-route state on an exporting node (every prefix for every peer): equal
+  advertisements are stored as one shared object (bounded by ``INTERNED``).
 - Propagation timing asks which of the prefixes it follows (``track``) some command carried (``carried``):
   found per peer by walking the smaller of the two sets, and usually all at the first peer.
 """
@@ -31,6 +33,10 @@ from confgen.intent import PeerIntent
 
 Export = Callable[[PeerIntent, str], Advertisement | None]
 
+# Distinct advertisements remembered for sharing: a node's exports have a few (one per next hop and policy
+# outcome); past this many, sharing starts over (what is stored stays valid, only new copies go unshared).
+INTERNED = 4096
+
 
 class AdjRibOut:
     def __init__(self, *, refused: Refused) -> None:
@@ -38,6 +44,9 @@ class AdjRibOut:
         self._sent: dict[str, dict[str, Advertisement]] = {}
         self._resend: set[str] = set()
         self._eor_due: set[str] = set()
+        # One object per distinct advertisement: ``sent`` holds (peers x prefixes) of them, and the export
+        # decision builds a new, equal one per prefix (about 100 bytes each).
+        self._interned: dict[Advertisement, Advertisement] = {}
         # (peer, prefix) export decisions taken so far: the work a flush cost on this side.
         self.compared = 0
         # The prefixes of the last lines()'s ``track`` that a command carried to some peer (bgp.latency).
@@ -102,8 +111,7 @@ class AdjRibOut:
                         changes[prefix] = None
                         del sent[prefix]
                 elif compare.get(prefix) != adv:
-                    changes[prefix] = adv
-                    sent[prefix] = adv
+                    changes[prefix] = sent[prefix] = self._intern(adv)
             if changes:
                 lines.extend(peer_commands(address, changes, refused=self._refused))
                 if untracked:  # usually all found at the first peer: at most one pass over each side
@@ -122,6 +130,14 @@ class AdjRibOut:
         self._resend.clear()
         self.carried = carried
         return lines
+
+    def _intern(self, adv: Advertisement) -> Advertisement:
+        interned = self._interned.get(adv)
+        if interned is None:
+            if len(self._interned) >= INTERNED:
+                self._interned.clear()
+            interned = self._interned[adv] = adv
+        return interned
 
     # ------------------------------------------------------------------ views
 

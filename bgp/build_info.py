@@ -20,11 +20,12 @@ few and known.
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import logging
 import os
 import platform
-from collections.abc import Mapping
+import re
+import sys
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -36,11 +37,33 @@ log = logging.getLogger(__name__)
 REPORT_TIMEOUT = 30.0
 
 
-def package_version(name: str) -> str:
+def package_version(name: str, path: Iterable[str] | None = None) -> str:
+    """The installed version of distribution ``name``: read from the name of its
+    ``<name>-<version>.dist-info`` directory on ``path`` (``sys.path``), the first found, as
+    ``importlib.metadata`` would. Importing
+    ``importlib.metadata`` for two strings would keep email, zipfile and csv in the daemon (2.6 MiB, nothing
+    else loads them), so it is consulted only where no such directory is found (an egg, a zip)."""
+    wanted = _normalised(name)
+    for entry in sys.path if path is None else path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:  # a zip file, a directory gone
+            continue
+        for found in names:
+            if found.endswith(".dist-info"):
+                dist, _, version = found[: -len(".dist-info")].partition("-")
+                if version and _normalised(dist) == wanted:
+                    return version
+    import importlib.metadata  # noqa: PLC0415 (see above: only when the directory scan found nothing)
+
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _normalised(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
 
 
 def adjustments_label(applied: list[str] | None, environ: Mapping[str, str] = os.environ) -> str:

@@ -35,6 +35,7 @@ from pathlib import Path
 from bgp.build_info import BuildInfo
 from bgp.daemon_reports import DaemonReports, datastore_problem
 from bgp.exabgp import bridge
+from bgp.exabgp import check as exabgp_check
 from bgp.exabgp.channel import ApiChannel
 from bgp.exabgp.privileges import config_file_access, prepare_run_dir
 from bgp.exabgp.supervisor import ExaBGPSupervisor, exabgp_environment
@@ -158,7 +159,11 @@ class NodeDaemon:
         self.confgen = Confgen(
             StatusSplitter(self.syncer, config.node, self.node_status.update),
             config.node,
-            ConfigWriter(run_dir / "exabgp.conf", **config_file_access(config.exabgp_user)),
+            ConfigWriter(
+                run_dir / "exabgp.conf",
+                validate_cmd=exabgp_check.command(),
+                **config_file_access(config.exabgp_user),
+            ),
             api_run=api_run_line(run_dir / "api.sock"),
             on_intent=self._on_intent,
             reload=self._reload,

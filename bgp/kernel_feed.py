@@ -60,13 +60,24 @@ def kernel_pools(intent: NodeIntent) -> tuple[KernelPool, ...]:
 
 
 def learned(loc: LocRib, prefixes: Iterable[str]) -> dict[str, Learned]:
-    """The kernel's view of a selection: the multipath set's next hops and the best path's local-pref."""
+    """The kernel's view of a selection: the multipath set's next hops and the best path's local-pref.
+    Prefixes with the same next hop and local-pref share one ``Learned`` (a burst has a handful of them)."""
     out = {}
+    shared: dict[tuple[str, int | None], Learned] = {}  # for the common single-path selection
     for prefix in prefixes:
         selected = loc.get(prefix)
-        if selected is not None:
-            nexthops = tuple(sorted({p.nexthop for p in selected[1]}))
-            out[prefix] = Learned(nexthops, selected[0].attributes.local_pref)  # local-pref -> metric
+        if selected is None:
+            continue
+        best, multipath = selected
+        pref = best.attributes.local_pref  # local-pref -> metric
+        if len(multipath) == 1:
+            key = (multipath[0].nexthop, pref)
+            view = shared.get(key)
+            if view is None:
+                view = shared[key] = Learned((key[0],), pref)
+            out[prefix] = view
+        else:
+            out[prefix] = Learned(tuple(sorted({p.nexthop for p in multipath})), pref)
     return out
 
 

@@ -34,9 +34,9 @@ import functools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
+from bgp.build_info import package_version
 from bgp.status import PeerStatus
 from confgen.intent import GLOBAL, MESH, NODE_SPECIFIC, NodeIntent
 
@@ -86,14 +86,7 @@ class BuiltStatus:
 @functools.cache  # installed versions do not change while we run
 def agent_version() -> str:
     """``calico-bgp <version>+exabgp<version>``, shaped like calico-node's ``<confd>+bird<version>``."""
-
-    def installed(package: str) -> str:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return "unknown"
-
-    return f"calico-bgp {installed('calico-bgp')}+exabgp{installed('exabgp')}"
+    return f"calico-bgp {package_version('calico-bgp')}+exabgp{package_version('exabgp')}"
 
 
 def rfc3339(ts: float) -> str:

@@ -24,6 +24,9 @@ from bgp.exabgp.events import PathAttributes
 
 ORIGIN_RANK = {"igp": 0, "egp": 1, "incomplete": 2}
 DEFAULT_LOCAL_PREF = 100
+# Distinct attribute sets remembered for sharing (a mesh has a handful); past this many, sharing starts over:
+# what is stored stays valid, only new copies go unshared until they repeat.
+INTERNED = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,23 +60,50 @@ class Path:
         )
 
 
+def _each(held: Path | tuple[Path, ...]) -> tuple[Path, ...]:
+    return (held,) if isinstance(held, Path) else held
+
+
 class AdjRibIn:
     """All paths received from all peers."""
 
     def __init__(self) -> None:
-        self._by_prefix: dict[str, dict[str, Path]] = defaultdict(dict)
+        # prefix -> its one path (nearly always: one peer announces each prefix), or a tuple of them, one
+        # per peer: a dict per prefix would cost about 230 bytes each, 23 MB at 100k routes.
+        self._by_prefix: dict[str, Path | tuple[Path, ...]] = {}
         self._by_peer: dict[str, set[str]] = defaultdict(set)
         self._stale: dict[str, set[str]] = {}
+        self._interned: dict[PathAttributes, PathAttributes] = {}
+
+    def shared(self, attributes: PathAttributes) -> PathAttributes:
+        """The one stored object equal to ``attributes``: each UPDATE decodes its own, and a peer that sends
+        one route per UPDATE would otherwise leave a copy (about 200 bytes with its tuples) per path."""
+        interned = self._interned.get(attributes)
+        if interned is None:
+            if len(self._interned) >= INTERNED:
+                self._interned.clear()
+            interned = self._interned[attributes] = attributes
+        return interned
 
     def add(self, path: Path) -> bool:
         """Store ``path``; returns True when it changed anything. A re-announced path is no longer stale."""
         stale = self._stale.get(path.peer)
         if stale:
             stale.discard(path.prefix)
-        current = self._by_prefix[path.prefix].get(path.peer)
-        if current == path:
-            return False
-        self._by_prefix[path.prefix][path.peer] = path
+        held = self._by_prefix.get(path.prefix)
+        if held is None:
+            self._by_prefix[path.prefix] = path
+        else:
+            paths = _each(held)
+            for i, current in enumerate(paths):
+                if current.peer == path.peer:
+                    if current == path:
+                        return False
+                    paths = (*paths[:i], path, *paths[i + 1 :])
+                    break
+            else:
+                paths = (*paths, path)
+            self._by_prefix[path.prefix] = paths[0] if len(paths) == 1 else paths
         self._by_peer[path.peer].add(path.prefix)
         return True
 
@@ -81,13 +111,23 @@ class AdjRibIn:
         stale = self._stale.get(peer)
         if stale:
             stale.discard(prefix)
-        paths = self._by_prefix.get(prefix)
-        if not paths or peer not in paths:
+        if not self._discard(peer, prefix):
             return False
-        del paths[peer]
-        if not paths:
-            del self._by_prefix[prefix]
         self._by_peer[peer].discard(prefix)
+        return True
+
+    def _discard(self, peer: str, prefix: str) -> bool:
+        held = self._by_prefix.get(prefix)
+        if held is None:
+            return False
+        paths = _each(held)
+        rest = tuple(p for p in paths if p.peer != peer)
+        if len(rest) == len(paths):
+            return False
+        if not rest:
+            del self._by_prefix[prefix]
+        else:
+            self._by_prefix[prefix] = rest[0] if len(rest) == 1 else rest
         return True
 
     def drop_peer(self, peer: str) -> set[str]:
@@ -95,11 +135,7 @@ class AdjRibIn:
         prefixes = self._by_peer.pop(peer, set())
         self._stale.pop(peer, None)
         for prefix in prefixes:
-            paths = self._by_prefix.get(prefix)
-            if paths is not None:
-                paths.pop(peer, None)
-                if not paths:
-                    del self._by_prefix[prefix]
+            self._discard(peer, prefix)
         return prefixes
 
     def mark_stale(self, peer: str) -> int:
@@ -133,11 +169,12 @@ class AdjRibIn:
 
     def count(self, peer: str | None = None) -> int:
         if peer is None:
-            return sum(len(p) for p in self._by_prefix.values())
+            return sum(1 if isinstance(held, Path) else len(held) for held in self._by_prefix.values())
         return len(self._by_peer.get(peer, ()))
 
     def paths(self, prefix: str) -> list[Path]:
-        return list(self._by_prefix.get(prefix, {}).values())
+        held = self._by_prefix.get(prefix)
+        return [] if held is None else list(_each(held))
 
 
 def select(paths: list[Path]) -> tuple[Path | None, tuple[Path, ...]]:

@@ -25,9 +25,11 @@ Complicating factors:
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from ipaddress import ip_address
 
 from bgp.adj_rib_out import AdjRibOut
 from bgp.exabgp import events as ev
@@ -39,6 +41,12 @@ from bgp.status import PeerStatus
 from confgen.intent import PeerIntent
 
 log = logging.getLogger(__name__)
+
+
+def display_order(address: str) -> tuple[int, int]:
+    """By address, IPv4 before IPv6 (within a peer family: ``calicoctl node status``'s order)."""
+    parsed = ip_address(address)
+    return parsed.version, int(parsed)
 
 
 class Sessions:
@@ -81,11 +89,15 @@ class Sessions:
             if address not in wanted:
                 self._forget(address)
         now = self._wallclock()
-        for address, peer in wanted.items():
-            status = self._status.get(address)
-            self._status[address] = (
+        statuses: dict[str, PeerStatus] = {}
+        # In display order (family, then address), once per intent: status and the metrics read them after
+        # every flush, and replacing a value keeps its place.
+        for address in sorted(wanted, key=lambda a: (wanted[a].family, display_order(a))):
+            peer, status = wanted[address], self._status.get(address)
+            statuses[address] = (
                 PeerStatus.configured(peer, now) if status is None else status.reconfigured(peer)
             )
+        self._status = statuses
         self._peers = dict(wanted)
 
     def _forget(self, address: str) -> None:
@@ -201,12 +213,15 @@ class Sessions:
         router_id = offer.router_id if offer else ""
         ebgp = not self._peers[event.peer].ibgp
         changed = set()
+        # Shared by every path with the same values: the decoder makes new ones for each UPDATE.
+        peer, nexthop = sys.intern(event.peer), sys.intern(event.nexthop)
+        attributes = self._rib.shared(event.attributes)
         for prefix in event.prefixes:
             path = Path(
                 prefix=prefix,
-                peer=event.peer,
-                nexthop=event.nexthop,
-                attributes=event.attributes,
+                peer=peer,
+                nexthop=nexthop,
+                attributes=attributes,
                 ebgp=ebgp,
                 peer_router_id=router_id,
             )
@@ -254,7 +269,8 @@ class Sessions:
         return self._synced >= self._status.keys()
 
     def statuses(self) -> list[PeerStatus]:
-        """Each peer's status, a peer held for its prefix limit shown Idle with the reason."""
+        """Each peer's status, IPv4 before IPv6 and by address within a family, a peer held for its prefix
+        limit shown Idle with the reason."""
         return [self._held_view(s) for s in self._status.values()]
 
     def _held_view(self, status: PeerStatus) -> PeerStatus:

@@ -43,12 +43,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import ip_address
 
 from bgp.adj_rib_out import AdjRibOut
 from bgp.exabgp import events as ev
 from bgp.exabgp.commands import Advertisement
 from bgp.export import ExportRules
+from bgp.heap import HeapTrimmer
 from bgp.import_guard import ImportScreen
 from bgp.kernel_feed import IDLE, KernelFeed, kernel_pools
 from bgp.latency import Propagation, tracked
@@ -123,6 +123,7 @@ class Speaker:
         self._wake = asyncio.Event()
         self.unparsed_lines = 0
         self.last_flush = FlushWork()
+        self.heap = HeapTrimmer.for_this_process()  # what a burst freed goes back once it is over
 
     @property
     def limits(self) -> PeerLimits:
@@ -345,15 +346,20 @@ class Speaker:
         if imports:
             self.propagation.imported.delivered(imports, self._kernel.acked_prefixes())
         self.last_flush = FlushWork(len(changed), self._out.compared - compared, len(lines), kernel)
+        self.heap.handled(self.last_flush.selected + self.last_flush.compared)
         if self._metrics is not None:
             self._metrics.observe_speaker(self)
 
     async def run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: no task around the wait, one loop turn less between a change
+            # arriving and its flush (a single route's latency is counted in loop turns).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
             self.tick()
             if not self._wake.is_set():
+                self.heap.quiet()
                 continue
             try:
                 await self.flush()
@@ -371,7 +377,7 @@ class Speaker:
         return self._intent is not None and self._sessions.all_synced()
 
     def peer_statuses(self) -> list[PeerStatus]:
-        return sorted(self._sessions.statuses(), key=lambda s: (s.family, ip_address(s.address)))
+        return self._sessions.statuses()  # kept in display order
 
     def announced_count(self, peer: str) -> int:
         return self._out.announced_count(peer)

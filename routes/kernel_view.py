@@ -15,23 +15,30 @@ Complicating factors:
 - The kernel keys a route by (table, dst, tos, metric), so one destination can hold several routes of
   ours (an old metric left behind by a change); the plan deletes every metric but the wanted one.
 - ``plan_writes`` is the hot path of a 100k-route apply: plain local lookups, no per-route allocations.
+- Memory: 100k destinations on each side (ours on a node that learns, Felix's on one that exports) are
+  held as ``routes.compact.One`` per destination, not a dict, and a foreign route is kept as its interned
+  description (a node's workload routes share a few), not as the route.
 - Destination exclusivity: a destination that holds any foreign route is yielded (ours there is deleted,
   nothing is written); see the ownership rules in ``routes.table``.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from routes.compact import One, pop, put
 from routes.model import Route
 from routes.ownership import describe, same_route
 
 
 class KernelView:
     def __init__(self) -> None:
-        self.programmed: dict[str, dict[int, Route]] = {}
-        self.foreign: dict[str, dict[int, str]] = {}
+        # dst -> metric -> route: a ``One`` per destination with one metric (nearly all), else a dict.
+        self.programmed: dict[str, Mapping[int, Route]] = {}
+        # dst -> metric -> description, the same way; equal descriptions share one string (interned).
+        self.foreign: dict[str, Mapping[int, str]] = {}
         self.installed = 0  # routes in programmed
 
     def load(
@@ -39,21 +46,21 @@ class KernelView:
     ) -> int:
         """Replace the view with a dump of ``table``; returns how many routes of ours differ from the
         view it replaces (added, removed or changed behind our back), 0 without ``compare``."""
-        programmed: dict[str, dict[int, Route]] = {}
-        foreign: dict[str, dict[int, str]] = {}
+        programmed: dict[str, Mapping[int, Route]] = {}
+        foreign: dict[str, Mapping[int, str]] = {}
         for route in routes:
             if route.table != table:
                 continue
             if ours(route):
-                programmed.setdefault(route.dst, {})[route.priority] = route
+                put(programmed, route.dst, route.priority, route)
             else:
-                foreign.setdefault(route.dst, {})[route.priority] = describe(route)
+                put(foreign, route.dst, route.priority, sys.intern(describe(route)))
         drift = self._drift(programmed) if compare else 0
         self.programmed, self.foreign = programmed, foreign
         self.installed = sum(len(v) for v in programmed.values())
         return drift
 
-    def _drift(self, programmed: dict[str, dict[int, Route]]) -> int:
+    def _drift(self, programmed: Mapping[str, Mapping[int, Route]]) -> int:
         drift = 0
         for dst in programmed.keys() | self.programmed.keys():
             mine, kernel = self.programmed.get(dst, {}), programmed.get(dst, {})
@@ -65,31 +72,23 @@ class KernelView:
 
     def record(self, route: Route) -> None:
         """A write of ours went through."""
-        held = self.programmed.get(route.dst)
-        if held is None:
-            self.programmed[route.dst] = {route.priority: route}
+        programmed = self.programmed
+        if route.dst not in programmed:  # the common case, one route per destination, without put()
+            programmed[route.dst] = One(route.priority, route)
             self.installed += 1
         else:
-            self.installed += route.priority not in held
-            held[route.priority] = route
+            self.installed += put(programmed, route.dst, route.priority, route)
 
     def forget(self, route: Route) -> None:
         """Ours at ``route``'s key is gone (deleted, or overwritten by someone else)."""
-        ours = self.programmed.get(route.dst)
-        if ours is not None:
-            if ours.pop(route.priority, None) is not None:
-                self.installed -= 1
-            if not ours:
-                del self.programmed[route.dst]
+        if pop(self.programmed, route.dst, route.priority) is not None:
+            self.installed -= 1
 
     def add_foreign(self, dst: str, priority: int, what: str) -> None:
-        self.foreign.setdefault(dst, {})[priority] = what
+        put(self.foreign, dst, priority, sys.intern(what))
 
     def remove_foreign(self, dst: str, priority: int) -> None:
-        held = self.foreign.get(dst, {})
-        held.pop(priority, None)
-        if not held:
-            self.foreign.pop(dst, None)
+        pop(self.foreign, dst, priority)
 
     def conflicts(self, desired: Mapping[str, Route]) -> dict[str, str]:
         """Desired destinations a foreign route holds -> what holds them."""

@@ -13,6 +13,9 @@ prefixes touched since the last report, the coalescing of bursts, recovery from 
 watch's liveness check and ``calico_bgp_kernel_watch_restarts_total{reason}``.
 
 Design and complicating factors:
+- Memory: a node may hold 100k workload routes, so each is a prefix, a metric and a device name shared
+  with its neighbours (``routes.compact.One`` per prefix, the device index a set of prefixes), no dict or
+  tuple of its own.
 - No polling. The watch is subscribed BEFORE the initial dump, so a route added in between is seen as an
   event; replaying such an event over the dump is harmless (last event per key wins).
 - Work per event and per report is proportional to what changed, not to the table: a node may hold 100k
@@ -57,6 +60,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter
 
+from routes.compact import One, pop, put
 from routes.model import (
     ADD,
     LINK_UP,
@@ -110,8 +114,9 @@ class WorkloadRouteWatcher:
         self._exclude = exclude_proto
         self._observers = tuple(observers)
         self._dump_observers = tuple(dump_observers)
-        self._routes: dict[str, dict[int, str]] = {}  # prefix -> metric -> device
-        self._on_device: dict[str, set[tuple[str, int]]] = {}  # device -> (prefix, metric): link events
+        # prefix -> metric -> device, a ``routes.compact.One`` per prefix with one metric (nearly all).
+        self._routes: dict[str, Mapping[int, str]] = {}
+        self._on_device: dict[str, set[str]] = {}  # device -> prefixes with a route on it: link events
         # Prefixes touched since the last successful report -> their device as reported then (None: absent).
         # Comparing with it at report time drops flaps within a burst without a second map of everything.
         self._touched: dict[str, str | None] = {}
@@ -148,6 +153,8 @@ class WorkloadRouteWatcher:
     def device(self, prefix: str) -> str | None:
         """The device of ``prefix``'s lowest-metric workload route, None when there is none."""
         metrics = self._routes.get(prefix)
+        if type(metrics) is One:  # nearly every prefix: without the Mapping protocol's method calls
+            return metrics.value
         return metrics[min(metrics)] if metrics else None
 
     async def run(self) -> None:
@@ -231,7 +238,7 @@ class WorkloadRouteWatcher:
         # Our own routes are not compared (below): skipped undecoded, they cost nothing at 100k.
         return await self._netlink.dump_routes(None, self._table, exclude_proto=self._exclude)
 
-    def _differences(self, routes: list[Route]) -> dict[str, dict[int, str] | None]:
+    def _differences(self, routes: list[Route]) -> dict[str, Mapping[int, str] | None]:
         """prefix -> the kernel's {metric: device} (None: absent), for each prefix we hold differently."""
         kernel: dict[str, dict[int, str]] = {}
         for route in routes:
@@ -284,10 +291,10 @@ class WorkloadRouteWatcher:
         if held == ifname:
             return
         self._touch(dst)
+        put(self._routes, dst, metric, ifname)
         if held is not None:
-            self._unindex(held, dst, metric)
-        self._routes.setdefault(dst, {})[metric] = ifname
-        self._on_device.setdefault(ifname, set()).add((dst, metric))
+            self._unindex(held, dst)
+        self._on_device.setdefault(ifname, set()).add(dst)
         self._changed()
 
     def _remove(self, dst: str, metric: int) -> None:
@@ -295,20 +302,27 @@ class WorkloadRouteWatcher:
         if metrics is None or metric not in metrics:
             return
         self._touch(dst)
-        self._unindex(metrics.pop(metric), dst, metric)
-        if not metrics:
-            del self._routes[dst]
+        held = pop(self._routes, dst, metric)
+        assert held is not None
+        self._unindex(held, dst)
         self._changed()
 
-    def _unindex(self, ifname: str, dst: str, metric: int) -> None:
+    def _unindex(self, ifname: str, dst: str) -> None:
+        """``dst`` no longer has the route it had on ``ifname``: drop it from the device's index unless
+        another metric of it is on the same device."""
+        rest = self._routes.get(dst)  # None, the common case: its only route went
+        if rest is not None and ifname in rest.values():
+            return
         keys = self._on_device[ifname]
-        keys.discard((dst, metric))
+        keys.discard(dst)
         if not keys:
             del self._on_device[ifname]
 
     def _drop_device(self, ifname: str) -> None:
-        for dst, metric in list(self._on_device.get(ifname, ())):
-            self._remove(dst, metric)
+        for dst in list(self._on_device.get(ifname, ())):
+            for metric, device in list(self._routes.get(dst, {}).items()):
+                if device == ifname:
+                    self._remove(dst, metric)
 
     def _touch(self, dst: str) -> None:
         """Call before changing ``dst``: the first touch in a burst remembers what was reported."""

@@ -13,12 +13,16 @@ subscribed sockets; ``routes.nlsocket`` opens both and holds the ifindex <-> nam
 
 Design:
 - ``apply`` is the hot path. Requests are packed by ``routes.rtnetlink`` and sent in 256 KiB datagrams on
-  ONE raw socket, each message with NLM_F_ACK and its own sequence number; the kernel handles a datagram
-  synchronously inside sendmsg, so its acks are queued by the time ``send`` returns and are read per
-  chunk, matched back to routes by sequence number. NETLINK_CAP_ACK keeps acks small and NETLINK_EXT_ACK
-  adds the kernel's reason to errors. The chunk is capped so that its acks fit the receive buffer
-  (a dropped ack would leave a route's outcome unknown). The blocking socket work runs in a worker
-  thread, so the event loop keeps serving BGP while 100k routes go in.
+  ONE raw socket, each message with its own sequence number; the kernel handles a datagram synchronously
+  inside sendmsg, so its answers are queued by the time ``send`` returns and are read per chunk, matched
+  back to routes by sequence number. Only a chunk's last message asks for an ack (NLM_F_ACK): the kernel
+  answers a failed request whether or not it asked, in order, so that ack closes the chunk and every
+  request without an error before it succeeded; 100k acks would cost 100k reads and kernel buffers.
+  NETLINK_CAP_ACK keeps answers small and NETLINK_EXT_ACK adds the kernel's reason to errors. The chunk
+  is capped so that its answers fit the receive buffer (a dropped one would leave outcomes unknown). A
+  large batch runs in a worker thread, so the event loop keeps serving BGP while 100k routes go in; a
+  small one (``INLINE_REQUESTS``) is sent from the loop itself, where the thread hop would cost more
+  than the few microseconds the kernel takes (it is most of a single route's time in the daemon).
 - Dumps use the same raw socket with NETLINK_GET_STRICT_CHK, so the kernel filters by table and protocol,
   and are decoded by ``routes.rtnetlink``: pyroute2's decoder costs ~100x more per route, which would
   turn a 100k-route read-back into half a minute. A dump interrupted by a concurrent change
@@ -39,6 +43,7 @@ import asyncio
 import errno
 import logging
 import socket
+import struct
 from collections.abc import Iterable, Sequence
 
 from routes import rtnetlink as rt
@@ -50,6 +55,8 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 1024
 ACK_TRUESIZE = 1024  # upper bound of the receive-buffer cost of one ack skb (truesize, not payload)
+INLINE_REQUESTS = 64  # a batch up to this size is sent from the event loop, not a worker thread
+_FLAGS = struct.Struct("=H")  # nlmsg_flags, at offset 6 of the header (host byte order)
 
 
 class KernelNetlink:
@@ -64,6 +71,8 @@ class KernelNetlink:
         self._lock = asyncio.Lock()  # one request socket: applies and dumps take turns
         self._seq = 0
         self._links = LinkNames(netns)  # shared with the watches this object opens
+        # For the answers to a chunk (one small datagram each: an error or the closing ack); under _lock only.
+        self._buf = bytearray(1 << 16)
 
     # -- sockets -----------------------------------------------------------------------------------
 
@@ -135,6 +144,8 @@ class KernelNetlink:
         async with self._lock:
             sock = self._request_socket()
             indices = dict(self._links.indices)
+            if len(requests) <= INLINE_REQUESTS:
+                return self._send_batches(sock, requests, indices)
             return await asyncio.to_thread(self._send_batches, sock, requests, indices)
 
     def _send_batches(
@@ -144,11 +155,12 @@ class KernelNetlink:
         chunk: list[bytes] = []
         pending: dict[int, Route] = {}
         size = 0
-        buf = bytearray(1 << 20)
+        buf = self._buf
+        encode = rt.RouteEncoder(indices.get).encode
         for kind, flags, route in requests:
             seq = self._next_seq()
             try:
-                msg = rt.encode_route(kind, flags, seq, route, indices.get)
+                msg = encode(kind, flags & ~rt.NLM_F_ACK, seq, route)
             except rt.EncodeError as exc:
                 errors.append((route, str(exc)))
                 continue
@@ -167,24 +179,31 @@ class KernelNetlink:
         sock: socket.socket, chunk: list[bytes], pending: dict[int, Route],
         errors: list[tuple[Route, str]], buf: bytearray,
     ) -> None:
-        sock.send(b"".join(chunk))
+        last_seq = next(reversed(pending))
+        data = bytearray(b"".join(chunk))
+        offset = len(data) - len(chunk[-1])
+        (flags,) = _FLAGS.unpack_from(data, offset + 6)
+        _FLAGS.pack_into(data, offset + 6, flags | rt.NLM_F_ACK)  # the chunk's closing ack
+        sock.send(data)
         view = memoryview(buf)
         while pending:
             try:
                 n = sock.recv_into(buf)
-            except OSError as exc:  # ENOBUFS: acks were dropped; the outcome of the rest is unknown
+            except OSError as exc:  # ENOBUFS: answers were dropped; the outcome of the rest is unknown
                 code = exc.errno or errno.ETIMEDOUT
                 errors.extend((r, rt.errno_text(code, "ack lost")) for r in pending.values())
                 return
             for kind, _, seq, offset in rt.iter_messages(view[:n]):
                 if kind != rt.NLMSG_ERROR:
                     continue
-                route = pending.pop(seq, None)  # late acks of an earlier, failed chunk are ignored
+                route = pending.pop(seq, None)  # late answers to an earlier, failed chunk are ignored
                 if route is None:
                     continue
                 code, detail = rt.decode_error(view, offset)
                 if code:
                     errors.append((route, rt.errno_text(code, detail)))
+                if seq == last_seq:
+                    pending.clear()  # in order: every request before it without an error succeeded
 
     async def dump_routes(
         self, proto: int | None = None, table: int = RT_TABLE_MAIN, *, exclude_proto: int | None = None

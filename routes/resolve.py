@@ -31,6 +31,7 @@ as in BIRD's static protocol.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -68,6 +69,9 @@ class Learned:
     local_pref: int | None = None
 
 
+# Cached for the objects as much as the arithmetic: a metric near 2^31 is a new 32-byte int per route
+# otherwise, and every route with the same local preference can hold the same one.
+@functools.lru_cache(maxsize=256)
 def bgp_metric(local_pref: int | None) -> int:
     """The kernel metric Calico v3.32 gives a BGP-learned route (``krt_metric = 2^31-1 - bgp_local_pref``)."""
     pref = DEFAULT_LOCAL_PREF if local_pref is None else local_pref

@@ -95,6 +95,9 @@ def exabgp_environment(
         "exabgp.api.respawn": "true",
         "exabgp.log.destination": "stdout",
         "exabgp.log.short": "false",
+        # A line per message counter that changed (every UPDATE and keepalive): nearly all of exabgp.log, and
+        # each one an ExaBGP write and a daemon read and write, some between an UPDATE and its kernel write.
+        "exabgp.log.statistics": "false",
         "exabgp.reactor.speed": str(reactor_speed),
     }
 

@@ -315,6 +315,30 @@ async def test_a_route_the_kernel_refuses_is_retried_alone_with_back_off(ns, net
     assert table.next_retry() is None
 
 
+@pytest.mark.parametrize("count", [3, 200])  # sent from the event loop / from a worker thread
+@pytest.mark.parametrize("chunk_bytes", [4096, 256 * 1024])  # many chunks / one
+async def test_a_batch_reports_exactly_its_refused_requests(ns, count, chunk_bytes):
+    """Only a chunk's last request asks for an ack: a refusal anywhere in a chunk (first, middle, closing
+    it) still comes back for its own route, and every other route is in the kernel."""
+    netlink = KernelNetlink(netns=ns, chunk_bytes=chunk_bytes)
+    try:
+        good = many(count)
+        unreachable = [Route(f"10.244.{i}.0/26", nexthops=(Nexthop("10.77.0.1"),)) for i in range(count)]
+        # a refused request at every third position, the last one included
+        batch = [unreachable[i] if i % 3 == 2 or i == count - 1 else good[i] for i in range(count)]
+        errors = await netlink.apply(batch, ())
+        refused = {r.dst for r in batch if r in unreachable}
+        assert sorted(r.dst for r, _ in errors) == sorted(refused)
+        assert {text.split(":")[0] for _, text in errors} == {"ENETUNREACH"}
+        installed = {dst if "/" in dst else f"{dst}/32" for dst in ours(ns)}  # ip shows a /32 bare
+        assert installed == {r.dst for r in batch} - refused
+        missing = [r for r in good if r.dst not in installed]
+        gone = await netlink.apply((), missing)  # deletes of absent routes are refused, one by one
+        assert sorted(r.dst for r, _ in gone) == sorted(r.dst for r in missing)
+    finally:
+        netlink.close()
+
+
 async def test_link_names_match_ip_link_across_many_dump_messages(ns, netlink):
     """Our own link dump (no pyroute2): every device by index, 300 of them spanning several datagrams, and a
     rename seen on the next refresh."""

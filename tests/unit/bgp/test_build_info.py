@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bgp.build_info import BuildInfo, adjustments_summary
+from bgp.build_info import BuildInfo, adjustments_summary, package_version
 from bgp.exabgp.launch import ADJUSTMENTS_MARK, adjustments_line, parse_adjustments
 from bgp.exabgp.supervisor import ExaBGPSupervisor
 from bgp.exabgp.tuning import PATCHES, TUNING_ENV
@@ -120,3 +122,23 @@ async def test_with_tuning_off_the_line_says_so_at_once(caplog):
         await asyncio.wait_for(info.run(timeout=30), 5)  # ExaBGP never started: nothing to wait for
     assert _summaries(caplog) == [(logging.INFO, adjustments_summary(None, {TUNING_ENV: "off"}))]
     assert _adjustments_label(registry) == ["off"]
+
+
+def test_package_versions_are_read_from_dist_info_directories_as_importlib_metadata_reads_them(tmp_path):
+    import importlib.metadata
+
+    for name in ("calico-bgp", "exabgp", "prometheus_client"):
+        assert package_version(name) == importlib.metadata.version(name)
+    first, second = tmp_path / "a", tmp_path / "b"
+    (first / "My_Pkg-1.2.3.dist-info").mkdir(parents=True)
+    (second / "my_pkg-9.9.dist-info").mkdir(parents=True)
+    assert package_version("my-pkg", [str(tmp_path / "missing"), str(first), str(second)]) == "1.2.3"
+    assert package_version("my.pkg", [str(second)]) == "9.9"
+    assert package_version("no-such-distribution-here", [str(first)]) == "unknown"
+
+
+def test_the_daemon_imports_no_importlib_metadata():
+    code = "import sys, bgp.daemon, bgp.build_info; bgp.build_info.package_version('exabgp'); " \
+           "print('importlib.metadata' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "False"

@@ -278,3 +278,42 @@ async def test_an_update_without_next_hop_withdraws_its_prefixes_and_programming
     metrics.observe_speaker(speaker)
     sample = registry.get_sample_value("calico_bgp_malformed_prefixes_withdrawn_total", {"peer": TOR})
     assert sample == 1.0
+
+
+
+async def test_metrics_write_only_the_series_whose_values_changed(monkeypatch):
+    """A node's start is a flush or more per peer event: rewriting every peer's series at each one made the
+    daemon's start-up CPU grow with the square of its peers."""
+    from prometheus_client.metrics import Counter, Gauge
+
+    async def send(lines):
+        pass
+
+    registry = build_registry()
+    speaker = Speaker(send=send, route_table=FakeRouteTable(), metrics=SpeakerMetrics(registry))
+    peers = [f"10.0.1.{n}" for n in range(1, 41)]
+    speaker.set_intent(intent([peer(p) for p in peers]))
+    speaker.set_workload_routes(set())
+    await speaker.flush()
+    writes: list[str] = []
+    for cls, method in ((Gauge, "set"), (Gauge, "inc"), (Counter, "inc")):
+        original = getattr(cls, method)
+
+        def recording(self, *args, _original=original, _name=method, **kwargs):
+            writes.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, method, recording)
+    speaker.kernel_changed()
+    await speaker.flush()
+    assert writes == ["set"]  # nothing changed but the local exports gauge, written every time
+    writes.clear()
+    speaker.handle_line(state(peers[7], "up"))
+    await speaker.flush()
+    assert sorted(writes) == ["set", "set", "set"]  # that peer's session_up and prefixes announced
+    labels = {"peer": peers[7], "family": "ipv4", "type": "node-to-node mesh"}
+    assert registry.get_sample_value("calico_bgp_session_up", labels) == 1
+    assert registry.get_sample_value("calico_bgp_prefixes_announced", labels) == 1
+    assert registry.get_sample_value("calico_bgp_session_up", {**labels, "peer": peers[8]}) == 0
+    assert registry.get_sample_value("calico_bgp_peer_held", {"peer": peers[7]}) == 0
+    assert registry.get_sample_value("calico_bgp_prefix_limit_exceeded_total", {"peer": peers[7]}) == 0

@@ -10,12 +10,13 @@ same.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from bgp.daemon import NodeConfig, NodeDaemon
 from bgp.exabgp.events import PathAttributes
-from bgp.kernel_feed import APPLIED, IDLE, REBUILT, UPDATED, KernelFeed, kernel_pools
+from bgp.kernel_feed import APPLIED, IDLE, REBUILT, UPDATED, KernelFeed, kernel_pools, learned
 from bgp.rib import Path
 from bgp.speaker import Speaker
 from confgen.intent import NodeIntent, PeerIntent, PoolIntent
@@ -239,6 +240,36 @@ def selected(prefix: str, *nexthops: str) -> tuple[Path, tuple[Path, ...]]:
     attributes = PathAttributes(local_pref=100)
     paths = tuple(Path(prefix=prefix, peer=h, nexthop=h, attributes=attributes) for h in nexthops)
     return paths[0], paths
+
+
+def with_pref(entry: tuple[Path, tuple[Path, ...]], pref: int | None) -> tuple[Path, tuple[Path, ...]]:
+    paths = tuple(replace(p, attributes=PathAttributes(local_pref=pref)) for p in entry[1])
+    return paths[0], paths
+
+
+@pytest.mark.parametrize(
+    "loc, expected",
+    [
+        pytest.param({"10.9.0.0/24": selected("10.9.0.0/24", PEER)}, {"10.9.0.0/24": ((PEER,), 100)},
+                     id="one-path"),
+        pytest.param({"10.9.0.0/24": selected("10.9.0.0/24", "10.0.0.13", PEER, "10.0.0.13")},
+                     {"10.9.0.0/24": (("10.0.0.12", "10.0.0.13"), 100)}, id="multipath-sorted-once"),
+        pytest.param({"10.9.0.0/24": selected("10.9.0.0/24", PEER),
+                      "10.8.0.0/24": selected("10.8.0.0/24", PEER)},
+                     {"10.9.0.0/24": ((PEER,), 100), "10.8.0.0/24": ((PEER,), 100)}, id="same-hop-twice"),
+        pytest.param({"10.9.0.0/24": selected("10.9.0.0/24", PEER),
+                      "10.8.0.0/24": with_pref(selected("10.8.0.0/24", PEER), 200),
+                      "10.7.0.0/24": with_pref(selected("10.7.0.0/24", PEER), None),
+                      "10.6.0.0/24": selected("10.6.0.0/24", "10.0.0.13")},
+                     {"10.9.0.0/24": ((PEER,), 100), "10.8.0.0/24": ((PEER,), 200),
+                      "10.7.0.0/24": ((PEER,), None), "10.6.0.0/24": (("10.0.0.13",), 100)},
+                     id="prefs-and-hops-kept-apart"),
+    ],
+)
+def test_learned_gives_each_prefix_its_hops_and_local_pref(loc, expected):
+    asked = [*loc, "10.5.0.0/24"]  # a prefix no longer selected is left out
+    got = learned(loc, asked)
+    assert {p: (v.nexthops, v.local_pref) for p, v in got.items()} == expected
 
 
 @pytest.mark.parametrize(

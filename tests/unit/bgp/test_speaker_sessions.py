@@ -185,3 +185,26 @@ def test_a_peer_that_leaves_the_configuration_leaves_nothing_behind():
     assert rig.rib.count(PEER) == 0 and rig.sessions.malformed_withdraws == {}
     assert rig.out.announced_count(PEER) == 0 and PEER not in rig.out.sent
     assert rig.sessions.handle(UP) is None
+
+
+@pytest.mark.parametrize(
+    "configured, expected",
+    [
+        (["10.0.0.13", "10.0.0.9", "10.0.0.100"], ["10.0.0.9", "10.0.0.13", "10.0.0.100"]),  # not text
+        (["fd00::2", "10.0.0.20", "fd00::10", "10.0.0.3"], ["10.0.0.3", "10.0.0.20", "fd00::2", "fd00::10"]),
+    ],
+)
+def test_statuses_come_in_display_order_through_reconfiguration_and_state_changes(configured, expected):
+    def intent(address: str) -> PeerIntent:
+        family = "ipv6" if ":" in address else "ipv4"
+        return PeerIntent(
+            name=f"p{address}", address=address, family=family, peer_as=64512, local_as=64512,
+            local_address=ME, passive=False,
+        )
+
+    rig = Rig()
+    rig.sessions.configure({a: intent(a) for a in configured[:1]})
+    rig.sessions.configure({a: intent(a) for a in configured})  # later peers slot into their place
+    rig.feed(ev.PeerState(configured[0], ev.STATE_UP))  # a replaced status keeps its place
+    assert [s.address for s in rig.sessions.statuses()] == expected
+    assert rig.status(configured[0]).established

@@ -268,6 +268,9 @@ def test_environment_is_explicit():
     env = sup.exabgp_environment(["10.0.0.11", "fd00::11"], 179)
     assert env["exabgp.tcp.bind"] == "10.0.0.11 fd00::11"
     assert env["exabgp.daemon.user"] == "root" and env["exabgp.api.ack"] == "false"
+    from exabgp.environment import parsing
+
+    assert parsing.boolean(env["exabgp.log.statistics"]) is False  # as ExaBGP reads it: no counter lines
     assert signal.SIGUSR1  # reload is SIGUSR1; SIGHUP would stop ExaBGP
 
 

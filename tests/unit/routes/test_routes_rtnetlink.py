@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import struct
+from dataclasses import replace
 
 import pytest
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
@@ -97,6 +98,32 @@ def test_unencodable_routes_raise_with_an_errno(route, code):
         encode(route)
     assert info.value.code == code
     assert str(info.value).startswith(errno.errorcode[code])
+
+
+SHAPE_PEERS = ["10.1.0.64/26", "0.0.0.0/0", "fd00:2::/64", "::/0"]
+
+
+@pytest.mark.parametrize("kind", [rt.RTM_NEWROUTE, rt.RTM_DELROUTE])
+@pytest.mark.parametrize("route", [r for _, r in ROUTES], ids=[n for n, _ in ROUTES])
+def test_the_batch_encoder_writes_what_encode_route_writes(route, kind):
+    """Each request shape encoded once, then reused for other destinations of the same family and length
+    (and for the same route again): byte for byte what ``encode_route`` gives each route alone."""
+    flags = rt.NLM_F_REQUEST | rt.NLM_F_CREATE
+    encoder = rt.RouteEncoder(INDEX.get)
+    same_length = [d for d in SHAPE_PEERS if (":" in d) == (":" in route.dst)]
+    others = [replace(route, dst=d) for d in same_length] + [route]
+    for seq, each in enumerate([route, *others], start=11):
+        assert encoder.encode(kind, flags, seq, each) == rt.encode_route(kind, flags, seq, each, INDEX.get)
+
+
+@pytest.mark.parametrize("dst", ["10.1.0.0", "10.1.0.300/26", "10.1.0.0/x"])
+def test_the_batch_encoder_refuses_a_bad_destination_after_a_good_one(dst):
+    encoder = rt.RouteEncoder(INDEX.get)
+    good = Route("10.1.0.0/26", nexthops=(Nexthop("192.0.2.7"),))
+    encoder.encode(rt.RTM_NEWROUTE, rt.NLM_F_REQUEST, 1, good)
+    with pytest.raises(rt.EncodeError) as info:
+        encoder.encode(rt.RTM_NEWROUTE, rt.NLM_F_REQUEST, 2, replace(good, dst=dst))
+    assert info.value.code == errno.EINVAL
 
 
 def test_dump_request_carries_the_filters():
