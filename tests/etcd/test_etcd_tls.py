@@ -32,6 +32,11 @@ pytestmark = pytest.mark.etcd
 
 PASSWORD = "s3cret-Pa55word"
 TOKEN_TTL = 2  # seconds; short so that the token lapses inside a test
+CLIENT_TIMEOUT = 2.0  # each gRPC call's deadline in the syncer under test
+BACKOFF_MAX = 1.0
+# The longest one failed resync can take: a connect that runs into its deadline, the watch tasks' stop bound
+# and the close (each CLIENT_TIMEOUT at most), then the backoff with its 20 % jitter.
+ATTEMPT_BOUND = 3 * CLIENT_TIMEOUT + BACKOFF_MAX * 1.2
 
 
 @pytest.fixture
@@ -93,20 +98,23 @@ async def connect_error(endpoint, security) -> EtcdConnectError:
     raise AssertionError("the client connected and read")
 
 
-async def wait_until(predicate, timeout=20.0, what="condition"):
+async def wait_until(predicate, timeout=20.0, what="condition", state=None):
+    """``state``: what to show if the wait times out (the syncer's counters and last error, say)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}" + (f"; {state()}" if state else ""))
 
 
 class Running:
     def __init__(self, endpoint, security):
         self.registry = CollectorRegistry()
-        self.syncer = EtcdSyncer(lambda: EtcdClient([endpoint], timeout=2.0, security=security), "node1",
-                                 registry=self.registry, backoff_max=1.0)  # fmt: skip
+        self.syncer = EtcdSyncer(
+            lambda: EtcdClient([endpoint], timeout=CLIENT_TIMEOUT, security=security), "node1",
+            registry=self.registry, backoff_max=BACKOFF_MAX, stop_timeout=CLIENT_TIMEOUT,
+        )  # fmt: skip
         self.snapshots = []
         self.task = None
 
@@ -121,6 +129,14 @@ class Running:
 
     def errors(self, reason):
         return self.registry.get_sample_value("calico_bgp_datastore_errors_total", {"reason": reason}) or 0
+
+    def state(self) -> str:
+        counts = {
+            sample.labels["reason"]: sample.value
+            for metric in self.registry.collect() if metric.name == "calico_bgp_datastore_errors"
+            for sample in metric.samples if sample.name.endswith("_total")
+        }  # fmt: skip
+        return f"in_sync={self.syncer.in_sync} errors={counts} last_error={self.syncer.last_error!r}"
 
     def nodes(self):
         return set(self.snapshots[-1].resources.get("Node", {})) if self.snapshots else set()
@@ -191,9 +207,16 @@ async def test_syncer_keeps_its_snapshot_through_a_tls_failure_and_recovers(pki,
         await wait_until(lambda: run.syncer.in_sync and "node1" in run.nodes(), what="the first snapshot")
         # The CA file now holds the wrong CA and the connection drops: every reconnect fails verification.
         shutil.copy(pki[1].ca, ca_copy)
-        tls_server.kill()
-        tls_server.start()
-        await wait_until(lambda: run.errors("tls") >= 2, what="TLS failures counted")
+        # In a thread: the syncer's loop keeps running through the restart, as a daemon's would.
+        await asyncio.to_thread(tls_server.kill)
+        await asyncio.to_thread(tls_server.start)
+        # The drop, then two failed handshakes: three resyncs, each within ATTEMPT_BOUND.
+        await wait_until(
+            lambda: run.errors("tls") >= 2,
+            timeout=3 * ATTEMPT_BOUND + 10,
+            what="TLS failures counted",
+            state=run.state,
+        )
         assert not run.syncer.in_sync
         assert run.nodes() == {"node1"}  # the last good view, never an empty one
         assert f"etcd {tls_server.endpoint}: TLS handshake failed: certificate verify failed" in (
@@ -202,7 +225,9 @@ async def test_syncer_keeps_its_snapshot_through_a_tls_failure_and_recovers(pki,
         await put_node(tls_server.endpoint, good, "node2", "10.0.0.12/24")
         # Fixed in place: the next reconnect reads the file again.
         shutil.copy(pki[0].ca, ca_copy)
-        await wait_until(lambda: run.syncer.in_sync and run.nodes() == {"node1", "node2"}, what="recovery")
+        await wait_until(
+            lambda: run.syncer.in_sync and run.nodes() == {"node1", "node2"}, what="recovery", state=run.state
+        )
         assert run.syncer.last_error is None
 
 
