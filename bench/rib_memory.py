@@ -13,17 +13,25 @@ Complicating factors: the fake kernel's own copies of the routes are left out of
 holds them outside the process), and so is this module; the kernel's decoded routes, which a real daemon
 builds per notification, are built here once by the fake, so what the daemon keeps of them is counted only
 where it keeps its own objects. One run is enough: the figures are allocation counts, not timings.
+
+``--read-back`` (side B) then measures the daemon's periodic full read-back of the table: the fake kernel's
+routes become fresh copies, as the real kernel's dump decodes them, the table resyncs, the copies the daemon
+did not keep are dropped (a real kernel keeps them out of the process) and the process RSS is read before
+and after, with the heap trimmed as the daemon trims it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import ipaddress
 import json
+import os
 import tracemalloc
 
+from bgp.heap import libc_trim
 from bgp.speaker import Speaker
 from confgen.intent import NodeIntent, PeerIntent, PoolIntent
 from routes.model import RTPROT_BIRD, RTPROT_BOOT, Nexthop, Route
@@ -62,7 +70,33 @@ def announce(me: str, peer: str, nlri: list[str]) -> str:
     return event(me, peer, "update", {"message": {"update": update}})
 
 
-async def measure(side: str, count: int, per_update: int, top: int) -> list[str]:
+def rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def read_back(kernel: FakeNetlink, table: RouteTable) -> str:
+    """RSS around one full read-back whose dump agrees with what the table programmed."""
+    trim = libc_trim() or (lambda: None)
+
+    def settle() -> float:
+        gc.collect()
+        trim()
+        return rss_mib()
+
+    before = settle()
+    # New objects, as each dump decodes them; gateway-only next hops come back with the device resolved.
+    for key, route in list(kernel.routes.items()):
+        hops = tuple(dataclasses.replace(h, ifname=h.ifname or "eth0") for h in route.nexthops)
+        kernel.routes[key] = dataclasses.replace(route, dst=str(route.dst), nexthops=hops)
+    result = await table.resync()
+    kernel.routes.clear()  # the kernel's copies are not the daemon's memory
+    after = settle()
+    return (f"read-back: {result.repaired} repaired, RSS {before:.1f} -> {after:.1f} MiB "
+            f"({after - before:+.1f} MiB; the fake kernel's copies dropped)")
+
+
+async def measure(side: str, count: int, per_update: int, top: int, readback: bool = False) -> list[str]:
     kernel = FakeNetlink()
     kernel.add_foreign(CONNECTED)
     table = RouteTable(kernel, hold_deletes=False)
@@ -115,6 +149,9 @@ async def measure(side: str, count: int, per_update: int, top: int) -> list[str]
         frame = stat.traceback[0]
         out.append(f"  {stat.size_diff / count:7.1f} B/route {stat.count_diff:>8} objects  "
                    f"{frame.filename}:{frame.lineno}")
+    if readback:
+        del before, after, stats
+        out.append(await read_back(kernel, table))
     return out
 
 
@@ -124,8 +161,9 @@ def main() -> None:
     parser.add_argument("--routes", type=int, default=100_000)
     parser.add_argument("--per-update", type=int, default=800, help="routes per UPDATE event (side B)")
     parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--read-back", action="store_true", help="then RSS around a full read-back (side B)")
     args = parser.parse_args()
-    print("\n".join(asyncio.run(measure(args.side, args.routes, args.per_update, args.top))))
+    print("\n".join(asyncio.run(measure(args.side, args.routes, args.per_update, args.top, args.read_back))))
 
 
 if __name__ == "__main__":

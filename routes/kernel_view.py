@@ -17,7 +17,8 @@ Complicating factors:
 - ``plan_writes`` is the hot path of a 100k-route apply: plain local lookups, no per-route allocations.
 - Memory: 100k destinations on each side (ours on a node that learns, Felix's on one that exports) are
   held as ``routes.compact.One`` per destination, not a dict, and a foreign route is kept as its interned
-  description (a node's workload routes share a few), not as the route.
+  description (a node's workload routes share a few), not as the route. A dump that agrees with the view
+  leaves the view's own objects in place (``load``), so a read-back after a burst allocates nothing lasting.
 - Destination exclusivity: a destination that holds any foreign route is yielded (ours there is deleted,
   nothing is written); see the ownership rules in ``routes.table``.
 """
@@ -48,10 +49,20 @@ class KernelView:
         view it replaces (added, removed or changed behind our back), 0 without ``compare``."""
         programmed: dict[str, Mapping[int, Route]] = {}
         foreign: dict[str, Mapping[int, str]] = {}
+        previous = self.programmed
         for route in routes:
             if route.table != table:
                 continue
             if ours(route):
+                held = previous.get(route.dst)
+                kept = held.get(route.priority) if held is not None else None
+                if kept is not None and same_route(kept, route):
+                    # What we hold already says this: keep our objects and let the dump's go. Replacing
+                    # 100k of them scatters new ones among the freed, and CPython cannot return that memory.
+                    if type(held) is One and route.dst not in programmed:
+                        programmed[kept.dst] = held
+                        continue
+                    route = kept
                 put(programmed, route.dst, route.priority, route)
             else:
                 put(foreign, route.dst, route.priority, sys.intern(describe(route)))

@@ -69,6 +69,28 @@ def test_load_splits_ours_from_foreign_and_counts_drift():
     assert (view.installed, view.foreign) == (3, {})
 
 
+def test_a_read_back_that_agrees_keeps_the_views_own_objects():
+    kept, moved = r("10.1.0.0/24"), r("10.2.0.0/24")
+    view = view_of(kept, moved)
+    held = view.programmed["10.1.0.0/24"]
+    # The dump's objects are equal but not the same; the device the kernel resolved still agrees.
+    drift = view.load([r("10.1.0.0/24", dev="eth0"), r("10.2.0.0/24", "192.0.2.8")], RT_TABLE_MAIN, ours)
+    assert drift == 1
+    assert view.programmed["10.1.0.0/24"] is held and held[0] is kept
+    assert view.programmed["10.2.0.0/24"][0].nexthops[0].gateway == "192.0.2.8"  # changed: the kernel's
+    assert view.installed == 2
+
+
+def test_a_read_back_with_a_second_metric_keeps_both_and_leaves_the_old_entry_alone():
+    first = r("10.1.0.0/24")
+    view = view_of(first)
+    held = view.programmed["10.1.0.0/24"]
+    view.load([r("10.1.0.0/24"), r("10.1.0.0/24", prio=5)], RT_TABLE_MAIN, ours)
+    assert set(view.programmed["10.1.0.0/24"]) == {0, 5} and view.programmed["10.1.0.0/24"][0] is first
+    assert list(held) == [0]  # the entry a caller may still hold is not changed in place
+    assert view.installed == 2
+
+
 def test_record_and_forget_keep_the_count():
     view = KernelView()
     for route in (r("10.1.0.0/24"), r("10.1.0.0/24", prio=5), r("10.1.0.0/24", "192.0.2.8")):
