@@ -1,5 +1,9 @@
 """The ExaBGP API process: a byte relay between ExaBGP's pipes and the node daemon, and the choice of it.
 
+Where ExaBGP's ``api_direct`` adjustment applies (``bgp.exabgp.tuning_channel``), ExaBGP recognises the
+line written here and connects to the socket itself: neither relay runs, and the rules below are kept by
+that connection instead. The relay is what runs when the adjustment does not fit or is turned off.
+
 Stage: transport between the BGP engine and the announcements dataplane.
 
 Owns: nothing but two copies — ExaBGP's stdout-to-us (JSON events) goes to the daemon's unix socket, and the

@@ -51,6 +51,7 @@ from pathlib import Path
 import psutil
 from prometheus_client import CollectorRegistry, Counter
 
+from bgp.exabgp.exit_watch import exit_watch
 from bgp.exabgp.launch import PARENT_ENV, parse_adjustments
 from bgp.exabgp.privileges import DROP_ENV, ExaBGPUser
 from bgp.exabgp.tuning import IDLE_TICK_SPEED
@@ -179,13 +180,14 @@ class ExaBGPSupervisor:
         return True
 
     def accept_api(self, pid: int | None) -> bool:
-        """May this API connection (from process ``pid``) be used? Only the first from the running ExaBGP's
-        own child: a bridge left behind by an earlier ExaBGP is refused, and a second one from this ExaBGP
-        (it respawned the bridge) restarts ExaBGP instead, since both directions lost lines in between."""
+        """May this API connection (from process ``pid``) be used? Only the first from the running ExaBGP
+        itself (its ``api_direct`` adjustment, ``bgp.exabgp.tuning_channel``) or from its own child (the
+        relay): a bridge left behind by an earlier ExaBGP is refused, and a second one from this ExaBGP (it
+        respawned its API process) restarts ExaBGP instead, since both directions lost lines in between."""
         proc = self._proc
         if proc is None or proc.returncode is not None or proc is self._killed:
             return False
-        if pid is not None and self._parent_of(pid) != proc.pid:
+        if pid is not None and pid != proc.pid and self._parent_of(pid) != proc.pid:
             return False
         if self._api_seen:
             self.restart("ExaBGP respawned its API process: lines were lost both ways", "api-respawned")
@@ -205,7 +207,8 @@ class ExaBGPSupervisor:
         self._killed, self._killed_reason = proc, reason
         bridge = self._api_pid
         # Checked before ExaBGP dies: after that the bridge is re-parented and its pid proves nothing.
-        bridge_is_ours = bridge is not None and self._parent_of(bridge) == proc.pid
+        # A direct connection (the bridge's pid is ExaBGP's own) dies with ExaBGP: nothing more to kill.
+        bridge_is_ours = bridge is not None and bridge != proc.pid and self._parent_of(bridge) == proc.pid
         proc.kill()
         if bridge is not None and bridge_is_ours:
             with contextlib.suppress(ProcessLookupError):
@@ -288,8 +291,14 @@ class ExaBGPSupervisor:
         try:
             # Not proc.wait(): asyncio completes it only once every pipe is closed, and the bridge inherits
             # ExaBGP's output pipe (its stderr), so a bridge that outlives ExaBGP would hold up the restart.
-            while not copy.done() and proc.returncode is None:
-                await asyncio.wait({copy}, timeout=0.2)
+            async with exit_watch(proc.pid) as ended:
+                while not copy.done() and proc.returncode is None:
+                    if ended is None:  # no pidfd here: look at the returncode now and then
+                        await asyncio.wait({copy}, timeout=0.2)
+                    elif ended.done():  # it ended; asyncio's child watcher sets the returncode any moment
+                        await asyncio.wait({copy}, timeout=0.01)
+                    else:
+                        await asyncio.wait({copy, ended})
             if proc.returncode is not None and not copy.done():
                 await asyncio.wait({copy}, timeout=1.0)  # the last lines ExaBGP wrote
             return proc.returncode if proc.returncode is not None else await proc.wait()

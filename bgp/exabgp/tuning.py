@@ -40,6 +40,11 @@ the FSM.
 11. ``Family.index`` formats (afi, safi) as hex bytes each time a route's index is built, several times per
    route between the API and the wire; we keep the few answers. ``AFI.create``/``SAFI.create`` build a
    fallback object before looking in their cache, on every call (several per route); we look first.
+12. The API process for our daemon is a relay (socat or ``bgp.exabgp.bridge``) that wakes for every line
+   both ways; ExaBGP connects to the daemon's socket itself instead (``bgp.exabgp.tuning_channel``).
+13. The reactor gives every peer a turn on every pass (each tick and each socket event), so an idle node's CPU
+   grew with its peers; an established peer with no work and no timer due is now skipped until its socket
+   has an event, work is queued for it or its keepalive or hold timer is due (``bgp.exabgp.tuning_idle``).
 
 Two corrections, not speed-ups:
 
@@ -68,7 +73,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bgp.exabgp import tuning_api, tuning_json
+from bgp.exabgp import tuning_api, tuning_channel, tuning_idle, tuning_json
 
 TUNING_ENV = "CALICO_BGP_EXABGP_TUNING"  # "off": ExaBGP as shipped (benchmarks compare both)
 SKIP_PREFIX = "skip:"  # "skip:name,name": all but those (to measure one patch end to end)
@@ -283,6 +288,11 @@ PATCHES: tuple[tuple[str, str, str, str, str, tuple[str, ...], Callable[[Any], A
         (),
         _notification_arity,
     ),
+    # The API process for our daemon as a direct connection, no relay (bgp.exabgp.tuning_channel).
+    ("api_direct", "exabgp.reactor.api.processes", "Processes", "_start", "process", (),
+     tuning_channel.direct_relay),
+    # Quiet established peers skipped until due (bgp.exabgp.tuning_idle); also wraps Peer.run and _main.
+    ("idle", "exabgp.reactor.loop", "Reactor", "active_peers", "", (), tuning_idle.idle_peers),
 )
 
 

@@ -19,9 +19,13 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 
+from bgp.exabgp.launch import ADJUSTMENTS_MARK, parse_adjustments
+from bgp.exabgp.tuning import TUNING_ENV
 from labs import lab as labs_lab
 from labs import netns, ops, process, report, state
 
@@ -175,13 +179,56 @@ def test_crash_of_exabgp_loses_at_most_one_ping(lab):
 
 
 API_RELAY = "/api.sock"  # ExaBGP's API process, socat or the Python bridge: both name the daemon's socket
+EXABGP = "bgp.exabgp.launch server"
+
+
+def _relays(lab: str, node: str) -> list[int]:
+    return [pid for pid in netns.pids(_ns(lab, node)) if API_RELAY in process.cmdline(pid)]
 
 
 def test_crash_of_the_api_process_loses_at_most_one_ping(lab):
-    old = _node_process(lab, "node1", API_RELAY)
-    sent, lost, sampler, recovery = _ping_through(lab, lambda: os.kill(old, signal.SIGKILL))
-    _wait_new_process(lab, "node1", API_RELAY, old)  # ExaBGP respawned its API process
-    _assert_held(sent, lost, sampler, f"API process killed, sessions back after {recovery:.1f} s")
+    """The API connection ends under ExaBGP. With a relay, it is killed; with ExaBGP's direct connection
+    (``bgp.exabgp.tuning_channel``, where it applies) there is no process to kill, and the same event is
+    ExaBGP closing its API connection and opening a new one, which SIGUSR2 asks of it."""
+    relays = _relays(lab, "node1")
+    if relays:
+        old = _node_process(lab, "node1", API_RELAY)
+        sent, lost, sampler, recovery = _ping_through(lab, lambda: os.kill(old, signal.SIGKILL))
+        _wait_new_process(lab, "node1", API_RELAY, old)  # ExaBGP respawned its API process
+        _assert_held(sent, lost, sampler, f"API process killed, sessions back after {recovery:.1f} s")
+        return
+    old = _node_process(lab, "node1", EXABGP)
+    sent, lost, sampler, recovery = _ping_through(lab, lambda: os.kill(old, signal.SIGUSR2))
+    _wait_new_process(lab, "node1", EXABGP, old)  # the daemon restarted ExaBGP: lines were lost both ways
+    _assert_held(sent, lost, sampler, f"API connection ended, sessions back after {recovery:.1f} s")
+
+
+def test_with_the_direct_connection_exabgp_has_no_api_process_and_routes_flow(lab):
+    # That the adjustment fits the pinned ExaBGP is tests/unit/bgp/test_exabgp_tuning_channel.py's to pin.
+    if os.environ.get(TUNING_ENV, ""):
+        pytest.skip(f"{TUNING_ENV} is set: ExaBGP may run its relay")
+    for node in NODES:
+        assert "api_direct" in _adjustments(lab, node), node
+        exabgp = _node_process(lab, node, EXABGP)
+        assert psutil.Process(exabgp).children() == [], node
+        assert _relays(lab, node) == [], node
+    for node in NODES:  # every node has the other two's blocks from BGP, and traffic passes
+        assert {BLOCKS[other] for other in NODES if other != node} <= set(_bird(lab, node)), node
+    pod = ops.load(lab).pod("node2-pod1")
+    ping = netns.run_in(
+        pod.netns, ["ping", "-q", "-n", "-c", "3", "-i", "0.2", "-W", "1", TARGET], timeout=10
+    )
+    assert ping.returncode == 0, ping.stdout
+
+
+def _adjustments(lab: str, node: str) -> list[str]:
+    """The ExaBGP adjustments that applied in node's ExaBGP, from its launcher's last report in exabgp.log."""
+    log = (Path(ops.load(lab).node(node).run_dir) / "exabgp.log").read_bytes()
+    reports = [
+        parse_adjustments(line + b"\n") for line in log.splitlines() if line.startswith(ADJUSTMENTS_MARK)
+    ]
+    assert reports, node
+    return reports[-1] or []
 
 
 NFT_BLOCK = """table inet cbgp_restart_test {
@@ -225,8 +272,9 @@ def test_adopted_routes_are_swept_only_after_every_end_of_rib(lab):
         assert stale in held, "swept before node3's End-of-RIB"
         assert BLOCKS["node3"] in held, "node3's block (adopted, not re-learned yet) was removed"
     finally:
-        subprocess.run(netns.exec_argv(node3, ["nft", "delete", "table", "inet", "cbgp_restart_test"]),
-                       check=True)
+        subprocess.run(
+            netns.exec_argv(node3, ["nft", "delete", "table", "inet", "cbgp_restart_test"]), check=True
+        )
     _wait_established(lab)
     deadline = time.monotonic() + RECOVERY
     while stale in _bird(lab, "node1"):

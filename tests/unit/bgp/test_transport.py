@@ -325,3 +325,28 @@ async def test_restart_kills_a_stopped_exabgp_and_its_bridge_at_once(tmp_path, f
             os.kill(s.pid, signal.SIGKILL)
         if bridge.returncode is None:
             bridge.kill()
+
+
+async def test_an_api_connection_from_exabgp_itself_is_accepted_once_and_nobody_elses(tmp_path, fake_exabgp):
+    """ExaBGP's api_direct adjustment (bgp.exabgp.tuning_channel): the connection's peer is ExaBGP itself."""
+    parents: dict[int, int] = {}
+    s = sup.ExaBGPSupervisor(
+        tmp_path / "exabgp.conf", tmp_path / "exabgp.log", backoff_initial=30.0, parent_of=parents.get
+    )
+    task = asyncio.create_task(s.run())
+    try:
+        await _until(lambda: s.pid is not None)
+        first = s.pid
+        assert not s.accept_api(os.getpid())  # neither ExaBGP nor its child
+        assert s.accept_api(first)
+        # A second connection from the same ExaBGP (it reconnected): restarted, not used; and only ExaBGP
+        # is killed, not "its bridge" under the same pid a second time.
+        assert not s.accept_api(first)
+        await _until(lambda: s.pid not in (None, first), timeout=3.0)
+        assert s.restarts == {"api-respawned": 1}
+        assert not s.accept_api(first)  # the old ExaBGP's pid: refused
+        await s.stop(timeout=5)
+        await asyncio.wait_for(task, 5)
+    finally:
+        if s.pid is not None:
+            os.kill(s.pid, signal.SIGKILL)
