@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from bgp.bfd_wiring import BfdWiring, ServiceFactory, engine_factory
 from bgp.build_info import BuildInfo
 from bgp.daemon_reports import DaemonReports, datastore_problem
 from bgp.exabgp import bridge
@@ -43,7 +44,7 @@ from bgp.gtsm import Gtsm, GtsmError
 from bgp.http_endpoints import EndpointServer, LoopCall
 from bgp.limits import LimitSettings, PeerLimits
 from bgp.loglevel import LogLevel
-from bgp.metrics import PropagationCollector, SpeakerMetrics, build_registry
+from bgp.metrics import BfdMetrics, PropagationCollector, SpeakerMetrics, build_registry
 from bgp.node_config import NodeConfig
 from bgp.nodestatus_writer import NodeStatusReporter
 from bgp.speaker import Speaker
@@ -92,7 +93,7 @@ def api_run_line(
 
 
 class NodeDaemon:
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, *, bfd_factory: ServiceFactory = engine_factory) -> None:
         self.config = config
         run_dir = config.run_dir
         self.registry = build_registry()
@@ -189,8 +190,11 @@ class NodeDaemon:
             heartbeat=self.health.register("kernel-watcher", max_silence=2 * KERNEL_VERIFY_INTERVAL + 10.0),
             registry=self.registry,
         )
-        # The import guard's connected subnets: the networks of this node's interface addresses.
-        self.addresses = InterfaceAddressWatcher(self.netlink, on_change=self.speaker.set_interface_addresses)
+        # BFD (docs/bfd.md): sessions for the peers that ask and are directly connected; their state holds
+        # and tears down the BGP sessions through the speaker.
+        self.bfd = BfdWiring(self.speaker, config.bfd, factory=bfd_factory, metrics=BfdMetrics(self.registry))
+        # The import guard's connected subnets, and BFD's: the networks of this node's interface addresses.
+        self.addresses = InterfaceAddressWatcher(self.netlink, on_change=self._interface_addresses)
         self.reports = DaemonReports(
             config.node,
             syncer=self.syncer,
@@ -262,7 +266,12 @@ class NodeDaemon:
         self.reports.intent = intent
         self.log_level.apply(intent.log_severity)
         self.speaker.set_intent(intent)
+        self.bfd.set_intent(intent)
         self.supervisor.set_environment(exabgp_environment(list(intent.listen_addresses), intent.listen_port))
+
+    def _interface_addresses(self, addresses: frozenset[str]) -> None:
+        self.speaker.set_interface_addresses(addresses)
+        self.bfd.set_interface_addresses(addresses)
 
     def _workloads_changed(self, changes) -> None:
         # Only the prefixes the burst touched (prefix -> device, None when gone): O(change), not O(workloads).
@@ -348,6 +357,7 @@ class NodeDaemon:
             asyncio.create_task(self.channel.run(), name="exabgp-liveness"),
             asyncio.create_task(self.node_status.run(), name="node-status"),
             asyncio.create_task(self.gtsm.watch(), name="gtsm-watch"),
+            asyncio.create_task(self.bfd.run(), name="bfd"),
         ]
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

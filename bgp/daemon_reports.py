@@ -140,7 +140,8 @@ class DaemonReports:
         if not self.syncer.in_sync:
             warnings.append("datastore unreachable: running on the last good configuration")
         propagation = self.speaker.propagation.report()  # p50/p99 of the last minute (bgp.latency)
-        return status_report(self.node, self.speaker.peer_statuses(), warnings, propagation)
+        bfd = self.speaker.bfd.report  # each peer's BFD session, when it asked for one (bgp.bfd.gate)
+        return status_report(self.node, self.speaker.peer_statuses(), warnings, propagation, bfd)
 
     def routes(self) -> dict:
         """`calico-bgp routes`: the Loc-RIB report."""

@@ -1,11 +1,12 @@
-"""Graceful restart, receive side (RFC 4724 §4.2): which peers are restarting and when their stale paths go.
+"""Graceful restart, receive side (RFC 4724 §4.2, RFC 9494): which peers are restarting, when their stale
+paths become long-lived stale and when they go.
 
 Stage: the receive side of the route distributor. ``bgp.speaker`` reports each peer's sessions going down
 and coming up, its End-of-RIB markers and the clock; this module marks and sweeps stale paths in the
 Adj-RIB-In (``bgp.rib``) and returns the prefixes whose paths it removed, for the speaker to re-select.
 
-Owns: one record per restarting peer (its deadline, and whether its session is back). The paths and their
-stale marks live in the Adj-RIB-In. Pure: the caller passes the times.
+Owns: one record per restarting peer (its deadline, its phase, and whether its session is back). The paths
+and their stale marks live in the Adj-RIB-In. Pure: the caller passes the times.
 
 Complicating factors:
 - The stale set is always what the peer has not re-announced since its latest session came up. So every
@@ -20,6 +21,11 @@ Complicating factors:
 - A new session whose OPEN does not offer graceful restart (or offers a restart time of 0) ends the restart
   at once: the peer kept no forwarding state for us to wait for.
 - End-of-RIB is per address family and sweeps only that family's stale paths.
+- Long-lived graceful restart (RFC 9494; ``bgp.llgr`` says why it is our decision alone): a peer with a
+  long-lived stale time whose restart time runs out before it is back, or that had no graceful restart to
+  begin with, keeps its stale paths for that time as LLGR-stale (least preferred, passed on to nobody, still
+  in the kernel when alone); those marked NO_LLGR go at that moment. A returning peer is then handled as in
+  any restart: its End-of-RIB, within its new restart time, sweeps what it did not re-announce.
 """
 
 from __future__ import annotations
@@ -34,8 +40,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Restart:
-    deadline: float  # when the peer's stale paths go
+    deadline: float  # when the peer's stale paths go, or become long-lived stale
     back: bool = False  # its session is established again; End-of-RIB is awaited
+    llgr_time: int = 0  # long-lived stale time after the restart time (s); 0: none
+    long_lived: bool = False  # the paths are LLGR-stale: the deadline ends the long-lived stale time
 
 
 class GracefulRestarts:
@@ -45,21 +53,35 @@ class GracefulRestarts:
         self._rib = rib
         self._restarts: dict[str, Restart] = {}
 
-    def session_down(self, peer: str, restart_time: int, now: float) -> set[str]:
-        """``peer``'s session ended; ``restart_time`` is the one negotiated for it (0: none)."""
+    def session_down(self, peer: str, restart_time: int, now: float, llgr_time: int = 0) -> set[str]:
+        """``peer``'s session ended; ``restart_time`` is the one negotiated for it (0: none), ``llgr_time``
+        the long-lived stale time that follows it (0: none)."""
         current = self._restarts.get(peer)
         if current is not None and not current.back:
             return set()  # a failed reconnect during the restart: the restart timer keeps running
-        if restart_time > 0 and self._rib.count(peer):
-            stale = self._rib.mark_stale(peer)
-            self._restarts[peer] = Restart(now + restart_time)
-            log.info(
-                "%s went down with graceful restart: keeping %d paths for %ds",
-                peer, stale, restart_time,
-            )
-            return set()
-        self._restarts.pop(peer, None)
-        return self._rib.drop_peer(peer)
+        if not self._rib.count(peer) or (restart_time <= 0 and llgr_time <= 0):
+            self._restarts.pop(peer, None)
+            return self._rib.drop_peer(peer)
+        stale = self._rib.mark_stale(peer)
+        if restart_time <= 0:
+            return self._long_lived(peer, llgr_time, now)
+        self._restarts[peer] = Restart(now + restart_time, llgr_time=max(llgr_time, 0))
+        log.info("%s went down with graceful restart: keeping %d paths for %ds", peer, stale, restart_time)
+        return set()
+
+    def _long_lived(self, peer: str, llgr_time: int, start: float) -> set[str]:
+        """The peer's stale paths become LLGR-stale until ``start + llgr_time``; returns the prefixes whose
+        paths changed."""
+        changed, dropped = self._rib.make_llgr_stale(peer)
+        kept = self._rib.stale_count(peer)
+        if kept:
+            self._restarts[peer] = Restart(start + llgr_time, llgr_time=llgr_time, long_lived=True)
+        else:
+            self._restarts.pop(peer, None)
+        log.info(
+            "%s: %d paths long-lived stale for %ds, %d marked NO_LLGR removed", peer, kept, llgr_time, dropped
+        )
+        return changed
 
     def session_up(self, peer: str, restart_time: int, now: float) -> set[str]:
         """``peer``'s session is established again; ``restart_time`` is what its new OPEN negotiated."""
@@ -80,14 +102,21 @@ class GracefulRestarts:
         return swept
 
     def expire(self, now: float) -> set[str]:
-        """Sweep every peer whose deadline has come."""
+        """Every peer whose deadline has come: its stale paths become long-lived stale if it has a long-lived
+        stale time and is not back yet, else they are swept. Returns the prefixes whose paths changed."""
         swept: set[str] = set()
         for peer, restart in list(self._restarts.items()):
-            if now >= restart.deadline:
+            if now < restart.deadline:
+                continue
+            if restart.llgr_time > 0 and not restart.back and not restart.long_lived:
+                # From the restart time's end, not this tick's: a late tick must not lengthen the phase.
+                swept |= self._long_lived(peer, restart.llgr_time, restart.deadline)
+            else:
                 del self._restarts[peer]
                 gone = self._rib.sweep_stale(peer)
                 why = "sent no End-of-RIB" if restart.back else "did not come back"
-                log.info("%s %s within its restart time: %d stale paths removed", peer, why, len(gone))
+                within = "restart time" if restart.back or not restart.long_lived else "long-lived stale time"
+                log.info("%s %s within its %s: %d stale paths removed", peer, why, within, len(gone))
                 swept |= gone
         return swept
 

@@ -50,6 +50,7 @@ HOLD_MAX = 600.0
 STABLE_AFTER = 600.0
 
 CEASE_MAX_PREFIXES = 1  # RFC 4486 Cease subcode: Maximum Number of Prefixes Reached
+CEASE_BFD_DOWN = 10  # RFC 9384 Cease subcode: BFD Down
 
 
 @dataclass(frozen=True)
@@ -70,15 +71,16 @@ class LimitSettings:
             raise ValueError("hold-down times must satisfy 0 < initial <= max")
 
 
-def teardown_command(peer: str) -> str | None:
-    """The ExaBGP API command that ends ``peer``'s session for crossing its prefix limit; None (logged) when
-    ``peer`` is not a canonical address, which no line of ours may carry whatever checked it before."""
+def teardown_command(peer: str, subcode: int = CEASE_MAX_PREFIXES) -> str | None:
+    """The ExaBGP API command that ends ``peer``'s session with a Cease of ``subcode`` (crossing its prefix
+    limit by default); None (logged) when ``peer`` is not a canonical address, which no line of ours may
+    carry whatever checked it before."""
     try:
         address = tokens.address(peer)
     except TokenError as exc:
         log.error("ExaBGP API: not sending a teardown: peer address %s %s", tokens.shown(peer), exc)
         return None
-    return f"neighbor {address} teardown {CEASE_MAX_PREFIXES}"
+    return f"neighbor {address} teardown {int(subcode)}"
 
 
 class LogBudget:

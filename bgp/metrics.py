@@ -17,10 +17,13 @@ Complicating factors:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from bgp.bfd.api import BfdStatus
 from bgp.latency import BUCKETS, Propagation
 
 
@@ -185,6 +188,41 @@ class GuardMetrics:
                 for name in ("prefix-limit", "as-path", "malformed"):
                     self._seen.pop((name, peer), None)
                 del self._held[peer]
+
+
+class BfdMetrics:
+    """BFD sessions, per BGP peer they serve (``bgp.bfd.api.BfdStatus``): written from the engine's status
+    on every change and every configuration; a session that leaves takes its series with it."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.session_up = Gauge(
+            "calico_bgp_bfd_session_up", "1 when the peer's BFD session is Up", ["peer"], registry=registry
+        )
+        self.downs = Counter(
+            "calico_bgp_bfd_downs",
+            "Times the peer's BFD session left Up (each tears an Established BGP session down)",
+            ["peer"],
+            registry=registry,
+        )
+        self._seen: dict[str, tuple[bool, int]] = {}  # peer -> (up, the engine's downs) last written
+
+    def observe(self, statuses: Iterable[BfdStatus]) -> None:
+        current: set[str] = set()
+        for status in statuses:
+            peer = status.peer
+            current.add(peer)
+            seen = self._seen.get(peer)
+            if seen is not None and seen == (status.up, status.downs):
+                continue
+            self.session_up.labels(peer).set(1 if status.up else 0)
+            before = 0 if seen is None else seen[1]
+            if seen is None or status.downs > before:  # a new session's series is exported from zero
+                self.downs.labels(peer).inc(max(0, status.downs - before))
+            self._seen[peer] = (status.up, status.downs)  # fewer downs: reconfigured, counts again from 0
+        for gone in self._seen.keys() - current:
+            self.session_up.remove(gone)
+            self.downs.remove(gone)
+            del self._seen[gone]
 
 
 class PropagationCollector:

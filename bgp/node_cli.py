@@ -21,10 +21,16 @@ from pathlib import Path
 
 import click
 
+from bgp.bfd.api import DEFAULT_MIN_RX_MS, DEFAULT_MIN_TX_MS, DEFAULT_MULTIPLIER
 from bgp.cli_options import run_dir_option
 from bgp.etcd_options import check_or_usage_error, etcd_security_options
 from bgp.limits import DEFAULT_MAX_AS_PATH_LENGTH, DEFAULT_MAX_PREFIXES
 from confgen.datastore.etcd_security import EtcdSecurity
+
+# BFD intervals (ms): below 50 ms the daemon's event loop, which also serves BGP and the kernel, could miss
+# its own deadlines under load; above a minute BFD detects nothing the hold timer would not.
+MIN_BFD_INTERVAL_MS = 50
+MAX_BFD_INTERVAL_MS = 60_000
 
 
 @click.group()
@@ -122,6 +128,31 @@ def node() -> None:
     help="The user ExaBGP runs as, with only CAP_NET_BIND_SERVICE; 'root' or '' keeps it root "
     "(env CALICO_BGP_EXABGP_USER; default: nobody, when it exists).",
 )
+@click.option(
+    "--bfd-min-tx",
+    envvar="CALICO_BGP_BFD_MIN_TX",
+    default=DEFAULT_MIN_TX_MS,
+    show_default=True,
+    type=click.IntRange(MIN_BFD_INTERVAL_MS, MAX_BFD_INTERVAL_MS),
+    help="BFD: the interval (ms) we want to send at once a session is Up (env CALICO_BGP_BFD_MIN_TX).",
+)
+@click.option(
+    "--bfd-min-rx",
+    envvar="CALICO_BGP_BFD_MIN_RX",
+    default=DEFAULT_MIN_RX_MS,
+    show_default=True,
+    type=click.IntRange(MIN_BFD_INTERVAL_MS, MAX_BFD_INTERVAL_MS),
+    help="BFD: the shortest interval (ms) we accept between the peer's packets (env CALICO_BGP_BFD_MIN_RX).",
+)
+@click.option(
+    "--bfd-multiplier",
+    envvar="CALICO_BGP_BFD_MULTIPLIER",
+    default=DEFAULT_MULTIPLIER,
+    show_default=True,
+    type=click.IntRange(1, 255),
+    help="BFD: packets missed before a session is declared Down; detection takes about this times the "
+    "negotiated interval (env CALICO_BGP_BFD_MULTIPLIER).",
+)
 @etcd_security_options(pass_as="etcd_security")
 def node_run(
     node_name: str,
@@ -136,9 +167,13 @@ def node_run(
     max_as_path_length: int,
     run_log_level: str | None,
     exabgp_user: str | None,
+    bfd_min_tx: int,
+    bfd_min_rx: int,
+    bfd_multiplier: int,
     etcd_security: EtcdSecurity,
 ) -> None:
     """Run the node daemon: etcd watch, config rendering, ExaBGP, route programming."""
+    from bgp.bfd.gate import BfdTimers
     from bgp.daemon import run_node
     from bgp.node_config import NodeConfig
 
@@ -182,6 +217,7 @@ def node_run(
             log_level=getattr(logging, run_log_level.upper()) if run_log_level else logging.getLogger().level,
             exabgp_user=run_as,
             etcd_security=etcd_security,
+            bfd=BfdTimers(bfd_min_tx, bfd_min_rx, bfd_multiplier),
         )
     )
     sys.exit(status)

@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from bgp.bfd.gate import BfdTimers
 from bgp.exabgp.privileges import ExaBGPUser
 from bgp.limits import DEFAULT_MAX_AS_PATH_LENGTH, DEFAULT_MAX_PREFIXES
 from confgen.datastore.etcd_security import EtcdSecurity
@@ -38,3 +39,4 @@ class NodeConfig:
     log_level: int = logging.INFO  # --log-level; a BGPConfiguration logSeverityScreen overrides it live
     exabgp_user: ExaBGPUser | None = None  # ExaBGP drops to this user (bgp.exabgp.privileges); None: root
     etcd_security: EtcdSecurity = EtcdSecurity()  # TLS files and username/password, as calico-node reads them
+    bfd: BfdTimers = BfdTimers()  # daemon-wide BFD intervals and multiplier (docs/bfd.md says why)

@@ -4,9 +4,9 @@ Stage: between the Loc-RIB and each peer's Adj-RIB-Out (export), and between Exa
 Adj-RIB-In (import). Pure.
 
 Owns, in evaluation order for export (docs/calico-model.md):
-1. BGP propagation rules: never back to the peer a path came from; iBGP-learned paths go to iBGP peers only
-   from a route reflector (RFC 4456: client paths to every peer, non-client paths to clients only); no
-   path to an eBGP peer whose AS is already in it.
+1. BGP propagation rules: never back to the peer a path came from; no LLGR-stale path (``bgp.llgr``) to
+   anyone; iBGP-learned paths go to iBGP peers only from a route reflector (RFC 4456: client paths to every
+   peer, non-client paths to clients only); no path to an eBGP peer whose AS is already in it.
 2. BGPFilter export rules (BGPPeer sessions only, never the mesh): the first matching rule decides; an
    Accept bypasses Calico's policy entirely, a Reject overrides it; no match falls through.
 3. Calico's default policy (``calico_export_to_bgp_peers``): disableBGPExport pools rejected; the /32s
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from bgp.exabgp.commands import Advertisement
+from bgp.llgr import is_llgr_stale
 from bgp.rib import Path
 from confgen.bgpfilter import BGPFilter, FilterRule
 from confgen.intent import MESH, NEXT_HOP_KEEP, NEXT_HOP_SELF, NodeIntent, PeerIntent
@@ -137,6 +138,8 @@ class NodePolicy:
         if path is not None:
             if path.peer == peer.address:
                 return None
+            if is_llgr_stale(path.attributes.communities):
+                return None  # RFC 9494: only to peers that negotiated LLGR, which none can with ExaBGP 5.0
             if source is not None and source.ibgp and to_ibgp:
                 if not self.intent.rr_cluster_id:
                     return None

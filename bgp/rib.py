@@ -12,15 +12,19 @@ Complicating factors:
 - A session that ends without graceful restart takes all its paths with it at once (``drop_peer``). With
   graceful restart (RFC 4724) its paths are only marked stale (``mark_stale``): they keep forwarding until the
   peer's End-of-RIB sweeps what it did not re-announce (``sweep_stale``) or its restart time runs out.
+- Long-lived graceful restart (RFC 9494, ``bgp.llgr``): stale paths can then become LLGR-stale
+  (``make_llgr_stale``: the LLGR_STALE community added, those carrying NO_LLGR removed). An LLGR-stale path
+  loses to every other path before any other comparison, and still forwards when it is the only one.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import ip_address
 
 from bgp.exabgp.events import PathAttributes
+from bgp.llgr import NO_LLGR, is_llgr_stale, stamped
 
 ORIGIN_RANK = {"igp": 0, "egp": 1, "incomplete": 2}
 DEFAULT_LOCAL_PREF = 100
@@ -42,6 +46,7 @@ class Path:
         """Everything the decision process compares before the final tie-breaks."""
         a = self.attributes
         return (
+            is_llgr_stale(a.communities),  # RFC 9494: least preferred, ahead of every other rule
             -(a.local_pref if a.local_pref is not None else DEFAULT_LOCAL_PREF),
             len(a.as_path),
             ORIGIN_RANK.get(a.origin, 3),
@@ -90,6 +95,9 @@ class AdjRibIn:
         stale = self._stale.get(path.peer)
         if stale:
             stale.discard(path.prefix)
+        return self._store(path)
+
+    def _store(self, path: Path) -> bool:
         held = self._by_prefix.get(path.prefix)
         if held is None:
             self._by_prefix[path.prefix] = path
@@ -142,6 +150,28 @@ class AdjRibIn:
         """Graceful restart: keep ``peer``'s paths but remember they await re-announcement."""
         self._stale[peer] = set(self._by_peer.get(peer, ()))
         return len(self._stale[peer])
+
+    def make_llgr_stale(self, peer: str) -> tuple[set[str], int]:
+        """Long-lived graceful restart: ``peer``'s stale paths carry LLGR_STALE from now on, and those with
+        NO_LLGR go. Returns the prefixes changed and how many paths went."""
+        stale = self._stale.get(peer)
+        if not stale:
+            return set(), 0
+        changed, dropped = set(stale), 0
+        for prefix in list(stale):
+            path = next((p for p in self.paths(prefix) if p.peer == peer), None)
+            if path is None:
+                continue
+            a = path.attributes
+            if NO_LLGR in a.communities:
+                self.remove(peer, prefix)
+                dropped += 1
+            elif not is_llgr_stale(a.communities):
+                attributes = self.shared(replace(a, communities=stamped(a.communities)))
+                self._store(replace(path, attributes=attributes))
+        if not self._stale.get(peer):
+            self._stale.pop(peer, None)
+        return changed, dropped
 
     def is_stale(self, peer: str, prefix: str) -> bool:
         return prefix in self._stale.get(peer, ())

@@ -11,6 +11,7 @@ the path it would have had, so that the refusal is visible where the route is lo
 
 from __future__ import annotations
 
+from bgp.llgr import is_llgr_stale
 from bgp.policy import net, within
 from bgp.rib import select
 from bgp.status import render_table
@@ -44,6 +45,7 @@ def loc_rib_report(
                     "local_pref": a.local_pref,
                     "communities": [":".join(map(str, c)) for c in (*a.communities, *a.large_communities)],
                     "stale": rib.is_stale(best.peer, prefix),
+                    "llgr_stale": is_llgr_stale(a.communities),
                 },
                 multipath=[p.nexthop for p in multipath],
             )
@@ -84,7 +86,9 @@ def render_routes(report: dict) -> str:
             via = ", ".join(route.get("multipath") or [best.get("nexthop", "")])
             source = best.get("learned_from", "")
             as_path = " ".join(str(a) for a in best.get("as_path", []))
-            if best.get("stale"):
+            if best.get("llgr_stale"):
+                source += " (LLGR-stale)"
+            elif best.get("stale"):
                 source += " (stale)"
         kernel = route.get("kernel", {})
         state = "installed" if kernel.get("installed") else f"not installed: {kernel.get('why', '')}"

@@ -14,12 +14,16 @@ Complicating factors:
 - Graceful restart (RFC 4724), receive side: a peer that offered it keeps its paths (stale) for its restart
   time when the session drops; its End-of-RIB sweeps what it did not re-announce. Without it, the paths go
   at once. The restart time is the one both sides agreed on, read from the OPEN that preceded the session.
+  A peer in long-lived mode (RFC 9494, ``bgp.llgr``) then keeps them as LLGR-stale for its stale time.
 - What ExaBGP holds is rebuilt, never audited or replayed: whenever it is in doubt (restarted, hung, its API
   connection lost) every session counts as down (received paths kept stale where graceful restart allows),
   and status says Idle with the first reason given until ExaBGP answers again.
 - A peer is not trusted with our memory: crossing its prefix cap tears the session down and holds the peer
   idle, its paths going at once (no restart); an over-long AS_PATH is treated as a withdraw (RFC 7606).
 - Events can name a neighbour we no longer configure (a reload in flight): they are ignored.
+- BFD (``bgp.bfd.gate``): a peer whose BFD session is required is held while it is not Up, as the prefix
+  limit holds one; BFD Down tears an Established session down and drops its paths at once, and during a
+  graceful restart the peer's C bit decides whether its stale paths stay (docs/bfd.md "BFD and BGP").
 """
 
 from __future__ import annotations
@@ -31,11 +35,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from ipaddress import ip_address
 
+from bgp import llgr
 from bgp.adj_rib_out import AdjRibOut
+from bgp.bfd import gate as bfd_gate
+from bgp.bfd.api import BfdStatus
 from bgp.exabgp import events as ev
 from bgp.graceful import GracefulRestarts
 from bgp.import_guard import ImportScreen
-from bgp.limits import LogBudget, PeerLimits, teardown_command
+from bgp.limits import CEASE_BFD_DOWN, CEASE_MAX_PREFIXES, LogBudget, PeerLimits, teardown_command
 from bgp.rib import AdjRibIn, Path
 from bgp.status import PeerStatus
 from confgen.intent import PeerIntent
@@ -71,7 +78,8 @@ class Sessions:
         self._offers: dict[str, ev.Open] = {}  # the peer's last OPEN
         self._graceful = GracefulRestarts(rib)  # receive-side restart timers over the Adj-RIB-In
         self._synced: set[str] = set()  # peers whose End-of-RIB we have seen since we started
-        self._teardowns: dict[str, None] = {}  # wait for the next flush
+        self._teardowns: dict[str, int] = {}  # peer -> Cease subcode, waiting for the next flush
+        self.bfd = bfd_gate.BfdGate()  # which peers BFD holds (bgp.bfd.gate), set by the daemon's wiring
         self.malformed_withdraws: dict[str, int] = {}  # peer -> prefixes treated as withdrawn (RFC 7606)
         self._malformed_log = LogBudget(log, clock=clock)
         self._exabgp_down: str | None = None  # why ExaBGP cannot be used, while it cannot
@@ -174,7 +182,10 @@ class Sessions:
         status = self._status[event.peer]
         now = self._wallclock()
         if event.state == ev.STATE_UP and self.limits.held(event.peer):
-            self._teardowns[event.peer] = None  # back too soon after crossing its prefix limit
+            self._teardowns[event.peer] = CEASE_MAX_PREFIXES  # back too soon after crossing its prefix limit
+            return set()
+        if event.state == ev.STATE_UP and self.bfd.held(event.peer):
+            self._teardowns[event.peer] = CEASE_BFD_DOWN  # never up while its required BFD is not
             return set()
         if event.state == ev.STATE_UP:
             self._status[event.peer] = status.up(now)
@@ -201,11 +212,20 @@ class Sessions:
         self._out.session_down(peer)
         # The last OPEN is the ending session's: a new one arrives only with the next attempt.
         restart_time = self._graceful_restart_time(peer)
-        return self._graceful.session_down(peer, restart_time, self._clock())
+        return self._graceful.session_down(peer, restart_time, self._clock(), self._llgr_stale_time(peer))
+
+    def _llgr_stale_time(self, peer: str) -> int:
+        """The long-lived stale time after the restart time (0: none): ours, capped by the peer's offer."""
+        intent, offer = self._peers.get(peer), self._offers.get(peer)
+        if intent is None or offer is None:
+            return 0  # never established: no paths to keep
+        return llgr.stale_time(intent.llgr_stale_time, intent.family, offer.llgr)
 
     def _learned(self, event: ev.RoutesLearned) -> set[str]:
-        if self.limits.held(event.peer):
-            return set()  # torn down for crossing its prefix limit: nothing it sends counts until the hold
+        if self.limits.held(event.peer) or (self.bfd.held(event.peer) and not self.established(event.peer)):
+            # Torn down (prefix limit, BFD not Up): nothing it sends counts until the hold ends. A session
+            # that was up before its BFD was asked for runs on until BFD has been Up once (RFC 5882 3.2).
+            return set()
         if self.limits.as_path_too_long(event.peer, len(event.attributes.as_path), len(event.prefixes)):
             # treat-as-withdraw (RFC 7606)
             return {prefix for prefix in event.prefixes if self._rib.remove(event.peer, prefix)}
@@ -235,16 +255,51 @@ class Sessions:
     def _prefix_limit_crossed(self, peer: str, count: int) -> set[str]:
         """Tear the session down and forget the peer's paths: not kept stale, this is no restart."""
         self.limits.trip(peer, count)
-        self._teardowns[peer] = None
+        note = f"Prefix limit: {self.limits.settings.max_prefixes} exceeded ({count} prefixes)"
+        return self._tear_down(peer, CEASE_MAX_PREFIXES, note)
+
+    def _tear_down(self, peer: str, subcode: int, note: str) -> set[str]:
+        """End the session through ExaBGP and drop the peer's paths at once: no restart, nothing stale."""
+        self._teardowns[peer] = subcode
         dropped = self._rib.drop_peer(peer)
         self._graceful.forget(peer)
         self._out.session_down(peer)
         # Not Established for us from now on: nothing more is queued for it in ExaBGP (see bgp.adj_rib_out).
-        note = f"Prefix limit: {self.limits.settings.max_prefixes} exceeded ({count} prefixes)"
         self._status[peer] = replace(
             self._status[peer], state="start", bgp_state="Idle", since=self._wallclock(), last_error=note
         )
         return set(dropped)
+
+    # ------------------------------------------------------------------ BFD
+
+    def bfd_configured(self, wanted: bfd_gate.Wanted, statuses: list[BfdStatus]) -> None:
+        """The BFD sessions the daemon configured (``bgp.bfd.gate.wanted_sessions``) and their status."""
+        self.bfd.configure(wanted, statuses)
+
+    def bfd_changed(self, status: BfdStatus) -> set[str]:
+        """A BFD session changed state: the prefixes whose paths changed (``bgp.bfd.gate.on_bfd_down``)."""
+        seen = self.bfd.update(status)
+        if seen is None or seen[0] not in self._status:
+            return set()
+        peer, before = seen
+        if status.up:
+            log.info("peer %s: BFD Up, its session may come up", peer)
+            return set()
+        if before is not None and not before.up:
+            return set()  # Down to Down (a new diagnostic), Init to Down: the session is held already
+        action = bfd_gate.on_bfd_down(
+            established=self.established(peer),
+            restarting=self._graceful.restart(peer) is not None,
+            control_independent=status.remote_control_independent,
+            turned_off=bfd_gate.peer_turned_off(status),
+        )
+        log.warning("peer %s: BFD %s (%s): %s", peer, status.state, status.local_diagnostic, action)
+        if action == bfd_gate.TEARDOWN:
+            return self._tear_down(peer, CEASE_BFD_DOWN, f"BFD Down ({status.local_diagnostic})")
+        if action == bfd_gate.FLUSH_STALE:
+            self._graceful.forget(peer)
+            return self._rib.drop_peer(peer)
+        return set()
 
     # ------------------------------------------------------------------ timers and output
 
@@ -254,7 +309,7 @@ class Sessions:
 
     def take_teardowns(self) -> list[str]:
         """The teardown commands owed since the last call."""
-        lines = [line for line in map(teardown_command, self._teardowns) if line]
+        lines = [line for line in map(teardown_command, self._teardowns, self._teardowns.values()) if line]
         self._teardowns.clear()
         return lines
 
@@ -270,11 +325,13 @@ class Sessions:
 
     def statuses(self) -> list[PeerStatus]:
         """Each peer's status, IPv4 before IPv6 and by address within a family, a peer held for its prefix
-        limit shown Idle with the reason."""
+        limit or for BFD shown Idle with the reason."""
         return [self._held_view(s) for s in self._status.values()]
 
     def _held_view(self, status: PeerStatus) -> PeerStatus:
         note = self.limits.hold_note(status.address)
+        if note is None and not status.established:
+            note = self.bfd.hold_note(status.address)
         if note is None:
             return status
         return replace(status, state="start", bgp_state="Idle", last_error=note)

@@ -45,6 +45,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from bgp.adj_rib_out import AdjRibOut
+from bgp.bfd.api import BfdStatus
+from bgp.bfd.gate import BfdGate, Wanted
 from bgp.exabgp import events as ev
 from bgp.exabgp.commands import Advertisement
 from bgp.export import ExportRules
@@ -225,6 +227,16 @@ class Speaker:
             self._full = True  # refused routes may be accepted now, accepted ones refused
             self._wake.set()
 
+    def set_bfd(self, wanted: Wanted, statuses: list[BfdStatus]) -> None:
+        """The BFD sessions configured for the peers (``bgp.bfd.gate``) and their status: who is held."""
+        self._sessions.bfd_configured(wanted, statuses)
+        self._wake.set()  # status and the metrics show the holds
+
+    def bfd_changed(self, status: BfdStatus) -> None:
+        """A BFD session changed state: its BGP session may be torn down, its paths dropped at once."""
+        self._changed |= self._sessions.bfd_changed(status)
+        self._wake.set()
+
     def kernel_changed(self) -> None:
         """Someone changed or removed a route of ours, a device came back, or held deletes were released:
         the route table already holds what it should write, so it is applied again; nothing is selected."""
@@ -378,6 +390,11 @@ class Speaker:
 
     def peer_statuses(self) -> list[PeerStatus]:
         return self._sessions.statuses()  # kept in display order
+
+    @property
+    def bfd(self) -> BfdGate:
+        """BFD as the sessions see it: holds, and each peer's ``bfd`` object in status."""
+        return self._sessions.bfd
 
     def announced_count(self, peer: str) -> int:
         return self._out.announced_count(peer)

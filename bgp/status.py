@@ -11,6 +11,8 @@ Complicating factors:
   ``OpenSent``, plus the last error) because that is what users of ``calicoctl node status`` read.
 - A status request must never block the daemon: the server answers from an in-memory snapshot.
 - The report may carry ``propagation`` (``bgp.latency``: p50/p99 of the last minute), shown as one line.
+- A peer with BFD asked for carries a ``bfd`` object (``bgp.bfd.gate.BfdGate.report``), and its family's
+  table gets a BFD column; without any, the table keeps ``calicoctl node status``'s five columns.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bgp.bfd.gate import cell as bfd_cell
 from bgp.latency import describe as describe_propagation
 from confgen.intent import PeerIntent
 
@@ -163,7 +166,12 @@ def render_status(report: dict, now: float | None = None) -> str:
                 [p["address"], p["type"], p["state"], bird_since(p["since_ts"], now), p["info"]]
                 for p in peers
             ]
-            lines.append(render_table(["Peer address", "Peer type", "State", "Since", "Info"], rows))
+            headers = ["Peer address", "Peer type", "State", "Since", "Info"]
+            if any("bfd" in p for p in peers):
+                headers.insert(4, "BFD")
+                for row, p in zip(rows, peers, strict=True):
+                    row.insert(4, bfd_cell(p.get("bfd")))
+            lines.append(render_table(headers, rows))
         lines.append("")
     if report.get("propagation"):
         lines.append(describe_propagation(report["propagation"]))
@@ -240,13 +248,19 @@ def query(path: Path, request: str = "status", timeout: float = 5.0) -> dict:
 
 
 def status_report(
-    node: str, peers: list[PeerStatus], warnings: list[str], propagation: dict | None = None
+    node: str,
+    peers: list[PeerStatus],
+    warnings: list[str],
+    propagation: dict | None = None,
+    bfd: Callable[[str], dict | None] | None = None,  # a peer's ``bfd`` object (bgp.bfd.gate), None: none
 ) -> dict:
-    report: dict[str, object] = {
-        "node": node,
-        "peers": [{**p.as_json(), "since_ts": p.since} for p in peers],
-        "warnings": list(warnings),
-    }
+    rows = []
+    for peer in peers:
+        row = {**peer.as_json(), "since_ts": peer.since}
+        if bfd is not None and (view := bfd(peer.address)) is not None:
+            row["bfd"] = view
+        rows.append(row)
+    report: dict[str, object] = {"node": node, "peers": rows, "warnings": list(warnings)}
     if propagation is not None:  # bgp.latency.Propagation.report: p50/p99 over the last minute
         report["propagation"] = propagation
     return report

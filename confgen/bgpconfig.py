@@ -12,6 +12,9 @@ Complicating factors:
   validator rejects unknown names and defined-but-unused communities, and so do we. The resolved lists
   are split into standard and large communities, sorted and deduplicated (confd's ``bgpPrefix`` form).
 - nodeMeshMaxRestartTime is a graceful-restart time, which BGP carries in 12 bits (at most 4095 s).
+- nodeMeshHoldTime is an extension Calico does not define (docs/calico-model.md#extensions): the mesh's
+  hold time, 0 or 3..65535 s as BGP allows.
+- nodeMeshFailureDetectionMode is one too: BGPPeer failureDetectionMode's values for the mesh (docs/bfd.md).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from confgen.validate import NAME_RE, Reader, SecretRef, parse_community, show
 LOG_SEVERITIES = ("Trace", "Debug", "Info", "Warning", "Error", "Fatal", "None")  # None: no log at all
 BIND_MODES = ("None", "NodeIP")
 MAX_RESTART_TIME = 4095  # the graceful-restart capability carries 12 bits of seconds (RFC 4724)
+MAX_HOLD_TIME = 65535  # the OPEN's hold time has 16 bits (RFC 4271)
+MESH_FAILURE_DETECTION_MODES = ("None", "BFDIfDirectlyConnected")  # BGPPeer failureDetectionMode's values
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,8 @@ class BGPConfiguration:
     bind_mode: str | None = None
     node_mesh_password: SecretRef | None = None
     node_mesh_max_restart_time: int | None = None  # seconds
+    node_mesh_hold_time: int | None = None  # seconds (extension); None = the default
+    node_mesh_failure_detection_mode: str | None = None  # extension; None = not set ("None")
     prefix_advertisements: tuple[PrefixAdvertisement, ...] | None = None  # None = not set
     service_cluster_ips: tuple[str, ...] = ()
     service_external_ips: tuple[str, ...] = ()
@@ -76,12 +83,27 @@ def parse_bgp_configuration(name: str, raw: Any) -> BGPConfiguration:
         bind_mode=bind_mode,
         node_mesh_password=r.secret_ref("spec.nodeMeshPassword"),
         node_mesh_max_restart_time=r.duration("spec.nodeMeshMaxRestartTime", MAX_RESTART_TIME),
+        node_mesh_hold_time=_hold_time(r),
+        node_mesh_failure_detection_mode=_mesh_failure_detection(r),
         prefix_advertisements=_prefix_advertisements(r),
         service_cluster_ips=_service_ranges(r, "spec.serviceClusterIPs"),
         service_external_ips=_service_ranges(r, "spec.serviceExternalIPs"),
         service_loadbalancer_ips=_service_ranges(r, "spec.serviceLoadBalancerIPs"),
         program_cluster_routes=program,
     )
+
+
+def _hold_time(r: Reader) -> int | None:
+    seconds = r.duration("spec.nodeMeshHoldTime", MAX_HOLD_TIME)
+    if seconds in (1, 2):
+        raise r.error("spec.nodeMeshHoldTime", "must be 0 (no hold timer) or at least 3s")
+    return seconds
+
+
+def _mesh_failure_detection(r: Reader) -> str | None:
+    if r.get("spec.nodeMeshFailureDetectionMode", None) is None:
+        return None
+    return r.choice("spec.nodeMeshFailureDetectionMode", MESH_FAILURE_DETECTION_MODES, "None")
 
 
 def _service_ranges(r: Reader, path: str) -> tuple[str, ...]:

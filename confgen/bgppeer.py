@@ -14,8 +14,12 @@ Complicating factors:
   ``as 0``); those are refused here with a message instead of producing a broken session.
 - ``localWorkloadSelector`` peers come from Felix's endpoint-status files, which an etcd-only node does
   not have: such a BGPPeer is reported as unsupported rather than silently ignored.
-- Durations are bounded by what BGP can carry: a graceful-restart time has 12 bits (4095 s), and the
-  hold time derived from a keepalive (3 x keepalive) must fit in 16 bits.
+- Durations are bounded by what BGP can carry: a graceful-restart time has 12 bits (4095 s), a long-lived
+  stale time 24 bits, and the hold time (``holdTime``, or 3 x keepalive) 16 bits; a hold time is 0 or at
+  least 3 s (RFC 4271), and an explicit one must leave room for three keepalives.
+- Two fields are extensions Calico does not define (docs/calico-model.md#extensions): ``holdTime`` (as
+  MetalLB and Cilium name it) and ``restartMode`` (Calico Enterprise's name and values; with
+  ``LongLivedGracefulRestart``, ``maxRestartTime`` is the long-lived stale time, as there).
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ from confgen.validate import NAME_RE, Reader, SecretRef, show
 
 MAX_RESTART_TIME = 4095
 MAX_KEEPALIVE_TIME = 65535 // 3
+MAX_HOLD_TIME = 65535
+MAX_LLGR_STALE_TIME = 2**24 - 1  # RFC 9494: the long-lived stale time has 24 bits
+RESTART_MODES = ("GracefulRestart", "LongLivedGracefulRestart")
+# Calico Enterprise's values: BFD runs only to a peer on one of our connected subnets (bgp.bfd.gate decides).
+FAILURE_DETECTION_MODES = ("None", "BFDIfDirectlyConnected")
 NEXT_HOP_MODES = ("Auto", "Self", "Keep")
 SOURCE_ADDRESSES = ("UseNodeIP", "None")
 REVERSE_PEERING = ("Auto", "Manual")
@@ -51,6 +60,9 @@ class BGPPeer:
     password: SecretRef | None = None
     max_restart_time: int | None = None  # seconds
     keepalive_time: int | None = None  # seconds
+    hold_time: int | None = None  # seconds (extension: spec.holdTime); None = 3 x keepalive, else the default
+    restart_mode: str = "GracefulRestart"  # one of RESTART_MODES; LLGR: max_restart_time is the stale time
+    failure_detection_mode: str = "None"  # one of FAILURE_DETECTION_MODES (docs/bfd.md)
     ttl_security: int = 0  # hops; 0 = off
     next_hop_mode: str = ""  # "" = not set; else one of NEXT_HOP_MODES
     keep_original_next_hop: bool = False
@@ -145,6 +157,9 @@ def parse_bgp_peer(name: str, raw: Any) -> BGPPeer:
     if next_hop_mode != "":
         next_hop_mode = r.choice("spec.nextHopMode", NEXT_HOP_MODES, "Auto")
 
+    restart_mode = r.choice("spec.restartMode", RESTART_MODES, "GracefulRestart")
+    keepalive_time = _keepalive(r)
+    hold_time = _hold_time(r, keepalive_time)
     return BGPPeer(
         name=name,
         node=node,
@@ -156,8 +171,11 @@ def parse_bgp_peer(name: str, raw: Any) -> BGPPeer:
         local_as_number=r.as_number("spec.localASNumber"),
         source_address=r.choice("spec.sourceAddress", SOURCE_ADDRESSES, "UseNodeIP"),
         password=r.secret_ref("spec.password"),
-        max_restart_time=r.duration("spec.maxRestartTime", MAX_RESTART_TIME),
-        keepalive_time=_keepalive(r),
+        max_restart_time=_max_restart_time(r, restart_mode),
+        keepalive_time=keepalive_time,
+        hold_time=hold_time,
+        restart_mode=restart_mode,
+        failure_detection_mode=r.choice("spec.failureDetectionMode", FAILURE_DETECTION_MODES, "None"),
         ttl_security=r.integer("spec.ttlSecurity", 0, 255) or 0,
         next_hop_mode=next_hop_mode,
         keep_original_next_hop=bool(r.boolean("spec.keepOriginalNextHop")),
@@ -172,4 +190,29 @@ def _keepalive(r: Reader) -> int | None:
     seconds = r.duration("spec.keepaliveTime", MAX_KEEPALIVE_TIME)
     if seconds == 0:
         raise r.error("spec.keepaliveTime", "must be at least 1s")
+    return seconds
+
+
+def _hold_time(r: Reader, keepalive: int | None) -> int | None:
+    seconds = r.duration("spec.holdTime", MAX_HOLD_TIME)
+    if seconds is None:
+        return None
+    if seconds in (1, 2):
+        raise r.error("spec.holdTime", "must be 0 (no hold timer) or at least 3s")
+    if keepalive is not None and seconds == 0:
+        raise r.error("spec.keepaliveTime", "must be empty when spec.holdTime is 0 (no keepalives are sent)")
+    if keepalive is not None and keepalive > seconds // 3:
+        raise r.error(
+            "spec.keepaliveTime",
+            f"{keepalive}s is more than a third of spec.holdTime {seconds}s (a peer needs three chances)",
+        )
+    return seconds
+
+
+def _max_restart_time(r: Reader, restart_mode: str) -> int | None:
+    if restart_mode == "GracefulRestart":
+        return r.duration("spec.maxRestartTime", MAX_RESTART_TIME)
+    seconds = r.duration("spec.maxRestartTime", MAX_LLGR_STALE_TIME)
+    if seconds == 0:
+        raise r.error("spec.maxRestartTime", "must be at least 1s when spec.restartMode is long-lived")
     return seconds

@@ -28,6 +28,8 @@ NEXT_HOP_SELF = "Self"
 NEXT_HOP_KEEP = "Keep"
 
 DEFAULT_RESTART_TIME = 120  # BIRD's graceful-restart time, which every Calico session template enables
+# restartMode LongLivedGracefulRestart without maxRestartTime: Calico Enterprise's long-lived stale time.
+DEFAULT_LLGR_STALE_TIME = 3600
 
 
 @dataclass(frozen=True, order=True)
@@ -51,7 +53,13 @@ class PeerIntent:
     # --- optional settings (the defaults are Calico's) ---
     restart_time: int = DEFAULT_RESTART_TIME  # graceful-restart time we advertise (s); 0 = no GR capability
     keepalive_time: int = 0  # BGPPeer keepaliveTime (s); 0 = not set (hold_time / 3 applies)
+    # Long-lived graceful restart (RFC 9494), receive side only (bgp.graceful): how long a peer's paths stay
+    # LLGR-stale after its graceful restart ends (s); 0 = restartMode GracefulRestart, no long-lived phase.
+    llgr_stale_time: int = 0
     ttl_security: int = 0  # GTSM hop count (RFC 5082); 0 = off. Enforced by bgp.gtsm (nftables), not ExaBGP
+    # BGPPeer failureDetectionMode BFDIfDirectlyConnected (or the mesh's switch): BFD wanted, if the peer
+    # turns out to be on a connected subnet (the daemon knows its interfaces; bgp.bfd.gate decides).
+    bfd: bool = False
     source_address: str = "UseNodeIP"  # BGPPeer sourceAddress "UseNodeIP" | "None". Informational: the
     #   session is pinned to local_address either way (ExaBGP 5.0.15 breaks on "local-address auto")
     next_hop_mode: str = NEXT_HOP_AUTO  # NEXT_HOP_AUTO | NEXT_HOP_SELF | NEXT_HOP_KEEP, for the export side

@@ -190,6 +190,15 @@ class Model:
         return self._global().node_mesh_max_restart_time
 
     @property
+    def node_mesh_hold_time(self) -> int | None:
+        return self._global().node_mesh_hold_time
+
+    @property
+    def node_mesh_bfd(self) -> bool:
+        """BFD on the mesh: the ``default`` configuration's nodeMeshFailureDetectionMode (extension)."""
+        return self._global().node_mesh_failure_detection_mode == "BFDIfDirectlyConnected"
+
+    @property
     def service_ranges(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
         """(cluster IPs, external IPs, load-balancer IPs) CIDRs, from the ``default`` configuration."""
         config = self._global()

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from confgen.bgppeer import BGPPeer
 from confgen.intent import (
+    DEFAULT_LLGR_STALE_TIME,
     DEFAULT_RESTART_TIME,
     GLOBAL,
     MESH,
@@ -276,11 +277,13 @@ class Peering:
             port=target.port or 179,
             passive=bool(target.calico_node) and target.address > local_address,  # Calico's lexical rule
             calico_node=target.calico_node,
-            hold_time=max(3, 3 * keepalive) if keepalive else DEFAULT_HOLD_TIME,
+            hold_time=_hold_time(peer.hold_time, keepalive),
             password=password,
-            restart_time=DEFAULT_RESTART_TIME if peer.max_restart_time is None else peer.max_restart_time,
+            restart_time=_restart_time(peer),
             keepalive_time=keepalive,
+            llgr_stale_time=_llgr_stale_time(peer),
             ttl_security=peer.ttl_security,
+            bfd=peer.failure_detection_mode == "BFDIfDirectlyConnected",
             source_address=peer.source_address,
             next_hop_mode=next_hop,
             rr_client=rr_client,
@@ -330,8 +333,31 @@ class Peering:
                     calico_node=other.name,
                     password=password,
                     restart_time=DEFAULT_RESTART_TIME if restart is None else restart,
+                    hold_time=_hold_time(model.node_mesh_hold_time, 0),
+                    bfd=model.node_mesh_bfd,
                 )
         return list(peers.values())
+
+
+def _hold_time(hold_time: int | None, keepalive: int) -> int:
+    """An explicit hold time (extension), else 3 x keepaliveTime, else the default."""
+    if hold_time is not None:
+        return hold_time
+    return max(3, 3 * keepalive) if keepalive else DEFAULT_HOLD_TIME
+
+
+def _restart_time(peer: BGPPeer) -> int:
+    """The graceful-restart time we advertise. In long-lived mode maxRestartTime is the stale time, and
+    the restart time is the default."""
+    if peer.restart_mode == "LongLivedGracefulRestart" or peer.max_restart_time is None:
+        return DEFAULT_RESTART_TIME
+    return peer.max_restart_time
+
+
+def _llgr_stale_time(peer: BGPPeer) -> int:
+    if peer.restart_mode != "LongLivedGracefulRestart":
+        return 0
+    return DEFAULT_LLGR_STALE_TIME if peer.max_restart_time is None else peer.max_restart_time
 
 
 def _sort_key(peer: PeerIntent) -> tuple[str, ipaddress.IPv4Address | ipaddress.IPv6Address, int]:

@@ -58,12 +58,15 @@ KNOWN_SPEC_FIELDS = {
         "listenPort", "nodeMeshPassword", "nodeMeshMaxRestartTime", "bindMode", "ignoredInterfaces",
         "localWorkloadPeeringIPV4", "localWorkloadPeeringIPV6", "programClusterRoutes",
         "ipv4NormalRoutePriority", "ipv6NormalRoutePriority",
+        "nodeMeshHoldTime",  # extension (docs/calico-model.md#extensions)
+        "nodeMeshFailureDetectionMode",  # extension (docs/bfd.md)
     },
     "BGPPeer": {
         "node", "nodeSelector", "peerIP", "asNumber", "localASNumber", "peerSelector", "keepOriginalNextHop",
         "nextHopMode", "password", "sourceAddress", "maxRestartTime", "keepaliveTime",
         "numAllowedLocalASNumbers", "ttlSecurity", "reachableBy", "filters", "localWorkloadSelector",
-        "reversePeering",
+        "reversePeering", "failureDetectionMode",
+        "holdTime", "restartMode",  # extensions (docs/calico-model.md#extensions)
     },
     "BGPFilter": {"exportV4", "importV4", "exportV6", "importV6"},
     "Node": {

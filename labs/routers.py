@@ -61,6 +61,8 @@ def frr_config(router: LabRouter, *, log_file: str | None = None) -> str:
             lines.append(f" neighbor {n.address} password {n.password}")
         # Lab peers come and go (daemon restarts): retry every 2 s, not the datacenter profile's 10 s.
         lines.append(f" neighbor {n.address} timers connect 2")
+        if n.bfd:
+            lines.append(f" neighbor {n.address} bfd")
     for family, version in (("ipv4", 4), ("ipv6", 6)):
         neighbors = [n for n in router.neighbors if _version(n.address) == version]
         networks = [p for p in router.networks if _version(p.split("/")[0]) == version]
@@ -119,7 +121,8 @@ def frr_available() -> str:
 
 
 def start_frr(ns: str, run_dir: Path, config: str, *, pathspace: str | None = None) -> FrrInstance:
-    """Write config into run_dir and start zebra + bgpd inside ns; returns once bgpd answers vtysh."""
+    """Write config into run_dir and start zebra + bgpd (and bfdd when a session runs BFD) inside ns;
+    returns once bgpd answers vtysh."""
     reason = frr_available()
     if reason:
         raise RouterError(reason)
@@ -135,12 +138,24 @@ def start_frr(ns: str, run_dir: Path, config: str, *, pathspace: str | None = No
         os.chown(path, user.pw_uid, user.pw_gid)
     instance.log.touch()
     os.chown(instance.log, user.pw_uid, user.pw_gid)
-    for daemon in ("zebra", "bgpd"):
+    # bfdd before bgpd: bgpd registers its BFD sessions with bfdd (through zebra) as the config is read.
+    daemons = ("zebra", "bfdd", "bgpd") if _uses_bfd(config) else ("zebra", "bgpd")
+    for daemon in daemons:
         argv = [str(FRR_DIR / daemon), "-N", pathspace, "-f", str(instance.config)]
         argv += ["-i", str(sockets / f"{daemon}.pid"), "-u", FRR_USER, "-g", FRR_USER, "-P", "0"]
         instance.pids.append(process.spawn(netns.exec_argv(ns, argv), run_dir / f"{daemon}.out"))
         _wait_socket(instance, sockets / f"{daemon}.vty", daemon)
     return instance
+
+
+def _uses_bfd(config: str) -> bool:
+    return any(line.startswith(" neighbor ") and line.endswith(" bfd") for line in config.splitlines())
+
+
+def bfd_peers(pathspace: str) -> dict[str, dict]:
+    """FRR's BFD sessions, by peer address: its ``show bfd peers json`` entries."""
+    out = vtysh(pathspace, "show bfd peers json")
+    return {peer["peer"]: peer for peer in (json.loads(out) if out.strip() else [])}
 
 
 def _make_traversable(path: Path) -> None:

@@ -101,6 +101,7 @@ class RouterNeighbor:
     default_originate: bool = False  # send the nodes a default route (a ToR's usual job)
     password: str = ""  # TCP-MD5
     rr_client: bool = False  # the router reflects routes to this (iBGP) neighbour
+    bfd: bool = False  # run BFD on the session (FRR's bfdd, its default 300 ms x 3); see labs.bfd
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ Complicating factors (docs/exabgp-notes.md):
 - End-of-RIB arrives as ``"type": "update"`` with ``message.eor`` instead of ``message.update``.
 - ``as-path`` is an object of segments in 5.x (a flat list in 4.x): both shapes are accepted.
 - With add-path, each NLRI object also has ``path-information``; a path is keyed by (prefix, path id).
+- ExaBGP 5.0 does not know the long-lived graceful-restart capability (RFC 9494, code 71): the peer's OPEN
+  carries it as ``"name": "unknown"`` with the value in hex, decoded here (docs/graceful-restart.md).
 - Lines that are not JSON (acks ``done``/``error`` when acks are on, blank lines) are skipped, not fatal:
   a garbage line must never take the speaker down.
 - ExaBGP 5.0.15 passes on some announcements RFC 7606 calls malformed: no NEXT_HOP (the next hop then
@@ -31,6 +33,9 @@ from confgen import tokens
 STATE_CONNECTED = "connected"
 STATE_UP = "up"
 STATE_DOWN = "down"
+
+LLGR_CAPABILITY = 71
+_LLGR_FAMILIES = {(1, 1): "ipv4 unicast", (2, 1): "ipv6 unicast"}  # (AFI, SAFI)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +104,9 @@ class Open:
     hold_time: int
     restart_time: int | None = None  # graceful-restart capability (RFC 4724), None when not offered
     families: tuple[str, ...] = ()
+    # Long-lived graceful-restart capability (RFC 9494, code 71, which ExaBGP passes on as an unknown one):
+    # (family, long-lived stale time) per family offered; None when not offered.
+    llgr: tuple[tuple[str, int], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +241,7 @@ def _open(peer: str, neighbor: dict) -> Open:
     body = neighbor.get("open", {})
     restart_time = None
     families: tuple[str, ...] = ()
+    llgr = None
     for capability in body.get("capabilities", {}).values():
         if not isinstance(capability, dict):
             continue
@@ -240,6 +249,8 @@ def _open(peer: str, neighbor: dict) -> Open:
             restart_time = int(capability.get("time", 0))
         elif capability.get("name") == "multiprotocol":
             families = tuple(str(f).replace("/", " ") for f in capability.get("families", ()))
+        elif capability.get("value") == LLGR_CAPABILITY:
+            llgr = _llgr_families(str(capability.get("raw", "")))
     return Open(
         peer=peer,
         direction=str(neighbor.get("direction", "")),
@@ -248,7 +259,25 @@ def _open(peer: str, neighbor: dict) -> Open:
         hold_time=int(body.get("hold_time", 0)),
         restart_time=restart_time,
         families=families,
+        llgr=llgr,
     )
+
+
+def _llgr_families(raw: str) -> tuple[tuple[str, int], ...] | None:
+    """The (family, stale time) tuples of an LLGR capability's value: 7 bytes each, AFI (2), SAFI (1), flags
+    (1), long-lived stale time (3). None when malformed, which counts as not offered."""
+    try:
+        data = bytes.fromhex(raw)
+    except ValueError:
+        return None
+    if len(data) % 7:
+        return None
+    offered = []
+    for i in range(0, len(data), 7):
+        family = _LLGR_FAMILIES.get((int.from_bytes(data[i : i + 2], "big"), data[i + 2]))
+        if family is not None:  # a family we never carry does not matter
+            offered.append((family, int.from_bytes(data[i + 4 : i + 7], "big")))
+    return tuple(offered)
 
 
 def _events(message: dict) -> Iterator[Event]:

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from bgp.bfd.gate import BfdGate
 from bgp.daemon_reports import DaemonReports, datastore_problem
 from bgp.latency import Propagation
 from bgp.readiness import EXABGP_START_ALLOWANCE, READY_THRESHOLD
@@ -37,6 +38,7 @@ class FakeSpeaker:
     def __init__(self, peers=(), eor_done=True, routes=()):
         self.peers, self.eor_done, self.routes = list(peers), eor_done, list(routes)
         self.propagation = Propagation()
+        self.bfd = BfdGate()  # no BFD session configured
 
     def peer_statuses(self):
         return self.peers

@@ -1,0 +1,1 @@
+"""BFD (RFC 5880/5881): fast failure detection for the BGP sessions of this node."""
