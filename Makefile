@@ -15,6 +15,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := etcd-server iproute2 nftables iputils-ping procps python3-venv socat
 INTEROP_PACKAGES := bird2 frr gobgpd etcd-client
+# promtool and Prometheus (the alert rules' tests, `lab up --prometheus`), Graphviz (`lab show -o dot`)
+MONITORING_PACKAGES := prometheus graphviz
 BIRD16_DIR := .cache/bird16
 STAMP := $(VENV)/.installed
 TOPOLOGY ?= mesh
@@ -49,6 +51,23 @@ interop-deps: deps
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@# Debian starts a prometheus service on install and recommends node-exporter (listening on every
+	@# address): installed without recommends, service starts denied by a policy-rc.d held for the install
+	@# only, and the unit disabled and stopped where systemd runs, so none of it runs or listens afterwards.
+	@missing=""; for p in $(MONITORING_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages (no services started):$$missing"; \
+		added=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && added=1; \
+		fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			$$missing >/dev/null; rc=$$?; \
+		if [ -n "$$added" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+		if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi; \
+		exit $$rc; \
 	fi
 	@if [ ! -x $(BIRD16_DIR)/usr/sbin/bird ]; then \
 		echo "unpacking bird 1.6 into $(BIRD16_DIR)"; \

@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from bench import install, report, targets
+from bench import install, plots, report, targets
 from bench.propagation import Plan
 from bench.stats import Row
 
@@ -256,6 +256,10 @@ def run(
         out = out / "partial" if interrupted is not None else out
         report.save(out, rows, info, raw, notes)
         print(f"\nsaved {out / 'latest.json'} and {out / 'latest.md'}")
+        try:  # the charts next to them (bench/plots.py; `python -m bench.plots` redraws a saved run)
+            print(f"charts: {', '.join(str(p.name) for p in plots.write(out))}")
+        except ImportError as exc:
+            print(f"charts: not drawn ({exc}; matplotlib comes with `make venv`)")
     print(f"\n{targets.render_text(rows)}")  # last: the regression guard, where a terminal leaves off
     return 1 if interrupted is not None else 0
 

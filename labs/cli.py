@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from labs import catalog, containerlab, etcd_cluster
+from labs import catalog, containerlab, dot, etcd_cluster, sessions_view
 from labs import lab as labs_lab
 from labs.ops import LabError
 
@@ -52,16 +52,26 @@ def lab() -> None:
     help="the lab's etcd serves https only and requires client certificates (peers too), from a CA made "
     "for the lab; nodes get ETCD_CA_CERT_FILE, ETCD_CERT_FILE and ETCD_KEY_FILE",
 )
+@click.option(
+    "--bfd", is_flag=True,
+    help="BFD on every router-node session: the routers run FRR's bfdd, the nodes' BGPPeers get "
+    "failureDetectionMode: BFDIfDirectlyConnected",
+)
+@click.option(
+    "--prometheus", is_flag=True,
+    help="run Debian's Prometheus on the host's loopback, scraping every node with "
+    "monitoring/prometheus-rules.yml loaded; `lab show -o json` gives its URL",
+)
 def up(
     topology_name: str, nodes: int | None, name: str | None, etcd_endpoints: str | None, timeout: float,
-    ipv6: bool, etcd_members: int, etcd_tls: bool,
+    ipv6: bool, etcd_members: int, etcd_tls: bool, bfd: bool, prometheus: bool,
 ) -> None:
     """Bring a lab up, wait for BGP sessions, and check pod-to-pod reachability."""
     endpoints = [e.strip() for e in etcd_endpoints.split(",") if e.strip()] if etcd_endpoints else None
     try:
         ok = labs_lab.up(
             topology_name, nodes, name=name, etcd_endpoints=endpoints, timeout=timeout, ipv6=ipv6,
-            etcd_members=etcd_members, etcd_tls=etcd_tls, echo=click.echo,
+            etcd_members=etcd_members, etcd_tls=etcd_tls, bfd=bfd, prometheus=prometheus, echo=click.echo,
         )
     except (LabError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -82,11 +92,15 @@ def down(name: str) -> None:
 
 @lab.command()
 @click.argument("name", default="mesh")
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("-o", "--output", type=click.Choice(["text", "json", "dot"]), default="text", show_default=True)
 def show(name: str, output: str) -> None:
-    """Show a lab's nodes, pods and routers."""
+    """Show a lab's nodes, pods and routers (dot: its BGP sessions as a Graphviz graph, `| dot -Tsvg`)."""
     try:
         info = labs_lab.show(name)
+        if output == "dot":
+            reports, addresses = sessions_view.gather(name)
+            click.echo(dot.render(info, reports, addresses), nl=False)
+            return
     except (LabError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     if output == "json":
@@ -103,6 +117,8 @@ def show(name: str, output: str) -> None:
                    + (f"  {p['ipv6']}" if p.get("ipv6") else ""))
     for r in info.get("routers", []):
         click.echo(f"  router {r['name']:<10} {r['kind']:<18} AS {r['asn']:<10} netns {r['netns']}")
+    if info.get("prometheus"):
+        click.echo(f"  prometheus {info['prometheus']}")
 
 
 @lab.command(name="exec", context_settings={"ignore_unknown_options": True})

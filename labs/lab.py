@@ -38,6 +38,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from labs import bfd as lab_bfd
 from labs import (
     catalog,
     certs,
@@ -53,6 +54,7 @@ from labs import (
     tunnel,
 )
 from labs import ipv6 as dual_stack
+from labs import prometheus as lab_prometheus
 from labs.ops import LabError
 from labs.state import (
     EtcdMemberState,
@@ -116,23 +118,26 @@ def up(
     etcd_timeout: float = 10.0,
     etcd_members: int = 1,
     etcd_tls: bool = False,
+    bfd: bool = False,
+    prometheus: bool = False,
     echo: Echo = _quiet,
 ) -> bool:
     """Build the lab, wait for its sessions, check reachability. Returns False if any check failed; raises
     LabError if the lab could not be built (``down`` cleans up either way). ``etcd_members`` > 1 starts
     the lab's etcd as a cluster of that many members; ``etcd_tls`` makes it serve https only, to clients
-    (and peers) with a certificate from the lab's CA."""
+    (and peers) with a certificate from the lab's CA. ``bfd`` runs BFD on every router-node session
+    (``labs.bfd``). ``prometheus`` starts a Prometheus scraping every node (``labs.prometheus``)."""
     if not 1 <= etcd_members <= etcd_cluster.MAX_MEMBERS:
         raise LabError(f"etcd members: {etcd_members} (a lab runs 1 to {etcd_cluster.MAX_MEMBERS})")
     if etcd_endpoints and (etcd_members != 1 or etcd_tls):
         raise LabError("--etcd-members and --etcd-tls shape the lab's own etcd: drop --etcd-endpoints")
     if isinstance(topo, str):
         topo = resolve(topo, nodes)
-    if ipv6:
-        try:
-            topo = dual_stack.with_ipv6(topo)
-        except ValueError as exc:
-            raise LabError(str(exc)) from exc
+    try:
+        topo = dual_stack.with_ipv6(topo) if ipv6 else topo
+        topo = lab_bfd.with_bfd(topo) if bfd else topo
+    except ValueError as exc:
+        raise LabError(str(exc)) from exc
     lab = check_name(name or topo.name)
     members = len(topo.nodes) + len(topo.routers) + len(topo.pods)
     wanted = FDS_BASE + FDS_PER_MEMBER * members
@@ -144,6 +149,8 @@ def up(
     state.save()
     try:
         _build(state, topo, etcd_endpoints, etcd_timeout, echo, etcd_members, etcd_tls)
+        if prometheus:  # before the wait for sessions, so that it records them coming up
+            lab_prometheus.start(state, echo)
     except BUILD_ERRORS as exc:
         raise LabError(f"lab {lab}: {exc}\n(clean up with `calico-bgp lab down {lab}`)") from exc
     return check(lab, topo, timeout=timeout, echo=echo)
@@ -440,6 +447,7 @@ def check(
 def down(lab: str, echo: Echo = _quiet) -> None:
     """Remove everything of the lab, whatever state it is in; idempotent."""
     state = LabState.load(lab) or LabState(name=check_name(lab))
+    lab_prometheus.stop(state)
     daemons = [(n.pid, n.run_dir) for n in state.nodes if n.pid]
     for pid in process.stop_all(daemons, DAEMON_STOP_TIMEOUT):
         echo(f"daemon pid {pid}: did not stop within {DAEMON_STOP_TIMEOUT:.0f} s, killed")
@@ -482,7 +490,8 @@ def down(lab: str, echo: Echo = _quiet) -> None:
 
 def _lab_program(argv: list[str]) -> bool:
     programs = {os.path.basename(arg) for arg in argv[:2]}
-    return bool(programs & {os.path.basename(etcd.ETCD_BIN), "calico-bgp"}) or "labs.proxy" in argv
+    known = {os.path.basename(etcd.ETCD_BIN), "calico-bgp", lab_prometheus.BINARY}
+    return bool(programs & known) or "labs.proxy" in argv or "labs.metrics_proxy" in argv
 
 
 def show(lab: str) -> dict[str, object]:
@@ -504,6 +513,7 @@ def show(lab: str) -> dict[str, object]:
             for p in state.pods
         ],
         "routers": [{"name": r.name, "netns": r.netns, "kind": r.kind, "asn": r.asn} for r in state.routers],
+        "prometheus": state.prometheus_url or None,  # lab up --prometheus
     }
 
 

@@ -116,6 +116,10 @@ class LabState:
     nodes: list[NodeState] = field(default_factory=list)
     pods: list[PodState] = field(default_factory=list)
     routers: list[RouterState] = field(default_factory=list)
+    # --prometheus (labs.prometheus): its API on the host's loopback, and the forwarder it scrapes through
+    prometheus_url: str = ""
+    prometheus_pid: int = 0
+    metrics_proxy_pid: int = 0
 
     @property
     def dir(self) -> Path:
