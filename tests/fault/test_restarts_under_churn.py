@@ -1,15 +1,19 @@
-"""Faults: node1's API bridge, or its ExaBGP, SIGKILLed again and again while routes churn both ways.
+"""Faults: node1's API connection ended, or its ExaBGP SIGKILLed, again and again while routes churn.
 
 One 3-node mesh for the module. A churn thread flips block affinities in etcd every 200-600 ms: blocks of
-node1 (what node1 announces) and of node2 (what node1 learns). node1's bridge or ExaBGP is killed at random
-moments (seeded), each time once the replacement runs and the sessions are back. Then the churn stops and,
-within a bound, every node's RIB and kernel must hold exactly the blocks etcd holds: node2 and node3 read
-node1's announcements from their own RIB and kernel (the peers' view, not node1's), node1 reads theirs.
+node1 (what node1 announces) and of node2 (what node1 learns). At random moments (seeded), each time once
+the replacement runs and the sessions are back, node1's ExaBGP is killed, or its API connection is ended:
+the relay process SIGKILLed where ExaBGP runs one, else ExaBGP's own connection to the daemon closed by
+SIGUSR2 (ExaBGP restarts its API processes; the daemon answers a new connection by restarting ExaBGP).
+Then the churn stops and, within a bound, every node's RIB and kernel must hold exactly the blocks etcd
+holds: node2 and node3 read node1's announcements from their own RIB and kernel (the peers' view, not
+node1's), node1 reads theirs.
 """
 
 from __future__ import annotations
 
 import random
+import signal
 import threading
 import time
 
@@ -24,7 +28,17 @@ SLOTS = {"node1": [f"192.168.{110 + i}.0/26" for i in range(8)],
          "node2": [f"192.168.{120 + i}.0/26" for i in range(8)]}
 CONVERGE = 60.0
 RECOVERY = 60.0
-TARGETS = {"bridge": inject.BRIDGE, "exabgp": inject.EXABGP}
+TARGETS = {"api": inject.BRIDGE, "exabgp": inject.EXABGP}
+
+
+def _api_fault(lab: str) -> tuple[int, str, str]:
+    """(pid, what replaces it, how it is hit) for ending node1's API connection."""
+    relay = inject.child_pid(lab, "node1", inject.BRIDGE)
+    if relay:
+        return relay, inject.BRIDGE, "SIGKILL"
+    exabgp = inject.child_pid(lab, "node1", inject.EXABGP)
+    assert exabgp, "node1 runs no ExaBGP"
+    return exabgp, inject.EXABGP, "SIGUSR2"
 
 
 class Churn(threading.Thread):
@@ -59,20 +73,19 @@ class Churn(threading.Thread):
         self.join(timeout=30)
 
 
-@pytest.mark.parametrize("target", [pytest.param("bridge", marks=pytest.mark.fault_quick), "exabgp"])
+@pytest.mark.parametrize("target", [pytest.param("api", marks=pytest.mark.fault_quick), "exabgp"])
 def test_kills_under_churn_leave_every_rib_equal_to_the_datastore(mesh_lab, target, campaign, fault_row):
     kills = campaign.count("restarts", 3)
     row = fault_row(
-        fault=f"{target}-sigkill-under-churn",
-        injected=f"SIGKILL node1's {target} {kills} times at random moments, affinities of node1 and node2 "
-                 "flipping every 0.2-0.6 s",
+        fault="api-connection-ended-under-churn" if target == "api" else f"{target}-sigkill-under-churn",
+        injected=(f"end node1's API connection {kills} times (SIGKILL its relay, or SIGUSR2 to an ExaBGP "
+                  "that connects itself)" if target == "api" else f"SIGKILL node1's {target} {kills} times")
+                 + " at random moments, affinities of node1 and node2 flipping every 0.2-0.6 s",
         times=kills,
         must_hold=f"replacement running and sessions back each time; {CONVERGE:.0f} s after the churn stops "
                   "every node's RIB and kernel equal etcd's blocks, each learned from its owner",
     )
     lab = mesh_lab
-    if target == "bridge" and not inject.child_pid(lab, "node1", inject.BRIDGE):
-        pytest.skip("no API process to kill: ExaBGP connects to the daemon itself (api_direct)")
     _, waited = probe.wait_for(lambda: probe.all_established(lab, mesh.PEERS), RECOVERY)
     assert waited < RECOVERY, f"not Established: {mesh.sessions_report(lab)}"
     rng = random.Random(f"{target}-{kills}")
@@ -82,11 +95,18 @@ def test_kills_under_churn_leave_every_rib_equal_to_the_datastore(mesh_lab, targ
     try:
         for n in range(1, kills + 1):
             time.sleep(rng.uniform(0.5, 3.0))
-            old = inject.child_pid(lab, "node1", TARGETS[target])
-            assert old, f"kill {n}: node1 runs no {target}"
-            inject.kill(lab, old, f"node1's {target}")
+            if target == "api":
+                old, replaced_by, how = _api_fault(lab)
+            else:
+                replaced_by, how = TARGETS[target], "SIGKILL"
+                old = inject.child_pid(lab, "node1", replaced_by)
+            assert old, f"fault {n}: node1 runs no {target}"
+            if how == "SIGKILL":
+                inject.kill(lab, old, f"node1's {target}")
+            elif not inject.send(lab, old, signal.SIGUSR2):
+                raise inject.InjectError(f"fault {n}: node1's ExaBGP (pid {old}) is not running")
             started = time.monotonic()
-            inject.wait_new_child(lab, "node1", TARGETS[target], old, RECOVERY)
+            inject.wait_new_child(lab, "node1", replaced_by, old, RECOVERY)
             back, _ = probe.wait_for(lambda: probe.all_established(lab, mesh.PEERS), RECOVERY)
             worst_back = max(worst_back, time.monotonic() - started)
             row.measure(kills_done=n, sessions_back_max_s=round(worst_back, 1))
