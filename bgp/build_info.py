@@ -141,6 +141,9 @@ class BuildInfo:
         # back indefinitely; the report's deadline counts from the start.
         await self._started.wait()
         try:
-            await asyncio.wait_for(self._reported.wait(), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+            # arrives as the event is set, leaving this task running through the daemon's shutdown.
+            async with asyncio.timeout(timeout):
+                await self._reported.wait()
         except TimeoutError:
             log.warning("%s", adjustments_summary(None, self._environ))

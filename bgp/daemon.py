@@ -6,8 +6,8 @@ feeds confgen; confgen's intent feeds the speaker and the ExaBGP environment, it
 to the speaker; the speaker drives the API commands and the route table.
 
 Owns: the task group, signal handling and shutdown order. What the daemon reports about itself (status,
-health, ready, live, CalicoNodeStatus) is gathered by ``bgp.daemon_reports``; its settings are
-``bgp.node_config``.
+health, ready, live, CalicoNodeStatus) is gathered by ``bgp.daemon_reports``, the kernel's periodic upkeep
+is ``bgp.kernel_upkeep``, and its settings are ``bgp.node_config``.
 
 Complicating factors:
 - ExaBGP must not start before the first config is rendered and validated (it would run with no neighbours
@@ -29,7 +29,6 @@ import contextlib
 import logging
 import signal
 import sys
-import time
 from pathlib import Path
 
 from bgp.bfd_wiring import BfdWiring, ServiceFactory, engine_factory
@@ -42,6 +41,7 @@ from bgp.exabgp.privileges import config_file_access, prepare_run_dir
 from bgp.exabgp.supervisor import ExaBGPSupervisor, exabgp_environment
 from bgp.gtsm import Gtsm, GtsmError
 from bgp.http_endpoints import EndpointServer, LoopCall
+from bgp.kernel_upkeep import KernelUpkeep
 from bgp.limits import LimitSettings, PeerLimits
 from bgp.loglevel import LogLevel
 from bgp.metrics import BfdMetrics, PropagationCollector, SpeakerMetrics, build_registry
@@ -156,7 +156,6 @@ class NodeDaemon:
             lambda classes: self.reports.node_status_inputs(classes),
             registry=self.registry,
         )
-        self._last_resync = 0.0  # monotonic time of the last kernel read-back; run() starts the count
         self.confgen = Confgen(
             StatusSplitter(self.syncer, config.node, self.node_status.update),
             config.node,
@@ -222,6 +221,13 @@ class NodeDaemon:
         )
         # Adopted kernel routes are swept on evidence from BGP, never on a clock from our own start.
         self.sweep_gate = SweepGate(config.sweep_hold)
+        self.upkeep = KernelUpkeep(
+            self.table,
+            ready_to_sweep=self._ready_to_sweep,
+            opened_by=lambda: self.sweep_gate.opened_by,
+            reapply=self.speaker.kernel_changed,
+            interval=config.resync_interval,
+        )
 
     # -------------------------------------------------------------- callbacks
 
@@ -299,25 +305,6 @@ class NodeDaemon:
 
     # -------------------------------------------------------------- lifecycle
 
-    async def _resync_loop(self) -> None:
-        """Periodic full read-back of our kernel routes; also ends the start-up sweep hold."""
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                if self.table.holding_deletes and self._ready_to_sweep():
-                    log.info("sweeping adopted routes nobody re-announced: %s", self.sweep_gate.opened_by)
-                    self.table.hold_deletes(False)
-                    self.speaker.kernel_changed()
-                # Only the refused destinations are written again; the speaker recomputes nothing.
-                await self.table.retry_due()
-                if time.monotonic() - self._last_resync >= self.config.resync_interval:
-                    self._last_resync = time.monotonic()
-                    result = await self.table.resync()
-                    if result.repaired:
-                        log.warning("route resync repaired %d routes", result.repaired)
-            except OSError as exc:
-                log.warning("kernel route resync failed: %s", exc)
-
     def _ready_to_sweep(self) -> bool:
         return self.sweep_gate.ready(self.speaker.initial_sync_done())
 
@@ -333,7 +320,6 @@ class NodeDaemon:
         config = self.config
         config.run_dir.mkdir(parents=True, exist_ok=True)
         config.run_dir.chmod(0o700)
-        self._last_resync = time.monotonic()
         await self.control.start()
         await self.channel.start()
         prepare_run_dir(config.run_dir, config.exabgp_user, config.run_dir / "exabgp.conf")
@@ -352,7 +338,7 @@ class NodeDaemon:
             asyncio.create_task(self.watcher.run(), name="kernel-watcher"),
             asyncio.create_task(self.addresses.run(), name="address-watcher"),
             asyncio.create_task(self.speaker.run(), name="speaker"),
-            asyncio.create_task(self._resync_loop(), name="route-resync"),
+            asyncio.create_task(self.upkeep.run(), name="route-resync"),
             asyncio.create_task(self.loop_watchdog.run(), name="loop-watchdog"),
             asyncio.create_task(self.channel.run(), name="exabgp-liveness"),
             asyncio.create_task(self.node_status.run(), name="node-status"),

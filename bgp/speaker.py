@@ -5,14 +5,14 @@ workload routes Felix wrote (from ``routes.monitor``), ExaBGP's events (through 
 events (through the daemon). Outputs: API commands (through an injected ``send``) and the desired kernel
 routes (through an injected route table).
 
-This module is the façade the daemon drives and the batching between three parts, each in its own module:
+This module is the façade the daemon drives and the batching between four parts, each in its own module:
+- ``bgp.originated``: what this node announces of its own (blocks, borrowed workload IPs, service ranges);
 - ``bgp.sessions``: per-peer sessions, graceful restart and the receive-side guards, over the Adj-RIB-In;
 - ``bgp.adj_rib_out``: what we told ExaBGP per peer (sent, resend, End-of-RIB) and the commands that follow;
 - ``bgp.kernel_feed``: the Loc-RIB as desired kernel routes, handed to the route table.
 
-Owns: the intent and its policy, the local exports (blocks, borrowed workload IPs, service ranges), every
-path received (``AdjRibIn``, shared with the sessions), the selected paths (``_loc``, the Loc-RIB), and the
-prefixes waiting to be selected again.
+Owns: the intent and its policy, every path received (``AdjRibIn``, shared with the sessions), the selected
+paths (``_loc``, the Loc-RIB), and the prefixes waiting to be selected again.
 
 Complicating factors:
 - Everything is batched and incremental: inputs only record which prefixes changed; ``flush`` recomputes
@@ -49,12 +49,12 @@ from bgp.bfd.api import BfdStatus
 from bgp.bfd.gate import BfdGate, Wanted
 from bgp.exabgp import events as ev
 from bgp.exabgp.commands import Advertisement
-from bgp.export import ExportRules
 from bgp.heap import HeapTrimmer
 from bgp.import_guard import ImportScreen
 from bgp.kernel_feed import IDLE, KernelFeed, kernel_pools
 from bgp.latency import Propagation, tracked
 from bgp.limits import PeerLimits
+from bgp.originated import Originated
 from bgp.policy import Candidate, NodePolicy
 from bgp.rib import AdjRibIn, Path, select
 from bgp.routes_view import loc_rib_report
@@ -62,12 +62,13 @@ from bgp.sessions import Sessions
 from bgp.status import PeerStatus
 from confgen.intent import NodeIntent, PeerIntent
 from confgen.refusals import EXABGP_API, SinkRefusals
-from routes.resolve import KernelPool, Resolve
+from routes.resolve import Resolve
 
 log = logging.getLogger(__name__)
 
 # A placeholder advertisement that differs from every real one (the routes view never lists it as sent).
 UNKNOWN = Advertisement(nexthop="0.0.0.0", origin="incomplete")
+
 
 @dataclass(frozen=True)
 class FlushWork:
@@ -99,12 +100,7 @@ class Speaker:
         self._clock = clock
         self._intent: NodeIntent | None = None
         self._policy: NodePolicy | None = None
-        self._workloads: dict[str, str] = {}  # prefix -> device
-        self._workloads_seen = False
-        self._local: dict[str, Candidate] = {}
-        # Prepared with each intent by _recompute_local, so that a workload change is evaluated alone.
-        self._export_rules: ExportRules | None = None
-        self._service_ranges: frozenset[str] = frozenset()
+        self._originated = Originated()
         self._rib = AdjRibIn()
         self._loc: dict[str, tuple[Path, tuple[Path, ...]]] = {}
         self.screen = ImportScreen(clock=clock)
@@ -147,79 +143,25 @@ class Speaker:
         pools = kernel_pools(intent)
         services = policy.service_ranges()
         self._kernel.set_intent(intent, pools, services)
-        self._recompute_local(pools, services)
+        self._changed |= self._originated.configure(intent.local_blocks, pools, services)
         self._full = True  # policy, pools or peers may have changed: everything is re-evaluated
         self._wake.set()
 
     def set_workload_routes(self, prefixes: Iterable[str], devices: Mapping[str, str] | None = None) -> None:
         """The whole set of workload prefixes (and their devices): applied as its difference from ours."""
-        devices = devices or {}
-        workloads = {p: devices.get(p, "") for p in prefixes}
-        changes: dict[str, str | None] = {p: None for p in self._workloads if p not in workloads}
-        changes.update((p, d) for p, d in workloads.items() if self._workloads.get(p) != d)
-        self.update_workload_routes(changes)
+        self._changed.update(self._originated.replace(prefixes, devices))
+        self._wake.set()
 
     def update_workload_routes(self, changes: Mapping[str, str | None], read_at: float | None = None) -> None:
         """Workload prefixes that changed (``routes.monitor``'s contract): prefix -> device, or None when
         gone. Costs in proportion to ``changes``, not to the workloads held; an entry we hold is a no-op.
         ``read_at``: when the kernel notifications were read (the clock's time), to time their export."""
-        touched = []
-        for prefix, device in changes.items():
-            if device is None:
-                if self._workloads.pop(prefix, None) is not None:
-                    touched.append(prefix)
-            elif self._workloads.get(prefix) != device:
-                self._workloads[prefix] = device
-                touched.append(prefix)
-        self._workloads_seen = True
-        if touched:
-            exported = self._update_local(touched)
+        exported = self._originated.update(changes)
+        if exported:
+            self._changed.update(exported)
             if read_at is not None:
                 self.propagation.export.read(read_at, exported)
         self._wake.set()
-
-    def _recompute_local(self, pools: tuple[KernelPool, ...], services: tuple[str, ...]) -> None:
-        intent = self._intent
-        if intent is None:
-            return
-        # Blocks, pools and service ranges come with the intent: everything is evaluated again.
-        rules = self._export_rules = ExportRules(intent.local_blocks, pools)
-        self._service_ranges = frozenset(services)
-        prefixes = rules.select(self._workloads)
-        local = {p: Candidate(p, None, self._workloads.get(p, "")) for p in prefixes}
-        for cidr in services:
-            local.setdefault(cidr, Candidate(cidr))
-        changed = set(local.keys() ^ self._local.keys())
-        changed |= {p for p in local.keys() & self._local.keys() if local[p] != self._local[p]}
-        self._local = local
-        self._changed |= changed
-
-    def _update_local(self, prefixes: Iterable[str]) -> list[str]:
-        """_recompute_local for these prefixes only: what each would be in its output, were it run now.
-        Returns the prefixes whose local export changed."""
-        rules = self._export_rules
-        if rules is None:
-            return []  # no intent yet: set_intent recomputes everything
-        changed = []
-        # Prefixes are canonical (as the kernel and the datastore write them), so a string is its own key.
-        for prefix in prefixes:
-            # A touched prefix may also be a block (workload devices label it) or, in principle, a service
-            # range; the order follows _recompute_local's: exports first, service ranges where none.
-            if prefix in rules.blocks or (prefix in self._workloads and rules.announces(prefix)):
-                candidate: Candidate | None = Candidate(prefix, None, self._workloads.get(prefix, ""))
-            elif prefix in self._service_ranges:
-                candidate = Candidate(prefix)
-            else:
-                candidate = None
-            if candidate == self._local.get(prefix):
-                continue
-            if candidate is None:
-                del self._local[prefix]
-            else:
-                self._local[prefix] = candidate
-            self._changed.add(prefix)
-            changed.append(prefix)
-        return changed
 
     def set_interface_addresses(self, addresses: Iterable[str]) -> None:
         """The kernel's interface addresses (``routes.addresses``): the import guard's connected subnets."""
@@ -312,7 +254,7 @@ class Speaker:
     def _export(self, peer: PeerIntent, prefix: str) -> Advertisement | None:
         policy = self._policy
         assert policy is not None  # flush runs only with an intent
-        candidate = self._local.get(prefix)
+        candidate = self._originated.candidates.get(prefix)
         source = None
         if candidate is None:
             selected = self._loc.get(prefix)
@@ -325,7 +267,7 @@ class Speaker:
 
     def _everything(self) -> set[str]:
         """Every prefix we want announced: the Loc-RIB and the local exports."""
-        return set(self._loc) | set(self._local)
+        return set(self._loc) | set(self._originated.candidates)
 
     # ------------------------------------------------------------------ output
 
@@ -341,7 +283,7 @@ class Speaker:
         # The changes read so far are carried by this flush; those read while it awaits, by the next.
         exports, imports = self.propagation.export.take(), self.propagation.imported.take()
         if full:
-            changed = set(self._rib.prefixes()) | set(self._loc) | set(self._local) | self._out.prefixes()
+            changed = set(self._rib.prefixes()) | self._everything() | self._out.prefixes()
             self._kernel.rebuild()
         peers = self._sessions.peers
         for prefix in changed:
@@ -349,7 +291,7 @@ class Speaker:
         compared = self._out.compared
         lines = self._sessions.take_teardowns()
         out, track = self._out, tracked(exports) if exports else ()
-        established, seen = self._sessions.established, self._workloads_seen
+        established, seen = self._sessions.established, self._originated.seen
         lines += out.lines(changed, peers, established, self._export, self._everything, seen, track)
         # A send that returns False dropped the lines (no working connection to ExaBGP): nothing was carried.
         if lines and await self._send(lines) is not False:
@@ -415,13 +357,13 @@ class Speaker:
         return counts
 
     def exports(self) -> tuple[str, ...]:
-        return tuple(self._local)
+        return tuple(self._originated.candidates)
 
     def routes_report(self) -> list[dict]:
         """The Loc-RIB for `calico-bgp routes`: every prefix we originate or selected, and its fate."""
         return loc_rib_report(
             loc=self._loc,
-            local=self._local,
+            local=self._originated.candidates,
             sent=self._out.sent,
             rib=self._rib,
             table=self._kernel.table,

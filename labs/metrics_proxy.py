@@ -24,13 +24,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import socket
 from pathlib import Path
 
 import click
 
-from labs.proxy import Forwarder, _setns, serve
+from labs.proxy import Forwarder, in_netns, serve
 
 DEFAULT_TARGET = ("127.0.0.1", 9094)
 log = logging.getLogger("labs.metrics_proxy")
@@ -38,19 +37,8 @@ log = logging.getLogger("labs.metrics_proxy")
 
 def socket_in_netns(netns: str) -> socket.socket:
     """An unconnected, non-blocking TCP socket that belongs to the named namespace (/run/netns/<netns>)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        try:
-            _setns(target)
-            try:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            finally:
-                _setns(own)
-        finally:
-            os.close(target)
-    finally:
-        os.close(own)
+    with in_netns(netns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setblocking(False)
     return sock
 

@@ -24,11 +24,13 @@ Complicating factors:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
 import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -46,28 +48,36 @@ def _setns(fd: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def listen_in_netns(netns: str, host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port inside the named namespace (/run/netns/<netns>)."""
+@contextlib.contextmanager
+def in_netns(netns: str) -> Iterator[None]:
+    """The calling thread inside the named namespace (/run/netns/<netns>) for the block, then back in its
+    own, whatever the block raises. Sockets created inside keep the namespace they were created in."""
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
         try:
             _setns(target)
             try:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    sock.bind((host, port))
-                    sock.listen(128)
-                except OSError:
-                    sock.close()
-                    raise
+                yield
             finally:
                 _setns(own)
         finally:
             os.close(target)
     finally:
         os.close(own)
+
+
+def listen_in_netns(netns: str, host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port inside the named namespace (/run/netns/<netns>)."""
+    with in_netns(netns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
     sock.setblocking(False)
     return sock
 
@@ -146,11 +156,19 @@ async def serve(listeners: list[tuple[socket.socket, Forwarder]], ready: Path | 
 @click.option("--netns", "namespaces", multiple=True, required=True, help="node namespace to serve (repeat)")
 @click.option("--target", "targets", multiple=True, help="etcd URL in the host netns (repeat: in order)")
 @click.option("--listen", default="127.0.0.1:2379", show_default=True, help="address inside each namespace")
-@click.option("--forward", "forwards", multiple=True, metavar="LISTEN=URL",
-              help="one more listener in each namespace, to this one endpoint only (repeat: one per member)")
+@click.option(
+    "--forward",
+    "forwards",
+    multiple=True,
+    metavar="LISTEN=URL",
+    help="one more listener in each namespace, to this one endpoint only (repeat: one per member)",
+)
 @click.option("--ready-file", type=click.Path(path_type=Path), help="written once every listener is bound")
 def main(
-    namespaces: tuple[str, ...], targets: tuple[str, ...], listen: str, forwards: tuple[str, ...],
+    namespaces: tuple[str, ...],
+    targets: tuple[str, ...],
+    listen: str,
+    forwards: tuple[str, ...],
     ready_file: Path | None,
 ) -> None:
     """Expose etcd TARGET at LISTEN (and each --forward) inside every --netns."""

@@ -246,8 +246,11 @@ class ExaBGPSupervisor:
                 continue
             backoff = self._retries.next_delay()
             log.warning("ExaBGP exited with %s; restarting in %.1fs", returncode, backoff)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._restart_now.wait(), backoff)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+            # arrives as the event is set, and a stop would then wait for the next ExaBGP instead.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(backoff):
+                    await self._restart_now.wait()
             self._restart_now.clear()
 
     async def _run_once(self) -> int:
@@ -349,7 +352,8 @@ class ExaBGPSupervisor:
             proc.send_signal(signal.SIGUSR1)
             self.reloads_sent += 1
             try:
-                await asyncio.wait_for(self._reloaded.wait(), self.reload_confirm_timeout)
+                async with asyncio.timeout(self.reload_confirm_timeout):  # not wait_for: see the restart wait
+                    await self._reloaded.wait()
             except TimeoutError:
                 if proc.returncode is None and proc is self._proc:
                     log.warning("ExaBGP did not act on the reload (updates still queued?); sending it again")

@@ -10,12 +10,12 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from speaker_rig import mesh_intent
 
 from bgp.exabgp.events import PathAttributes
 from bgp.graceful import GracefulRestarts
 from bgp.rib import AdjRibIn, Path
 from bgp.speaker import Speaker
-from confgen.intent import NodeIntent, PeerIntent, PoolIntent
 from routes.testing import FakeRouteTable
 
 ME = "10.0.0.11"
@@ -26,28 +26,7 @@ V6 = ("fd00:2::/122", "fd00:3::/122")
 
 
 def intent(peers=(PEER, OTHER), restart_time=120):
-    return NodeIntent(
-        node="node1",
-        router_id=ME,
-        local_as=64512,
-        ipv4_address=ME,
-        ipv4_network="10.0.0.0/24",
-        peers=tuple(
-            PeerIntent(
-                name=f"Mesh_{p.replace('.', '_')}",
-                address=p,
-                family="ipv4",
-                peer_as=64512,
-                local_as=64512,
-                local_address=ME,
-                passive=p > ME,
-                restart_time=restart_time,
-            )
-            for p in peers
-        ),
-        pools=(PoolIntent("192.168.0.0/16"),),
-        local_blocks=("192.168.1.0/26",),
-    )
+    return mesh_intent(peers, restart_time=restart_time)
 
 
 def _envelope(peer, kind, body):

@@ -10,35 +10,28 @@ the time between reading the line and the kernel's acknowledgement.
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from speaker_rig import Clock
+from speaker_rig import announce_line as announce
+from speaker_rig import event_line as line
+from speaker_rig import mesh_intent as intent
+from speaker_rig import up_line as up
 
 from bgp.daemon import NodeConfig, NodeDaemon
 from bgp.latency import Propagation, bucket_of
 from bgp.metrics import PropagationCollector
 from bgp.speaker import Speaker
-from confgen.intent import NodeIntent, PeerIntent, PoolIntent
 from routes.model import RTPROT_BOOT, Nexthop, Route
 from routes.monitor import WorkloadRouteWatcher
 from routes.table import RouteTable
 from routes.testing import FakeNetlink
 
-ME = "10.0.0.11"
-PEER = "10.0.0.12"
 BORROWED = "192.168.5.7/32"  # in the pool, outside our block: announced
 IN_BLOCK = "192.168.1.9/32"  # inside our block: the block is announced, not the /32
 SEND_TAKES = 0.004
 KERNEL_TAKES = 0.0025
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class SlowKernel(FakeNetlink):
@@ -47,38 +40,6 @@ class SlowKernel(FakeNetlink):
     async def apply(self, replaces, deletes, creates=()):
         self.clock.now += KERNEL_TAKES  # type: ignore[attr-defined]
         return await super().apply(replaces, deletes, creates)
-
-
-def intent() -> NodeIntent:
-    return NodeIntent(
-        node="node1",
-        router_id=ME,
-        local_as=64512,
-        ipv4_address=ME,
-        ipv4_network="10.0.0.0/24",
-        peers=(
-            PeerIntent(name="Mesh_10_0_0_12", address=PEER, family="ipv4", peer_as=64512, local_as=64512,
-                       local_address=ME, passive=True),
-        ),
-        pools=(PoolIntent("192.168.0.0/16"),),
-        local_blocks=("192.168.1.0/26",),
-    )  # fmt: skip
-
-
-def line(kind: str, body: dict) -> str:
-    return json.dumps({"type": kind, "neighbor": {"address": {"local": ME, "peer": PEER}, **body}})
-
-
-def up() -> str:
-    return line("state", {"asn": {"local": 64512, "peer": 64512}, "state": "up"})
-
-
-def announce(prefixes: list[str]) -> str:
-    update = {
-        "attribute": {"origin": "igp", "local-preference": 100},
-        "announce": {"ipv4 unicast": {PEER: [{"nlri": p} for p in prefixes]}},
-    }
-    return line("update", {"message": {"update": update}})
 
 
 def workload(dst: str) -> Route:

@@ -4,9 +4,10 @@ from dataclasses import replace
 
 import pytest
 from prometheus_client import CollectorRegistry
+from speaker_rig import mesh_intent
 
 from bgp.speaker import Speaker
-from confgen.intent import NodeIntent, PeerIntent, PoolIntent
+from confgen.intent import PeerIntent, PoolIntent
 from confgen.refusals import SinkRefusals
 from routes.model import BLACKHOLE, Nexthop
 from routes.testing import FakeRouteTable
@@ -15,29 +16,8 @@ ME = "10.0.0.11"
 PEERS = ("10.0.0.12", "10.0.0.13")
 
 
-
 def intent(blocks=("192.168.1.0/26",), ipip="Never", peers=PEERS):
-    return NodeIntent(
-        node="node1",
-        router_id=ME,
-        local_as=64512,
-        ipv4_address=ME,
-        ipv4_network="10.0.0.0/24",
-        peers=tuple(
-            PeerIntent(
-                name=f"Mesh_{p.replace('.', '_')}",
-                address=p,
-                family="ipv4",
-                peer_as=64512,
-                local_as=64512,
-                local_address=ME,
-                passive=p > ME,
-            )
-            for p in peers
-        ),
-        pools=(PoolIntent("192.168.0.0/16", ipip_mode=ipip),),
-        local_blocks=tuple(blocks),
-    )
+    return mesh_intent(peers, pools=(PoolIntent("192.168.0.0/16", ipip_mode=ipip),), blocks=blocks)
 
 
 def state(peer, st):
@@ -484,9 +464,9 @@ def test_random_deltas_leave_the_same_local_routes_as_a_full_recompute():
         changes = {p: rng.choice(("cali1", "cali2", None)) for p in rng.sample(universe, rng.randrange(1, 6))}
         speaker.update_workload_routes(changes)
         reference = Speaker(send=send, route_table=FakeRouteTable())
-        reference.set_workload_routes(speaker._workloads.keys(), speaker._workloads)
-        reference.set_intent(the_intent)  # the full path: _recompute_local over every workload
-        assert speaker._local == reference._local
+        reference.set_workload_routes(speaker._originated.workloads.keys(), speaker._originated.workloads)
+        reference.set_intent(the_intent)  # the full path: the export rules over every workload
+        assert speaker._originated.candidates == reference._originated.candidates
 
 
 async def test_a_hostile_prefix_is_refused_at_the_api_and_counted_not_the_batch():

@@ -9,90 +9,26 @@ same.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import pytest
+from speaker_rig import PEER, Clock, CountingTable
+from speaker_rig import announce_line as announce
+from speaker_rig import mesh_intent as intent
+from speaker_rig import up_line as up
 
 from bgp.daemon import NodeConfig, NodeDaemon
 from bgp.exabgp.events import PathAttributes
 from bgp.kernel_feed import APPLIED, IDLE, REBUILT, UPDATED, KernelFeed, kernel_pools, learned
 from bgp.rib import Path
 from bgp.speaker import Speaker
-from confgen.intent import NodeIntent, PeerIntent, PoolIntent
+from confgen.intent import PoolIntent
 from routes.model import ADD, DEL, RTPROT_BIRD, RTPROT_BOOT, Nexthop, Route, RouteEvent
 from routes.recursive import NexthopResolver
-from routes.table import RouteTable
 from routes.testing import FakeNetlink, FakeRouteTable
 
-ME = "10.0.0.11"
-PEER = "10.0.0.12"
 GATEWAY = "10.0.0.1"
 RTPROT_KERNEL_ROUTE = 2  # the kernel's own routes (a connected subnet)
-POOL = PoolIntent("192.168.0.0/16")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class CountingTable(RouteTable):
-    """A RouteTable that counts the desired routes handed to it (each is a recomputation) and its applies."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.recomputed = 0
-        self.applies = 0
-
-    def set_desired(self, routes) -> None:
-        self.recomputed += 1
-        super().set_desired(routes)
-
-    def update(self, upserts=(), removes=()) -> None:
-        self.recomputed += 1
-        super().update(upserts, removes)
-
-    async def apply(self):
-        self.applies += 1
-        return await super().apply()
-
-
-def intent(pools=(POOL,), services=()) -> NodeIntent:
-    return NodeIntent(
-        node="node1",
-        router_id=ME,
-        local_as=64512,
-        ipv4_address=ME,
-        ipv4_network="10.0.0.0/24",
-        peers=(
-            PeerIntent(name="Mesh_10_0_0_12", address=PEER, family="ipv4", peer_as=64512, local_as=64512,
-                       local_address=ME, passive=True),
-        ),
-        pools=pools,
-        local_blocks=("192.168.1.0/26",),
-        service_cluster_ips=services,
-    )
-
-
-def line(kind: str, body: dict) -> str:
-    return json.dumps({"type": kind, "neighbor": {"address": {"local": ME, "peer": PEER}, **body}})
-
-
-def up() -> str:
-    return line("state", {"asn": {"local": 64512, "peer": 64512}, "state": "up"})
-
-
-def announce(prefixes: list[str]) -> str:
-    update = {
-        "attribute": {"origin": "igp", "local-preference": 100},
-        "announce": {"ipv4 unicast": {PEER: [{"nlri": p} for p in prefixes]}},
-    }
-    return line("update", {"message": {"update": update}})
-
 
 LEARNED = [f"192.168.{100 + i // 64}.{(i % 64) * 4}/30" for i in range(50)]
 CONNECTED = Route("10.0.0.0/24", nexthops=(Nexthop("", "eth0"),), proto=RTPROT_KERNEL_ROUTE)
@@ -111,7 +47,10 @@ class Rig:
         self.resolver.load([CONNECTED])
         self.sent: list[str] = []
         self.speaker = Speaker(
-            send=self._send, route_table=self.table, clock=self.clock, wallclock=self.clock,
+            send=self._send,
+            route_table=self.table,
+            clock=self.clock,
+            wallclock=self.clock,
             resolve=self.resolver.resolve,
         )
 
@@ -204,8 +143,11 @@ async def test_a_refused_route_due_again_costs_no_flush_work():
 
 async def test_the_daemon_routes_kernel_events_to_the_kernel_only_path(tmp_path):
     rig = Rig()
-    daemon = NodeDaemon(NodeConfig(node="node1", etcd_endpoints=("http://127.0.0.1:9",),
-                                   run_dir=tmp_path / "run", metrics_port=0))
+    daemon = NodeDaemon(
+        NodeConfig(
+            node="node1", etcd_endpoints=("http://127.0.0.1:9",), run_dir=tmp_path / "run", metrics_port=0
+        )
+    )
     daemon.table, daemon.resolver, daemon.speaker = rig.table, rig.resolver, rig.speaker
     await rig.converge()
     daemon._kernel_event(deleted_by_someone_else(rig.kernel, LEARNED[0]))
@@ -250,20 +192,34 @@ def with_pref(entry: tuple[Path, tuple[Path, ...]], pref: int | None) -> tuple[P
 @pytest.mark.parametrize(
     "loc, expected",
     [
-        pytest.param({"10.9.0.0/24": selected("10.9.0.0/24", PEER)}, {"10.9.0.0/24": ((PEER,), 100)},
-                     id="one-path"),
-        pytest.param({"10.9.0.0/24": selected("10.9.0.0/24", "10.0.0.13", PEER, "10.0.0.13")},
-                     {"10.9.0.0/24": (("10.0.0.12", "10.0.0.13"), 100)}, id="multipath-sorted-once"),
-        pytest.param({"10.9.0.0/24": selected("10.9.0.0/24", PEER),
-                      "10.8.0.0/24": selected("10.8.0.0/24", PEER)},
-                     {"10.9.0.0/24": ((PEER,), 100), "10.8.0.0/24": ((PEER,), 100)}, id="same-hop-twice"),
-        pytest.param({"10.9.0.0/24": selected("10.9.0.0/24", PEER),
-                      "10.8.0.0/24": with_pref(selected("10.8.0.0/24", PEER), 200),
-                      "10.7.0.0/24": with_pref(selected("10.7.0.0/24", PEER), None),
-                      "10.6.0.0/24": selected("10.6.0.0/24", "10.0.0.13")},
-                     {"10.9.0.0/24": ((PEER,), 100), "10.8.0.0/24": ((PEER,), 200),
-                      "10.7.0.0/24": ((PEER,), None), "10.6.0.0/24": (("10.0.0.13",), 100)},
-                     id="prefs-and-hops-kept-apart"),
+        pytest.param(
+            {"10.9.0.0/24": selected("10.9.0.0/24", PEER)}, {"10.9.0.0/24": ((PEER,), 100)}, id="one-path"
+        ),
+        pytest.param(
+            {"10.9.0.0/24": selected("10.9.0.0/24", "10.0.0.13", PEER, "10.0.0.13")},
+            {"10.9.0.0/24": (("10.0.0.12", "10.0.0.13"), 100)},
+            id="multipath-sorted-once",
+        ),
+        pytest.param(
+            {"10.9.0.0/24": selected("10.9.0.0/24", PEER), "10.8.0.0/24": selected("10.8.0.0/24", PEER)},
+            {"10.9.0.0/24": ((PEER,), 100), "10.8.0.0/24": ((PEER,), 100)},
+            id="same-hop-twice",
+        ),
+        pytest.param(
+            {
+                "10.9.0.0/24": selected("10.9.0.0/24", PEER),
+                "10.8.0.0/24": with_pref(selected("10.8.0.0/24", PEER), 200),
+                "10.7.0.0/24": with_pref(selected("10.7.0.0/24", PEER), None),
+                "10.6.0.0/24": selected("10.6.0.0/24", "10.0.0.13"),
+            },
+            {
+                "10.9.0.0/24": ((PEER,), 100),
+                "10.8.0.0/24": ((PEER,), 200),
+                "10.7.0.0/24": ((PEER,), None),
+                "10.6.0.0/24": (("10.0.0.13",), 100),
+            },
+            id="prefs-and-hops-kept-apart",
+        ),
     ],
 )
 def test_learned_gives_each_prefix_its_hops_and_local_pref(loc, expected):
@@ -279,10 +235,18 @@ def test_learned_gives_each_prefix_its_hops_and_local_pref(loc, expected):
         pytest.param(["intent"], REBUILT, {BLOCK, "10.9.0.0/24"}, id="an-intent-rebuilds"),
         pytest.param(["intent", "flush", "repair"], APPLIED, {BLOCK, "10.9.0.0/24"}, id="repair"),
         pytest.param(["intent", "flush", "rebuild"], REBUILT, {BLOCK, "10.9.0.0/24"}, id="rebuild"),
-        pytest.param(["intent", "flush", "change"], UPDATED, {BLOCK, "10.9.0.0/24", "10.8.0.0/24"},
-                     id="changed-prefixes"),
-        pytest.param(["intent", "flush", "change", "repair", "rebuild"], REBUILT,
-                     {BLOCK, "10.9.0.0/24", "10.8.0.0/24"}, id="rebuild-covers-all"),
+        pytest.param(
+            ["intent", "flush", "change"],
+            UPDATED,
+            {BLOCK, "10.9.0.0/24", "10.8.0.0/24"},
+            id="changed-prefixes",
+        ),
+        pytest.param(
+            ["intent", "flush", "change", "repair", "rebuild"],
+            REBUILT,
+            {BLOCK, "10.9.0.0/24", "10.8.0.0/24"},
+            id="rebuild-covers-all",
+        ),
         pytest.param(["repair", "rebuild"], IDLE, set(), id="no-intent-yet"),
     ],
 )
