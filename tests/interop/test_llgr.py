@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import secrets
 import signal
 import time
 
@@ -26,16 +25,11 @@ import pytest
 
 from interop.daemons.base import ESTABLISHED, Peer, wait_until
 from interop.daemons.bird import Bird2
-from labs import etcd, netns, ops, state, topology
-from labs import lab as labs_lab
-from labs.topologies import build_external
+from interop.external_lab import NODE, PEER_ADDRESS, PEER_AS, TOPO, node_view, node_with_peer
+from labs import netns, state
 
 pytestmark = [pytest.mark.interop, pytest.mark.lab, pytest.mark.netns, pytest.mark.etcd]
 
-TOPO = build_external(1)
-NODE = TOPO.nodes[0]
-PEER_ADDRESS = "10.0.0.2"
-PEER_AS = 65000
 ROUTE = "203.0.113.0/24"
 BIRD_RESTART, BIRD_STALE, OUR_STALE = 2, 6, 20
 SLACK = 3.0
@@ -58,24 +52,14 @@ class Bird2Llgr(Bird2):
 def lab():
     if Bird2.missing():
         pytest.skip(Bird2.missing())
-    name = f"l{secrets.token_hex(4)}"
-    try:
-        labs_lab.up(TOPO, name=name, timeout=5)  # no peers yet: nothing to wait for
-        lab_state = ops.load(name)
-        spec = {
-            "peerIP": PEER_ADDRESS,
-            "asNumber": PEER_AS,
-            "restartMode": "LongLivedGracefulRestart",
-            "maxRestartTime": f"{OUR_STALE}s",
-        }
-        key, value = topology.bgppeer_resource(topology.LabPeer("llgr-bird", spec))
-        lab_state.etcd_keys.append(key)
-        lab_state.save()
-        etcd.put_all(lab_state.etcd_endpoints, [(key, value)])
+    spec = {
+        "peerIP": PEER_ADDRESS,
+        "asNumber": PEER_AS,
+        "restartMode": "LongLivedGracefulRestart",
+        "maxRestartTime": f"{OUR_STALE}s",
+    }
+    with node_with_peer("l", "llgr-bird", spec) as name:
         yield name
-    finally:
-        labs_lab.down(name)
-        assert not netns.list_netns(state.netns_prefix(name))
 
 
 def kernel_routes(lab: str) -> dict[str, dict]:
@@ -85,9 +69,7 @@ def kernel_routes(lab: str) -> dict[str, dict]:
 
 
 def our_route(lab: str) -> dict:
-    node = ops.load(lab).node(NODE.name)
-    out = netns.run_in(node.netns, ["calico-bgp", "routes", "-o", "json"], env=ops.node_env(node), timeout=10)
-    return next((r for r in json.loads(out.stdout)["routes"] if r["prefix"] == ROUTE), {})
+    return next((r for r in node_view(lab, "routes")["routes"] if r["prefix"] == ROUTE), {})
 
 
 def test_a_dead_peers_route_stays_llgr_stale_in_the_kernel_for_the_stale_time(lab, tmp_path):

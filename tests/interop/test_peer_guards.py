@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import secrets
 import time
 from pathlib import Path
 
@@ -20,16 +19,12 @@ import pytest
 
 from interop.daemons.base import ESTABLISHED, Peer, wait_until
 from interop.daemons.gobgp import GoBgp
-from labs import etcd, netns, ops, state, topology
+from interop.external_lab import NODE, PEER_ADDRESS, PEER_AS, TOPO, node_view, node_with_peer
 from labs import lab as labs_lab
-from labs.topologies import build_external
+from labs import netns, ops, state
 
 pytestmark = [pytest.mark.interop, pytest.mark.lab, pytest.mark.netns, pytest.mark.etcd]
 
-TOPO = build_external(1)
-NODE = TOPO.nodes[0]
-PEER_ADDRESS = "10.0.0.2"
-PEER_AS = 65000
 LIMIT = 50
 SESSION_TIMEOUT = 30.0
 
@@ -38,19 +33,8 @@ SESSION_TIMEOUT = 30.0
 def lab():
     if GoBgp.missing():
         pytest.skip(GoBgp.missing())
-    name = f"g{secrets.token_hex(4)}"
-    try:
-        labs_lab.up(TOPO, name=name, timeout=5)  # no peers yet: nothing to wait for
-        lab_state = ops.load(name)
-        peer = topology.LabPeer("guards-gobgp", {"peerIP": PEER_ADDRESS, "asNumber": PEER_AS})
-        key, value = topology.bgppeer_resource(peer)
-        lab_state.etcd_keys.append(key)
-        lab_state.save()
-        etcd.put_all(lab_state.etcd_endpoints, [(key, value)])
+    with node_with_peer("g", "guards-gobgp", {"peerIP": PEER_ADDRESS, "asNumber": PEER_AS}) as name:
         yield name
-    finally:
-        labs_lab.down(name)
-        assert not netns.list_netns(state.netns_prefix(name))
 
 
 def gobgp(lab: str, workdir, networks: list[str]) -> GoBgp:
@@ -66,16 +50,9 @@ def gobgp(lab: str, workdir, networks: list[str]) -> GoBgp:
     )
 
 
-def our_view(lab: str, what: str) -> dict:
-    lab_state = ops.load(lab)
-    node = lab_state.node(NODE.name)
-    out = netns.run_in(node.netns, ["calico-bgp", what, "-o", "json"], env=ops.node_env(node), timeout=10)
-    return json.loads(out.stdout)
-
-
 def session_info(lab: str) -> str:
     try:
-        peers = our_view(lab, "status")["peers"]
+        peers = node_view(lab, "status")["peers"]
     except (ValueError, KeyError, OSError):
         return ""
     return next((p.get("info", "") for p in peers if p["address"] == PEER_ADDRESS), "")
@@ -97,7 +74,7 @@ def test_link_local_and_on_link_routes_are_not_installed_while_a_normal_one_is(l
         wait_until(lambda: kernel_routes(lab), lambda got: "203.0.113.0/24" in got, 15,
                    what="GoBGP's normal route in node1's kernel")
         report = wait_until(
-            lambda: {r["prefix"]: r for r in our_view(lab, "routes")["routes"]},
+            lambda: {r["prefix"]: r for r in node_view(lab, "routes")["routes"]},
             lambda rows: set(refused) <= set(rows),
             15,
             what="the refused routes in `calico-bgp routes`",
@@ -129,7 +106,7 @@ def test_routes_inside_a_subnet_that_appears_on_an_interface_are_refused_until_i
         try:
             wait_until(lambda: kernel_routes(lab), lambda got: "172.31.0.9/32" not in got, 10,
                        what="the /32 leaving node1's kernel once 172.31.0.0/24 is on-link")
-            row = {r["prefix"]: r for r in our_view(lab, "routes")["routes"]}["172.31.0.9/32"]
+            row = {r["prefix"]: r for r in node_view(lab, "routes")["routes"]}["172.31.0.9/32"]
             assert row["refused"] == "on-link", row
         finally:
             netns.ip(ns, "addr", "del", "172.31.0.1/24", "dev", device)

@@ -9,76 +9,22 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
 import time
 
 import pytest
+from explicit_peers import NODES, apply, peer, sessions, up_with_explicit_peers, wait
 
 from labs import lab as labs_lab
 from labs import netns, ops, state
 
 pytestmark = [pytest.mark.lab, pytest.mark.netns, pytest.mark.etcd]
 
-NODES = {"node1": "10.0.0.11", "node2": "10.0.0.12", "node3": "10.0.0.13"}
-PAIRS = [("node1", "node2"), ("node1", "node3"), ("node2", "node3")]
-
-
-def _apply(endpoints: str, documents: list[dict]) -> None:
-    text = "\n---\n".join(json.dumps(d) for d in documents)
-    cmd = [ops.venv_tool("calico-bgp"), "apply", "-f", "-", "--etcd-endpoints", endpoints]
-    result = subprocess.run(cmd, input=text, capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def _peer(a: str, b: str, keepalive: str = "30s") -> dict:
-    return {
-        "apiVersion": "projectcalico.org/v3", "kind": "BGPPeer", "metadata": {"name": f"{a}-{b}"},
-        "spec": {"node": a, "peerIP": NODES[b], "asNumber": 64512, "keepaliveTime": keepalive},
-    }  # fmt: skip
-
-
-def _sessions(lab: str) -> dict[tuple[str, str], dict]:
-    loaded = ops.load(lab)
-    out = {}
-    for node in NODES:
-        report = json.loads(ops.status(loaded, loaded.node(node), "-o", "json").stdout)
-        for peer in report["peers"]:
-            out[(node, peer["address"])] = peer
-    return out
-
-
-def _wait(check, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {timeout}s: {check.__doc__}"
-        time.sleep(0.2)
-
 
 @pytest.fixture(scope="module")
 def peered():
     name = f"h{secrets.token_hex(4)}"
     try:
-        assert labs_lab.up("mesh", 3, name=name, echo=lambda line: None)
-        endpoints = ",".join(labs_lab.show(name)["etcd_endpoints"])
-        config = {
-            "apiVersion": "projectcalico.org/v3",
-            "kind": "BGPConfiguration",
-            "metadata": {"name": "default"},
-            "spec": {"nodeToNodeMeshEnabled": False, "asNumber": 64512},
-        }
-        _apply(endpoints, [config, *(_peer(a, b) for a, b in PAIRS)])
-
-        def all_explicit_and_up():
-            """every node has two node-specific sessions, Established"""
-            sessions = _sessions(name)
-            return len(sessions) == 6 and all(
-                p["type"] == "node specific" and p["info"] == "Established" for p in sessions.values()
-            )
-
-        _wait(all_explicit_and_up, timeout=60)
+        endpoints = up_with_explicit_peers(name)
         yield name, endpoints
     finally:
         labs_lab.down(name)
@@ -87,21 +33,21 @@ def peered():
 
 def test_editing_one_bgppeer_resets_only_its_session(peered):
     name, endpoints = peered
-    before = _sessions(name)
+    before = sessions(name)
     time.sleep(1.5)  # `since` has one-second resolution: a reset session must show a later one
-    _apply(endpoints, [_peer("node1", "node3", keepalive="10s")])
+    apply(endpoints, [peer("node1", "node3", keepalive="10s")])
     edited = {("node1", NODES["node3"]), ("node3", NODES["node1"])}
 
     def edited_session_came_back():
         """node1<->node3 re-established with a new `since` on both ends"""
-        now = _sessions(name)
+        now = sessions(name)
         return all(now[k]["info"] == "Established" and now[k]["since"] != before[k]["since"] for k in edited)
 
-    _wait(edited_session_came_back)
-    after = _sessions(name)
-    for key, peer in before.items():
+    wait(edited_session_came_back)
+    after = sessions(name)
+    for key, entry in before.items():
         if key not in edited:
-            assert after[key]["since"] == peer["since"], f"{key} was reset: {peer} -> {after[key]}"
+            assert after[key]["since"] == entry["since"], f"{key} was reset: {entry} -> {after[key]}"
             assert after[key]["info"] == "Established"
 
 
@@ -136,7 +82,7 @@ def test_a_burst_of_writes_is_one_render(peered):
         }
         for i in range(100)
     ]
-    _apply(endpoints, docs)
+    apply(endpoints, docs)
     time.sleep(3)
     after = renders()
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
@@ -148,7 +94,7 @@ def test_an_invalid_resource_is_a_warning_and_changes_nothing(peered):
     from labs import etcd
 
     name, endpoints = peered
-    before = _sessions(name)
+    before = sessions(name)
     bad = {"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer", "metadata": {"name": "rack1-tor"},
            "spec": {"peerIP": "10.0.0.300", "asNumber": 65001}}  # fmt: skip
     key = keys.resource_key("BGPPeer", "rack1-tor")
@@ -161,8 +107,8 @@ def test_an_invalid_resource_is_a_warning_and_changes_nothing(peered):
             text = ops.status(lab, lab.node("node1")).stdout
             return "BGPPeer rack1-tor: spec.peerIP '10.0.0.300'" in text
 
-        _wait(warned, timeout=15)
-        assert {k: p["since"] for k, p in _sessions(name).items()} == {
+        wait(warned, timeout=15)
+        assert {k: p["since"] for k, p in sessions(name).items()} == {
             k: p["since"] for k, p in before.items()
         }
     finally:
