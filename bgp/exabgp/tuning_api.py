@@ -44,7 +44,7 @@ def _netmask(text: str, afi: Any) -> Any:
     return mask
 
 
-def _packed(words: list[str], v6: bool) -> list[tuple[bytes, Any]] | None:
+def packed_prefixes(words: list[str], v6: bool) -> list[tuple[bytes, Any]] | None:
     """(address bytes, NetMask) per prefix, as upstream's ``prefix`` makes them; None if any would fail."""
     from exabgp.protocol.family import AFI
 
@@ -107,7 +107,7 @@ def bulk_attributes(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(self, command, peers)
         if any((":" in word) is not v6 for word in words):  # two families: upstream's answer, whatever it is
             return original(self, command, peers)
-        packed = _packed(words, v6)
+        packed = packed_prefixes(words, v6)
         if packed is None:
             return original(self, command, peers)
         first = original(self, f"{head}{NLRI}{words[-1]}", peers)

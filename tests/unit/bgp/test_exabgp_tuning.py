@@ -29,9 +29,9 @@ def test_every_patch_fits_the_installed_exabgp():
     script = "import json; from bgp.exabgp import tuning; print(json.dumps(tuning.apply()))"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == [
-        "async", "poll", "remove_self", "api_log", "api_errors", "nlri_sort", "api_bulk", "api_lazy_log",
-        "json_nlri", "log_gate", "family_index", "afi_create", "safi_create", "notify_arity", "api_direct",
-        "idle"
+        "async", "poll", "remove_self", "api_log", "api_errors", "nlri_sort", "api_bulk", "api_cache",
+        "api_lazy_log", "json_nlri", "log_gate", "family_index", "afi_create", "safi_create", "notify_arity",
+        "api_direct", "idle", "ribout_compact"
     ]
     assert out.stderr == ""
 
