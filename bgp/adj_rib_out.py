@@ -47,6 +47,7 @@ class AdjRibOut:
         # One object per distinct advertisement: ``sent`` holds (peers x prefixes) of them, and the export
         # decision builds a new, equal one per prefix (about 100 bytes each).
         self._interned: dict[Advertisement, Advertisement] = {}
+        self._last: Advertisement | None = None  # the last one interned as itself: found without hashing
         # (peer, prefix) export decisions taken so far: the work a flush cost on this side.
         self.compared = 0
         # The prefixes of the last lines()'s ``track`` that a command carried to some peer (bgp.latency).
@@ -110,8 +111,10 @@ class AdjRibOut:
                     if prefix in sent:
                         changes[prefix] = None
                         del sent[prefix]
-                elif compare.get(prefix) != adv:
-                    changes[prefix] = sent[prefix] = self._intern(adv)
+                else:
+                    held = compare.get(prefix)
+                    if held is not adv and held != adv:
+                        changes[prefix] = sent[prefix] = self._intern(adv)
             if changes:
                 lines.extend(peer_commands(address, changes, refused=self._refused))
                 if untracked:  # usually all found at the first peer: at most one pass over each side
@@ -132,11 +135,15 @@ class AdjRibOut:
         return lines
 
     def _intern(self, adv: Advertisement) -> Advertisement:
+        if adv is self._last:  # the policy hands out one object per attribute set of our own routes
+            return adv
         interned = self._interned.get(adv)
         if interned is None:
             if len(self._interned) >= INTERNED:
                 self._interned.clear()
             interned = self._interned[adv] = adv
+        if interned is adv:
+            self._last = adv
         return interned
 
     # ------------------------------------------------------------------ views

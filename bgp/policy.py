@@ -17,8 +17,12 @@ Owns, in evaluation order for export (docs/calico-model.md):
    reflecting), our AS prepended towards eBGP (ExaBGP 5.0.15 does not do it), ORIGINATOR_ID and
    CLUSTER_LIST when reflecting, communities from prefixAdvertisements and filter operations.
 
-Complicating factors: with 100k routes the per-prefix work must be cheap, so the peer-independent part of
-the decision (``classify``) is computed once per prefix and only the peer-dependent rest runs per peer.
+Complicating factors: with 100k routes the work per (peer, prefix) decision must be cheap. Pools, blocks and
+service ranges are integer spans prepared once per intent; a prefix is parsed once per decision into the
+span that both the default policy and the communities read; and the advertisement of a route of our own
+(the same for every workload /32 towards one peer, given its communities and filter operations) is built
+once and handed out shared (``_originated``, bounded), so 100k exports cost 100k dictionary lookups rather
+than 100k new objects, each hashed again downstream.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from bgp.llgr import is_llgr_stale
 from bgp.rib import Path
 from confgen.bgpfilter import BGPFilter, FilterRule
 from confgen.intent import MESH, NEXT_HOP_KEEP, NEXT_HOP_SELF, NodeIntent, PeerIntent
-from routes.pools import network, prefix_span, span, within_any
+from routes.pools import Span, network, prefix_span, span, within_any
 
 ACCEPT = "accept"
 REJECT = "reject"
@@ -43,6 +47,8 @@ NORMAL_PRIORITY = 1024  # Calico's ipv4/ipv6NormalRoutePriority (Felix's workloa
 ORIGINATED_LOCAL_PREF = 2**31 - 1 - NORMAL_PRIORITY
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Advertisements of our own routes kept for sharing (a few per peer); past this, sharing starts over.
+OWN_ADVERTISEMENTS = 1024
 
 
 @lru_cache(maxsize=4096)  # one flush asks about the same prefixes once per peer; bounded: ~1 MB at most
@@ -84,6 +90,8 @@ class NodePolicy:
         self._advertisements = [
             (span(net(a.cidr)), a.communities, a.large_communities) for a in intent.prefix_advertisements
         ]
+        # (id(peer), communities, filter operations) -> (peer, advertisement) for our own routes (_originated)
+        self._own: dict[tuple, tuple[PeerIntent, Advertisement]] = {}
 
     def service_ranges(self) -> tuple[str, ...]:
         """Service CIDRs we originate (as BIRD's static blackholes): ranges, not single addresses."""
@@ -98,13 +106,17 @@ class NodePolicy:
     # ------------------------------------------------------------------ Calico's default export policy
 
     def calico_export(self, candidate: Candidate, to_ibgp: bool) -> bool:
-        n = prefix_span(candidate.prefix)
+        return self._calico_export(prefix_span(candidate.prefix), candidate, to_ibgp)
+
+    def _calico_export(self, n: Span, candidate: Candidate, to_ibgp: bool) -> bool:
         if within_any(n, self._suppressed):
             return False
         if to_ibgp and (candidate.ifname.endswith(".cali") or candidate.ifname.endswith(".calico")):
             return False  # VXLAN / WireGuard devices: Felix programs those routes on every node
+        version, first, last = n
         for block in self._blocks:
-            if within_any(n, (block,)):
+            v, lo, hi = block
+            if v == version and lo <= first and last <= hi:
                 return n == block
         if within_any(n, self._services):
             return True
@@ -115,7 +127,11 @@ class NodePolicy:
     def communities(
         self, prefix: str
     ) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int, int], ...]]:
-        n = prefix_span(prefix)
+        return self._communities(prefix_span(prefix))
+
+    def _communities(self, n: Span) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int, int], ...]]:
+        if not self._advertisements:
+            return (), ()
         std: set[tuple[int, int]] = set()
         large: set[tuple[int, int, int]] = set()
         for cidr, communities, large_communities in self._advertisements:
@@ -150,9 +166,30 @@ class NodePolicy:
         verdict, operations = self._filter(peer, candidate, export=True)
         if verdict == REJECT:
             return None
-        if verdict != ACCEPT and not self.calico_export(candidate, to_ibgp):
+        n = prefix_span(candidate.prefix)  # once per decision: both the policy and the communities use it
+        if verdict != ACCEPT and not self._calico_export(n, candidate, to_ibgp):
             return None
-        return self._attributes(peer, candidate, source, operations)
+        if path is None:
+            return self._originated(peer, self._communities(n), operations)
+        return self._attributes(peer, candidate, source, operations, self._communities(n))
+
+    def _originated(
+        self,
+        peer: PeerIntent,
+        communities: tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int, int], ...]],
+        operations: tuple[tuple[str, str], ...],
+    ) -> Advertisement:
+        """The advertisement of a route of our own: the same few for every prefix (per peer, communities and
+        filter operations), so one shared object each instead of a new one per prefix per peer."""
+        key = (id(peer), communities, operations)
+        held = self._own.get(key)
+        if held is not None and held[0] is peer:  # the peer itself is kept, so its id is not reused
+            return held[1]
+        adv = self._attributes(peer, Candidate(""), None, operations, communities)
+        if len(self._own) >= OWN_ADVERTISEMENTS:
+            self._own.clear()
+        self._own[key] = (peer, adv)
+        return adv
 
     def accept_import(self, peer: PeerIntent, path: Path) -> bool:
         """Loop prevention and BGPFilter import rules for a received path."""
@@ -194,9 +231,10 @@ class NodePolicy:
         candidate: Candidate,
         source: PeerIntent | None,
         operations: tuple[tuple[str, str], ...],
+        communities: tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int, int], ...]],
     ) -> Advertisement:
         path = candidate.path
-        std, large = self.communities(candidate.prefix)
+        std, large = communities
         local_as_path: tuple[int, ...] = ()
         as_path: tuple[int, ...] = ()
         local_pref = med = None

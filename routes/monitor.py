@@ -73,7 +73,6 @@ from routes.model import (
     RouteEvent,
     WatchOverflow,
 )
-from routes.pools import network
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +293,10 @@ class WorkloadRouteWatcher:
         put(self._routes, dst, metric, ifname)
         if held is not None:
             self._unindex(held, dst)
-        self._on_device.setdefault(ifname, set()).add(dst)
+        on_device = self._on_device.get(ifname)  # not setdefault: no new set per route of a known device
+        if on_device is None:
+            on_device = self._on_device[ifname] = set()
+        on_device.add(dst)
         self._changed()
 
     def _remove(self, dst: str, metric: int) -> None:
@@ -334,8 +336,9 @@ class WorkloadRouteWatcher:
             return False
         if not route.nexthops[0].ifname.startswith(self._prefix):
             return False
-        net = network(route.dst)
-        return net.prefixlen == net.max_prefixlen
+        # A host route: the length as the kernel's decoded (canonical) destination spells it, no parse.
+        addr, _, length = route.dst.partition("/")
+        return length == ("128" if ":" in addr else "32")
 
     def _changed(self) -> None:
         if self._flush is None or self._flush.done():

@@ -10,6 +10,8 @@ come from the ``LinkNames`` it is given (shared with the request side): a route 
 not know yet triggers one refresh, and link notifications update it.
 
 Complicating factors:
+- Cost per notification (100k in a workload burst): the kernel sends each in a datagram of its own, which
+  is taken whole without splitting; a datagram of several messages (a dump's) is split as usual.
 - Bounded reads: one drain decodes at most ``DRAIN_BYTES``; the rest stays in the socket (readable at
   once), so a burst of 100k notifications never becomes 100k queued objects.
 - ENOBUFS means notifications were lost; the socket stays subscribed, so iteration raises
@@ -25,6 +27,7 @@ import asyncio
 import collections
 import errno
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Generic, Self, TypeVar
@@ -44,6 +47,7 @@ from routes.model import (
 )
 from routes.nlsocket import LinkNames
 
+_KIND = struct.Struct("=4xH")  # nlmsg_type, read alone
 DRAIN_BYTES = 4 * 1024 * 1024  # notifications decoded per read of a watch socket (about 40k routes)
 
 Event = TypeVar("Event")
@@ -108,7 +112,11 @@ class _Watch(Generic[Event]):
                 continue  # the socket stays subscribed; keep what is still queued after the loss
             read += n
             data = bytes(self._buf[:n])
-            messages.extend(data[off:] for _, _, _, off in rt.iter_messages(data))
+            size = rt.U32.unpack_from(data)[0] if n >= rt.HDR_LEN else 0
+            if size >= rt.HDR_LEN and (size + 3) & ~3 >= n:
+                messages.append(data)  # one message per datagram, as the kernel sends notifications
+            else:
+                messages.extend(data[off:] for _, _, _, off in rt.iter_messages(data))
         events, missing = self._decode(messages)
         if missing:
             await self._links.refresh()
@@ -134,10 +142,11 @@ class KernelRouteWatch(_Watch[RouteEvent | LinkEvent]):
         links = self._links
         events: list[RouteEvent | LinkEvent] = []
         missing: set[int] = set()
+        names, decode, kind_of = links.names, rt.decode_route, _KIND.unpack_from
         for data in messages:
-            kind = rt.NLMSGHDR.unpack_from(data)[1]
+            kind = kind_of(data)[0]
             if kind in (rt.RTM_NEWROUTE, rt.RTM_DELROUTE):
-                route = rt.decode_route(data, 0, links.names, missing)
+                route = decode(data, 0, names, missing)
                 if route is not None:
                     ifname = route.nexthops[0].ifname if route.nexthops else ""
                     events.append(RouteEvent(ADD if kind == rt.RTM_NEWROUTE else DEL, route, ifname))

@@ -21,6 +21,9 @@ Rules (BIRD 1.6 ``gateway recursive``, which every Calico session template sets)
   prefix left without next hops is not installed (BIRD keeps it unreachable in its own table).
 
 Complicating factors:
+- Every notification of the main table reaches ``observe`` (Felix's 100k /32s in a burst): its prefix is
+  parsed once into integers (no ``ipaddress`` object), the next hops asked about are kept as (version,
+  integer) pairs, and the decoder's shared next-hop tuple is recognised by identity before any hashing.
 - Only routes other programs put in the kernel are used, never our own BGP routes: the speaker computes
   kernel routes incrementally (a changed prefix at a time), so a resolution through another BGP route could
   go stale unnoticed. BIRD would also resolve through a BGP route whose next hop is direct; this does not.
@@ -56,12 +59,12 @@ from routes.model import (
     Route,
     RouteEvent,
 )
-from routes.pools import network
+from routes.pools import parse_prefix
 
 log = logging.getLogger(__name__)
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Bucket = tuple[int, int]  # (IP version, prefix length)
+Address = tuple[int, int]  # (IP version, address as an integer): no ipaddress object per notification
 
 # BGP next hops remembered between two full recomputations. One per peer router in practice (next hops are
 # the nodes and routers that originate routes), so a few thousand even in a large cluster; each costs
@@ -79,8 +82,13 @@ def _each(held: Route | tuple[Route, ...]) -> tuple[Route, ...]:
 
 
 def _slot(dst: str) -> tuple[Bucket, int]:
-    net = network(dst)
-    return (net.version, net.prefixlen), int(net.network_address)
+    _, version, first, length, _ = parse_prefix(dst)
+    return (version, length), first
+
+
+def _address(text: str) -> Address:
+    addr = ipaddress.ip_address(text)
+    return addr.version, int(addr)
 
 
 class NexthopResolver:
@@ -99,6 +107,7 @@ class NexthopResolver:
         self._index: dict[Bucket, dict[int, Route | tuple[Route, ...]]] = {}
         # One tuple per distinct next-hop set: each notification decodes its own (about 110 bytes a route).
         self._hops: dict[tuple[Nexthop, ...], tuple[Nexthop, ...]] = {}
+        self._last_hops: tuple[Nexthop, ...] | None = None  # the last one stored, compared by identity
         self._limit = limit
         bounds = bounds if bounds is not None else BoundHits()
         self._queries_full = bounds.reporter("nexthop_queries")
@@ -115,7 +124,7 @@ class NexthopResolver:
         self._index.clear()
         for route in routes:
             if self._relevant(route):
-                self._store(route)
+                self._store(route, *_slot(route.dst))
         self.ready = True
         self._start_over()
 
@@ -132,16 +141,21 @@ class NexthopResolver:
                 if any(h.ifname == event.ifname for h in r.nexthops)
             ]
             for route in gone:
-                self._discard(route)
+                self._discard(route, *_slot(route.dst))
             return self._matters(any(self._covers_queried(r) for r in gone) or bool(gone and self._overflow))
         route = event.route
         if not self._relevant(route):
             return False
+        _, version, first, length, last = parse_prefix(route.dst)  # once per notification
         if event.action == ADD:
-            self._store(route)
+            self._store(route, (version, length), first)
         else:
-            self._discard(route)
-        return self._matters(self._overflow or self._covers_queried(route))
+            self._discard(route, (version, length), first)
+        if self._overflow:
+            return self._matters(True)
+        if first == last:  # a host route (Felix's workload routes, most of the traffic): one lookup
+            return self._matters((version, first) in self._queried)
+        return self._matters(any(v == version and first <= a <= last for v, a in self._queried))
 
     def _matters(self, relevant: bool) -> bool:
         if relevant:
@@ -155,19 +169,24 @@ class NexthopResolver:
     def _relevant(self, route: Route) -> bool:
         return route.table == self.table and route.proto != self.proto
 
-    def _store(self, route: Route) -> None:
-        hops = self._hops.get(route.nexthops)
-        if hops is None:
-            if len(self._hops) >= HOPS_LIMIT:
-                self._hops.clear()
-            hops = self._hops[route.nexthops] = route.nexthops
+    def _store(self, route: Route, key: Bucket, address: int) -> None:
+        hops = route.nexthops
+        if hops is not self._last_hops:  # the decoder shares one tuple per next-hop set: no hashing then
+            shared = self._hops.get(hops)
+            if shared is None:
+                if len(self._hops) >= HOPS_LIMIT:
+                    self._hops.clear()
+                shared = self._hops[hops] = hops
+            hops = shared
+        self._last_hops = hops
         if hops is not route.nexthops:
             # An equal tuple in place of the route's own: its value and hash are unchanged for everyone who
             # holds the route, and a copy of the route (dataclasses.replace, 2 us) would cost 0.2 s of CPU
             # per 100k of Felix's routes on the notification path.
             object.__setattr__(route, "nexthops", hops)
-        key, address = _slot(route.dst)
-        bucket = self._index.setdefault(key, {})
+        bucket = self._index.get(key)
+        if bucket is None:
+            bucket = self._index[key] = {}
         held = bucket.get(address)
         if held is None:
             bucket[address] = route
@@ -175,8 +194,7 @@ class NexthopResolver:
         others = tuple(r for r in _each(held) if r.priority != route.priority)
         bucket[address] = tuple(sorted((*others, route), key=lambda r: r.priority)) if others else route
 
-    def _discard(self, route: Route) -> None:
-        key, address = _slot(route.dst)
+    def _discard(self, route: Route, key: Bucket, address: int) -> None:
         bucket = self._index.get(key)
         if not bucket or address not in bucket:
             return
@@ -187,10 +205,10 @@ class NexthopResolver:
             del bucket[address]
 
     def _covers_queried(self, route: Route) -> bool:
-        net = network(route.dst)
-        if net.prefixlen == net.max_prefixlen:  # Felix's workload routes, most of the traffic: one lookup
-            return net.network_address in self._queried
-        return any(addr.version == net.version and addr in net for addr in self._queried)
+        _, version, first, length, last = parse_prefix(route.dst)
+        if first == last:  # a host route (Felix's workload routes, most of the traffic): one lookup
+            return (version, first) in self._queried
+        return any(v == version and first <= a <= last for v, a in self._queried)
 
     # -- resolution --------------------------------------------------------------------------------
 
@@ -211,7 +229,7 @@ class NexthopResolver:
         """Kernel next hops for the BGP next hop ``gateway``; () when it cannot be reached."""
         if not self.ready:
             return (Nexthop(gateway),)
-        self._remember(ipaddress.ip_address(gateway))
+        self._remember(_address(gateway))
         route = self.lookup(gateway)
         hops: tuple[Nexthop, ...] = ()
         if route is not None and route.type == UNICAST:
@@ -242,7 +260,7 @@ class NexthopResolver:
         is then not logged at all: thousands of unreachable next hops would flood the log anyway)."""
         if len(self._unresolved) >= self._limit:
             # Keep only the ones still asked about; the others left BGP (or were not asked again yet).
-            self._unresolved = {g for g in self._unresolved if ipaddress.ip_address(g) in self._queried}
+            self._unresolved = {g for g in self._unresolved if _address(g) in self._queried}
             if len(self._unresolved) >= self._limit:
                 self._unresolved_full()
                 return False

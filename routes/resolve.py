@@ -27,6 +27,9 @@ kernel protocol, docs/kernel-contract.md), per prefix:
 Complicating factors: IPIP exists for IPv4 only, so IPv6 prefixes always go plain; next hops of the
 other family (which a plain kernel route cannot use) are dropped; /32 (/128) blocks get no blackhole,
 as in BIRD's static protocol.
+It runs once per speaker flush, for one route as often as for 100k, so what depends only on the intent
+(pool spans, rejects, the node's subnet, the blocks' blackholes) is worked out once per distinct set of
+those arguments and kept (the last ``SETTINGS``), not on every call.
 """
 
 from __future__ import annotations
@@ -78,6 +81,61 @@ def bgp_metric(local_pref: int | None) -> int:
     return min(max(BIRD_INT_MAX - pref, 0), 0xFFFFFFFF)
 
 
+SETTINGS = 8  # distinct (pools, blocks, subnet, rejects, mode) kept: one per intent, the last few intents
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    """What ``kernel_routes`` works out from its per-intent arguments: the same for every call until the
+    intent changes, and most of the cost of a call that carries one route."""
+
+    pool_spans: tuple[tuple[Span, KernelPool], ...]  # most specific first
+    rejects: tuple[Span, ...]
+    subnet: Network | None
+    programmed: Mapping[int, bool]  # id of a pool in pool_spans (held there, so the id stays its own)
+    blackholes: tuple[tuple[tuple[int, int, int], Route], ...]  # sort key -> a local block's blackhole
+    block_spans: frozenset[Span]
+
+
+@functools.lru_cache(maxsize=SETTINGS)
+def _setting(
+    pools: tuple[KernelPool, ...],
+    local_blocks: tuple[str, ...],
+    node_network: str,
+    reject_cidrs: tuple[str, ...],
+    program_cluster_routes: str,
+) -> _Setting:
+    by_specificity = sorted(pools, key=lambda p: -p.network.prefixlen)  # stable: ties keep pool order
+    pool_spans = tuple((span(p.network), p) for p in by_specificity)
+    rejects = tuple(span(network(c)) for c in reject_cidrs)
+    programmed = {id(p): programs_pool(p, program_cluster_routes) for _, p in pool_spans}
+    blocks = {network(b) for b in local_blocks}
+    blackholes = []
+    for block in blocks:
+        s = span(block)
+        if block.prefixlen == block.max_prefixlen or within_any(s, rejects):
+            continue
+        pool = _pool_of(s, pool_spans)
+        if pool is None or programmed[id(pool)]:
+            blackholes.append((sort_key(block), Route(block.with_prefixlen, BLACKHOLE, proto=RTPROT_BIRD)))
+    subnet = network(node_network) if node_network else None
+    block_spans = frozenset(span(b) for b in blocks)
+    return _Setting(pool_spans, rejects, subnet, programmed, tuple(blackholes), block_spans)
+
+
+# Next hops as address objects, parsed once: a one-route flush would otherwise parse its next hop anew each
+# time. Bounded; an address is immutable, and a text that is not one raises (uncached) every time.
+_address = functools.lru_cache(maxsize=1024)(ipaddress.ip_address)
+
+
+def _pool_of(s: Span, pool_spans: tuple[tuple[Span, KernelPool], ...]) -> KernelPool | None:
+    version, first, last = s
+    for (v, lo, hi), pool in pool_spans:
+        if v == version and lo <= first and last <= hi:
+            return pool
+    return None
+
+
 def kernel_routes(
     learned: Mapping[str, Sequence[str] | Learned],
     local_blocks: Iterable[str],
@@ -88,23 +146,16 @@ def kernel_routes(
     program_cluster_routes: str = ENABLED,
     resolve: Resolve | None = None,
 ) -> list[Route]:
-    # The hot path of a 100k-route burst: pools, blocks and rejects become integer spans once per call,
-    # each prefix is parsed once, and the next hops of a (next hops, pool) pair are worked out once.
-    pools = tuple(pools)
-    by_specificity = sorted(pools, key=lambda p: -p.network.prefixlen)  # stable: ties keep pool order
-    pool_spans = [(span(p.network), p) for p in by_specificity]
-    rejects = [span(network(c)) for c in reject_cidrs]
-    subnet = network(node_network) if node_network else None
-    programmed = {id(p): programs_pool(p, program_cluster_routes) for p in pools}
+    # The hot path of a 100k-route burst: pools, blocks and rejects become integer spans once per intent
+    # (``_setting``, which is also most of a one-route call), each prefix is parsed once, and the next hops
+    # of a (next hops, pool) pair are worked out once per call.
+    setting = _setting(
+        tuple(pools), tuple(local_blocks), node_network, tuple(reject_cidrs), program_cluster_routes
+    )
+    pool_spans, rejects, subnet = setting.pool_spans, setting.rejects, setting.subnet
+    programmed = setting.programmed
     resolved: dict[str, tuple[Nexthop, ...]] = {}  # per call: one lookup per distinct next hop
     hops_of: dict[tuple[tuple[str, ...], int, int], tuple[Nexthop, ...]] = {}
-
-    def pool_of(s: Span) -> KernelPool | None:
-        version, first, last = s
-        for (v, lo, hi), pool in pool_spans:
-            if v == version and lo <= first and last <= hi:
-                return pool
-        return None
 
     def excluded(s: Span, pool: KernelPool | None) -> bool:
         if within_any(s, rejects):
@@ -125,7 +176,7 @@ def kernel_routes(
             found: set[Nexthop] = set()
             for gw in nexthops:
                 try:
-                    addr = ipaddress.ip_address(gw)
+                    addr = _address(gw)
                 except ValueError:
                     continue  # not a next hop: this route gets none from it (and none at all if it is alone)
                 if addr.version != version:
@@ -137,19 +188,14 @@ def kernel_routes(
             hops = hops_of[key] = tuple(sorted(found))
         return hops
 
-    wanted: dict[tuple[int, int, int], Route] = {}  # sort key (family, address, length) -> route
-    blocks = {network(b) for b in local_blocks}
-    block_spans = {span(b) for b in blocks}
-    for block in blocks:
-        s = span(block)
-        if block.prefixlen != block.max_prefixlen and not excluded(s, pool_of(s)):
-            wanted[sort_key(block)] = Route(block.with_prefixlen, BLACKHOLE, proto=RTPROT_BIRD)
+    wanted: dict[tuple[int, int, int], Route] = dict(setting.blackholes)  # sort key (family, address, length)
+    block_spans = setting.block_spans
     for prefix, paths in learned.items():
         dst, version, first, length, last = parse_prefix(prefix)
         s = (version, first, last)
         if s in block_spans:
             continue
-        pool = pool_of(s)
+        pool = _pool_of(s, pool_spans)
         if excluded(s, pool):
             continue
         if not isinstance(paths, Learned):

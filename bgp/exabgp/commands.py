@@ -154,10 +154,6 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
-def _family_key(prefix: str) -> int:
-    return 6 if ":" in prefix else 4
-
-
 def peer_commands(
     peer: str,
     changes: Mapping[str, Advertisement | None],
@@ -180,19 +176,30 @@ def peer_commands(
         return []
     announce: dict[tuple[int, Advertisement], list[str]] = defaultdict(list)
     withdraw: dict[int, list[str]] = defaultdict(list)
+    # Grouped first by the advertisement object (most prefixes of a batch share a few objects), so that an
+    # attribute set is hashed once per object rather than once per prefix.
+    by_object: dict[tuple[int, int], tuple[Advertisement, list[str]]] = {}
+    check = tokens.prefix
     for prefix, adv in changes.items():
         try:
-            net = _token("prefix", tokens.prefix, prefix)
+            net = check(prefix)
         except TokenError as exc:
-            refused(f"ExaBGP API: not sending to peer {peer}: {exc}")
+            refused(f"ExaBGP API: not sending to peer {peer}: prefix {shown(prefix)} {exc}")
             continue
+        family = 6 if ":" in net else 4
         if adv is None:
-            withdraw[_family_key(net)].append(net)
+            withdraw[family].append(net)
             continue
+        group = by_object.get((family, id(adv)))
+        if group is None:
+            group = by_object[(family, id(adv))] = (adv, [])
+        group[1].append(net)
+    for (family, _), (adv, nets) in by_object.items():
         try:
-            announce[(_family_key(net), adv)].append(net)
+            announce[(family, adv)].extend(nets)
         except TypeError:  # attributes that cannot even be hashed: no attribute set to group them in
-            refused(f"ExaBGP API: not announcing {net} to peer {peer}: its attributes are not values")
+            for net in nets:
+                refused(f"ExaBGP API: not announcing {net} to peer {peer}: its attributes are not values")
     texts: dict[tuple[int, Advertisement], str] = {}
     for key, prefixes in announce.items():
         try:

@@ -1,6 +1,8 @@
 """Export and import policy, one rule per row (docs/calico-model.md; RFC 4271, RFC 4456)."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bgp.exabgp.events import PathAttributes
 from bgp.policy import Candidate, NodePolicy
@@ -242,3 +244,44 @@ def test_import_filter_reject():
     tor = peer("10.0.0.1", peer_as=65001, kind=GLOBAL, filters=("f",))
     assert not policy.accept_import(tor, learned("0.0.0.0/0", tor.address))
     assert policy.accept_import(tor, learned("10.20.0.0/16", tor.address))
+
+
+OPERATIONS_FILTER = BGPFilter(
+    name="ops",
+    export_v4=(
+        rule("Accept", "192.168.2.0/24", "In", operations=(("addCommunity", "65000:7"),)),
+        rule("Accept", "192.168.3.0/24", "In", operations=(("prependASPath", "65000 65000"),)),
+    ),
+)
+SHARING_PEERS = (
+    MESH12,
+    MESH13,
+    TOR,
+    peer("10.0.0.2", peer_as=65002, kind=GLOBAL, filters=("ops",)),
+    peer("10.0.0.3", kind=GLOBAL, filters=("ops",), next_hop_mode="Self"),
+)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(SHARING_PEERS), st.integers(0, 3), st.integers(0, 255)),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_own_routes_share_one_advertisement_per_attribute_set_and_equal_a_fresh_decision(asks):
+    """The policy hands out one object per (peer, communities, filter operations) for our own routes: each
+    equals what a policy that never answered before gives, and equal ones are the same object."""
+    adverts = (PrefixAdvertisement("192.168.2.0/24", ("64512:100",), ()),)
+    intent = node(prefix_advertisements=adverts)
+    shared = NodePolicy(intent, {"ops": OPERATIONS_FILTER})
+    given_out: dict[tuple, object] = {}
+    for target, subnet, host in asks:
+        prefix = f"192.168.{subnet}.{host}/32"
+        adv = shared.export(target, Candidate(prefix, None, "cali1"))
+        fresh = NodePolicy(intent, {"ops": OPERATIONS_FILTER}).export(
+            target, Candidate(prefix, None, "cali1")
+        )
+        assert adv == fresh
+        if adv is not None:
+            assert given_out.setdefault((target.address, adv), adv) is adv

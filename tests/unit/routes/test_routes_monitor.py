@@ -401,3 +401,19 @@ async def test_verification_dumps_skip_our_own_protocol():
     watcher = WorkloadRouteWatcher(kernel, lambda _: None, sleep=lambda _: asyncio.sleep(0), exclude_proto=12)
     assert not await watcher.verify()
     assert kernel.asked == [12]
+
+
+@pytest.mark.parametrize(
+    ("dst", "host"),
+    [
+        ("10.244.1.5/32", True),
+        ("10.244.1.4/31", False),
+        ("0.0.0.0/0", False),
+        ("fd00:244::5/128", True),
+        ("fd00::/32", False),  # an IPv6 prefix 32 bits long is no host route
+        ("fd00:244::/127", False),
+    ],
+)
+def test_only_host_routes_are_workload_routes(dst, host):
+    watcher = WorkloadRouteWatcher(FakeNetlink(), lambda changes: None)
+    assert watcher._is_workload(workload(dst)) is host

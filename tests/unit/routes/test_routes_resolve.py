@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from routes import resolve as resolve_module
 from routes.model import (
     ADD,
     BLACKHOLE,
@@ -313,3 +314,35 @@ def test_resolver_forgets_routes_of_a_downed_device_silently_flushed_by_ipv4(res
     assert resolver.observe(LinkEvent(LINK_DOWN, 2, "eth0"))
     assert resolver.resolve("198.51.100.7") == ()
     assert not resolver.observe(LinkEvent(LINK_DOWN, 9, "eth9"))
+
+
+def test_the_per_intent_setting_is_worked_out_once_and_never_mixes_intents():
+    # What kernel_routes keeps per (pools, blocks, subnet, rejects, mode) must answer exactly as a fresh
+    # computation for each, in any order of calls, and be reused while they stay the same.
+    intents = [
+        (MODE_BLOCKS, POOLS, NODE_NET, (), ENABLED),
+        (MODE_BLOCKS, POOLS, NODE_NET, (), DISABLED),
+        (["10.244.1.0/26"], POOLS, NODE_NET, ("10.244.0.0/16",), ENABLED),
+        (MODE_BLOCKS, [PLAIN, IPIP], "10.244.1.0/24", (), ENABLED),
+        ([], [KernelPool(p.cidr, p.ipip_mode, p.vxlan_mode) for p in POOLS], "", (), ENABLED_IPIP_ONLY),
+    ]
+
+    def routes(intent):
+        blocks, pools, node_net, rejects, mode = intent
+        return kernel_routes(
+            MODE_LEARNED, blocks, pools, node_net, reject_cidrs=rejects, program_cluster_routes=mode
+        )
+
+    fresh = []
+    for intent in intents:
+        resolve_module._setting.cache_clear()
+        fresh.append(routes(intent))
+    resolve_module._setting.cache_clear()
+    pairs = list(zip(intents, fresh, strict=True))
+    for intent, expected in [*pairs, *reversed(pairs)]:
+        assert routes(intent) == expected
+    info = resolve_module._setting.cache_info()
+    assert info.misses == len(intents) and info.hits == len(intents)
+    assert len({id(r) for _ in range(2) for r in routes(intents[0]) if r.type == BLACKHOLE}) == len(
+        [r for r in fresh[0] if r.type == BLACKHOLE]
+    )  # a local block's blackhole is one shared object, not one per call
