@@ -10,7 +10,7 @@ Variants (docs/exabgp-notes.md):
   ExaBGP as shipped);
 - ``exabgp.reactor.speed`` 10 (our default: with the tuning it paces only idle timer checks), 1.0
   (ExaBGP's default), 0.1, through ``CALICO_BGP_EXABGP_SPEED``, which
-  ``bgp.exabgp.supervisor.exabgp_environment`` reads;
+  ``bgp.exabgp.environment.exabgp_environment`` reads;
 - ``exabgp.cache.attributes=false`` through ``CALICO_BGP_EXABGP_ENV``;
 - ``adj-rib-out false`` on the neighbours: it is neighbour configuration, which confgen renders, so the
   variant rewrites the rendered ``exabgp.conf`` of both nodes after start and reloads ExaBGP (SIGUSR1,
@@ -36,7 +36,7 @@ from pathlib import Path
 from bench import procs, stats
 from bench.calico import BENCH_POOL, CalicoPair
 from bench.propagation import Plan, run_pair
-from bgp.exabgp.supervisor import EXTRA_ENV, SPEED_ENV
+from bgp.exabgp.environment import EXTRA_ENV, SPEED_ENV
 from bgp.exabgp.tuning import TUNING_ENV
 from labs import ops
 

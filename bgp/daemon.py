@@ -10,8 +10,9 @@ health, ready, live, CalicoNodeStatus) is gathered by ``bgp.daemon_reports``, th
 is ``bgp.kernel_upkeep``, and its settings are ``bgp.node_config``.
 
 Complicating factors:
-- ExaBGP must not start before the first config is rendered and validated (it would run with no neighbours
-  and an empty listener), so the supervisor waits for confgen's first render.
+- ExaBGP must not start before the first config is rendered (it would run with no neighbours and an empty
+  listener), so the supervisor waits for confgen's first render. That file is checked by ExaBGP's own start
+  (``confgen.apply``: there is no earlier file to keep); a refusal is logged with ExaBGP's reason.
 - Shutdown leaves our kernel routes in place (BIRD's ``persist``): pods on other nodes keep their paths while
   this daemon restarts; the next run adopts them and sweeps only what is no longer wanted.
 - Routes found in the kernel at start are adopted and their deletion is held until every session has come up
@@ -37,8 +38,9 @@ from bgp.daemon_reports import DaemonReports, datastore_problem
 from bgp.exabgp import bridge
 from bgp.exabgp import check as exabgp_check
 from bgp.exabgp.channel import ApiChannel
+from bgp.exabgp.environment import exabgp_environment
 from bgp.exabgp.privileges import config_file_access, prepare_run_dir
-from bgp.exabgp.supervisor import ExaBGPSupervisor, exabgp_environment
+from bgp.exabgp.supervisor import ExaBGPSupervisor
 from bgp.gtsm import Gtsm, GtsmError
 from bgp.http_endpoints import EndpointServer, LoopCall
 from bgp.kernel_upkeep import KernelUpkeep

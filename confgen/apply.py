@@ -1,4 +1,4 @@
-"""Install a rendered config file: only when it changed, only after ExaBGP accepted it, atomically.
+"""Install a rendered config file: only when it changed, only after ExaBGP's check accepted it, atomically.
 
 Stage: last step of the config dataplane (render -> write -> the daemon's reload). confd's
 check_cmd/rename sequence, for ExaBGP.
@@ -19,12 +19,19 @@ Complicating factors:
   so keys are masked in it.
 - The validator is a child process; it gets a timeout and is killed if it hangs, so a wedged check
   cannot stall the confgen loop forever.
+- The check exists to keep a last good file in force, so the first file (nothing at the destination yet)
+  goes in without it unless ``check_first`` asks: it is ExaBGP's own start that reads it next, with the
+  same parser, and a refusal there ends that ExaBGP with the reason in its log, which the supervisor
+  reports (``bgp.exabgp.supervisor``). The check is an interpreter and a third of ExaBGP's imports, about
+  0.2 s of CPU, paid by every node at every start: a quarter of a node's start-up in a large mesh, where
+  every node starts at once (bench/results/changes.md). From the second file on every candidate is checked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -33,6 +40,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from confgen.redact import config_secrets, redact_config, redact_values
+
+log = logging.getLogger(__name__)
 
 
 class ConfigRejected(Exception):
@@ -56,6 +65,7 @@ class ConfigWriter:
         mode: int = 0o600,  # the config holds the MD5 keys
         group: int | None = None,  # the group that may read it (``mode`` says how): the unprivileged ExaBGP
         timeout: float = 30.0,
+        check_first: bool = False,  # also check a file when there is none at ``dest`` to keep
     ) -> None:
         self.dest = Path(dest)
         if validate_cmd:
@@ -64,16 +74,23 @@ class ConfigWriter:
         self.mode = mode
         self.group = group
         self.timeout = timeout
+        self.check_first = check_first
+        self.checked = False  # whether the last file installed went through the validator
 
     async def write(self, text: str) -> bool:
         """Install ``text`` if it differs from the file; True when the file changed.
 
-        Raises ``ConfigRejected`` when the validator fails; the destination is then untouched.
+        Raises ``ConfigRejected`` when the validator fails; the destination is then untouched. With no file
+        at the destination the validator runs only if ``check_first`` (see the module docstring);
+        ``checked`` says afterwards whether it ran.
         """
         data = text.encode()
+        current: bytes | None = None
         with contextlib.suppress(FileNotFoundError):
-            if self.dest.read_bytes() == data:
-                return False
+            current = self.dest.read_bytes()
+        if current == data:
+            return False
+        check = bool(self.validate_cmd) and (current is not None or self.check_first)
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=self.dest.parent, prefix=f".{self.dest.name}.", suffix=".tmp")
         tmp = Path(tmp_name)
@@ -85,13 +102,16 @@ class ConfigWriter:
                     os.fchown(tmp_file.fileno(), -1, self.group)
                 os.fchmod(tmp_file.fileno(), self.mode)
                 os.fsync(tmp_file.fileno())
-            if self.validate_cmd:
+            if check:
                 await self._validate(tmp, config_secrets(text))
             os.replace(tmp, self.dest)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         self._fsync_dir()
+        self.checked = check
+        if self.validate_cmd and not check:
+            log.info("installed the first ExaBGP config without a separate check: ExaBGP's start checks it")
         return True
 
     async def _validate(self, candidate: Path, secrets: set[str]) -> None:

@@ -35,6 +35,12 @@ Complicating factors (docs/exabgp-notes.md):
   it (graceful restart); the speaker re-announces everything once each session is up again. An ExaBGP that
   has not connected its API process ``api_start_deadline`` seconds after it started is restarted too.
   Restarts are counted by reason in ``calico_bgp_exabgp_restarts_total``.
+- The first config of a daemon goes in without a separate check (``confgen.apply``): ExaBGP's start is its
+  check. A refusal there ends ExaBGP with the reason in its log only, so we keep the lines that follow its
+  "could not load/reload configuration" and, when that run ends before its API connected, log them as an
+  error (MD5 keys masked, read from the file), counted as ``config-refused``. The restart waits out the
+  backoff as after any exit, but a reload asked for meanwhile (confgen installed a new, checked, file)
+  starts ExaBGP at once.
 """
 
 from __future__ import annotations
@@ -43,9 +49,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import psutil
@@ -54,8 +61,8 @@ from prometheus_client import CollectorRegistry, Counter
 from bgp.exabgp.exit_watch import exit_watch
 from bgp.exabgp.launch import PARENT_ENV, parse_adjustments
 from bgp.exabgp.privileges import DROP_ENV, ExaBGPUser
-from bgp.exabgp.tuning import IDLE_TICK_SPEED
 from calico_bgp.backoff import Backoff, Retries
+from confgen.redact import config_secrets, redact_config, redact_values
 
 log = logging.getLogger(__name__)
 
@@ -65,42 +72,22 @@ def exabgp_command() -> list[str]:
     return [sys.executable, "-m", "bgp.exabgp.launch"]
 
 
-SPEED_ENV = "CALICO_BGP_EXABGP_SPEED"  # overrides exabgp.reactor.speed (tuning, benchmarks)
-EXTRA_ENV = "CALICO_BGP_EXABGP_ENV"  # "exabgp.cache.attributes=false ...": extra settings (experiments)
+REFUSAL_MARK = b"could not load/reload configuration"  # ExaBGP's line before the reason, at start or reload
+REFUSAL_LINES = 8  # lines of reason kept after the mark (ExaBGP writes 4-5: section, line, blank, keyword)
+# ExaBGP's columns before a configuration message (log.short off): time, pid, source.
+_LOG_COLUMNS = re.compile(r"^\S+\s+\d+\s+configuration(?:\s|$)")
 
 
-def exabgp_environment(
-    bind: list[str], port: int, reactor_speed: float | None = None, overrides: Mapping[str, str] = os.environ
-) -> dict[str, str]:
-    """ExaBGP's settings. ``overrides`` (our environment) may set the reactor speed (``SPEED_ENV``) and
-    add ``exabgp.*`` settings (``EXTRA_ENV``); the ones the daemon depends on (bind, user, acks) win."""
-    if reactor_speed is None:
-        try:
-            reactor_speed = float(overrides.get(SPEED_ENV, str(IDLE_TICK_SPEED)))
-        except ValueError:
-            log.warning("ignoring %s=%r: not a number", SPEED_ENV, overrides.get(SPEED_ENV))
-            reactor_speed = IDLE_TICK_SPEED
-    extra = dict(
-        item.partition("=")[::2]
-        for item in overrides.get(EXTRA_ENV, "").split()
-        if item.startswith("exabgp.")
-    )
-    return extra | {
-        "exabgp.tcp.bind": " ".join(bind),
-        "exabgp.tcp.port": str(port),
-        "exabgp.daemon.user": "root",
-        "exabgp.daemon.drop": "false",
-        "exabgp.daemon.daemonize": "false",
-        "exabgp.api.ack": "false",
-        "exabgp.api.cli": "false",
-        "exabgp.api.respawn": "true",
-        "exabgp.log.destination": "stdout",
-        "exabgp.log.short": "false",
-        # A line per message counter that changed (every UPDATE and keepalive): nearly all of exabgp.log, and
-        # each one an ExaBGP write and a daemon read and write, some between an UPDATE and its kernel write.
-        "exabgp.log.statistics": "false",
-        "exabgp.reactor.speed": str(reactor_speed),
-    }
+def refusal_reason(lines: list[bytes], secrets: Iterable[str] = ()) -> str:
+    """One line from ExaBGP's log lines after ``REFUSAL_MARK``: each line's text after its time, pid and
+    source columns, blank ones left out, joined by "; ", with the MD5 keys ``secrets`` masked."""
+    parts = []
+    for raw in lines:
+        line = raw.decode(errors="replace")
+        columns = _LOG_COLUMNS.match(line)
+        if text := (line[columns.end() :] if columns else line).strip():
+            parts.append(text)
+    return redact_values(redact_config("; ".join(parts)), secrets)
 
 
 def parent_pid(pid: int) -> int | None:
@@ -148,6 +135,7 @@ class ExaBGPSupervisor:
         self._parent_of = parent_of
         self._api_seen = False  # this run of ExaBGP has had its API connection
         self._api_pid: int | None = None
+        self._refusal: list[bytes] | None = None  # this run's lines after ExaBGP's REFUSAL_MARK
         self._killed: asyncio.subprocess.Process | None = None  # the run we killed, and why
         self._killed_reason = ""
         self.starts = 0
@@ -156,8 +144,9 @@ class ExaBGPSupervisor:
         registry = registry if registry is not None else CollectorRegistry()
         self._restarts = Counter(
             "calico_bgp_exabgp_restarts",
-            "ExaBGP restarts by reason: exited (crashed or stopped on its own), hung (no answer to its API "
-            "probe), api-lost, api-respawned, no-api (no API connection after start), environment",
+            "ExaBGP restarts by reason: exited (crashed or stopped on its own), config-refused (it refused "
+            "its configuration at start), hung (no answer to its API probe), api-lost, api-respawned, no-api "
+            "(no API connection after start), environment",
             ["reason"],
             registry=registry,
         )
@@ -238,9 +227,16 @@ class ExaBGPSupervisor:
             if asyncio.get_running_loop().time() - started > 60:
                 self._retries.reset()
             killed = self._killed is not None and self._killed is self._proc
-            reason = self._killed_reason if killed else "exited"
+            refusal = None if killed or self._api_seen else self._refusal
+            reason = self._killed_reason if killed else "exited" if refusal is None else "config-refused"
             self.restarts[reason] = self.restarts.get(reason, 0) + 1
             self._restarts.labels(reason).inc()
+            if refusal is not None:
+                log.error(
+                    "ExaBGP refused its configuration %s and exited: %s (a new one starts it at once)",
+                    self._config,
+                    refusal_reason(refusal, self._config_secrets()),
+                )
             if self._restart_now.is_set():
                 self._restart_now.clear()
                 continue
@@ -269,6 +265,7 @@ class ExaBGPSupervisor:
         self._ready.clear()
         self._api_seen = False
         self._api_pid = None
+        self._refusal = None
         # A new ExaBGP reads the config as it is now, so a reload asked for before this point (the file was
         # written first) is already served; sending it anyway would re-read every neighbour once more.
         self._reload_wanted.clear()
@@ -326,6 +323,11 @@ class ExaBGPSupervisor:
                 if not line:
                     return
                 out.write(line)
+                if self._refusal is not None:
+                    if len(self._refusal) < REFUSAL_LINES:
+                        self._refusal.append(line)
+                elif REFUSAL_MARK in line:
+                    self._refusal = []
                 if b"performing reload" in line:
                     self._reloaded.set()
                 elif self._on_adjustments is not None and (applied := parse_adjustments(line)) is not None:
@@ -333,8 +335,19 @@ class ExaBGPSupervisor:
 
     def reload(self) -> None:
         """SIGUSR1: re-read the config; only changed neighbours are reset. Sent when ExaBGP is ready and
-        repeated until ExaBGP confirms it (see the module docstring)."""
+        repeated until ExaBGP confirms it (see the module docstring). While a crashed ExaBGP waits out its
+        backoff, a new file starts it at once."""
         self._reload_wanted.set()
+        proc = self._proc
+        if proc is not None and proc.returncode is not None and not self._stopping:
+            self._restart_now.set()
+
+    def _config_secrets(self) -> set[str]:
+        """The MD5 keys in the config file, to mask in what we log of ExaBGP's complaints about it."""
+        try:
+            return config_secrets(self._config.read_text())
+        except (OSError, UnicodeDecodeError):
+            return set()
 
     async def _reload_loop(self) -> None:
         while True:

@@ -307,7 +307,7 @@ class Speaker:
     """ExaBGP in a namespace with a config rendered by confgen; its API process logs every event line."""
 
     def __init__(self, lab: Lab, ns: str, intent: NodeIntent, workdir, bind: list[str]) -> None:
-        from bgp.exabgp.supervisor import exabgp_environment
+        from bgp.exabgp.environment import exabgp_environment
         from confgen.apply import find_executable
         from confgen.render import render
 

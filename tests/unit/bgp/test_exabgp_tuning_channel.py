@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bgp.exabgp import bridge, tuning, tuning_channel
-from bgp.exabgp.supervisor import exabgp_environment
+from bgp.exabgp.environment import exabgp_environment
 from bgp.exabgp.tuning_channel import DirectProcess, relay_socket
 
 SOCAT = "/usr/bin/socat"

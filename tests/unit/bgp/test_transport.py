@@ -16,6 +16,7 @@ from bgp.daemon import api_run_line
 from bgp.exabgp import bridge as bridge_module
 from bgp.exabgp import supervisor as sup
 from bgp.exabgp.channel import ApiChannel
+from bgp.exabgp.environment import exabgp_environment
 
 SOCAT = bridge_module.installed_socat({"PATH": os.environ.get("PATH", "")})
 
@@ -265,7 +266,7 @@ async def test_a_reload_asked_for_before_a_start_is_served_by_that_start(tmp_pat
 
 
 def test_environment_is_explicit():
-    env = sup.exabgp_environment(["10.0.0.11", "fd00::11"], 179)
+    env = exabgp_environment(["10.0.0.11", "fd00::11"], 179)
     assert env["exabgp.tcp.bind"] == "10.0.0.11 fd00::11"
     assert env["exabgp.daemon.user"] == "root" and env["exabgp.api.ack"] == "false"
     from exabgp.environment import parsing

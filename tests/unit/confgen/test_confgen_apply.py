@@ -64,12 +64,50 @@ async def test_rejection_keeps_the_last_good_file(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    ("earlier", "check_first", "checked"),
+    [
+        (None, False, False),  # nothing to keep: ExaBGP's start is the check
+        (None, True, True),
+        (VALID, False, True),  # a last good file to keep: every candidate is checked
+        (VALID, True, True),
+    ],
+)
+async def test_the_first_file_is_checked_only_when_asked(tmp_path, earlier, check_first, checked):
+    dest = tmp_path / "exabgp.conf"
+    if earlier is not None:
+        dest.write_text(earlier)
+    calls = tmp_path / "calls"
+    script = tmp_path / "check.sh"
+    script.write_text(f'#!/bin/sh\necho "$1" >> {calls}\nexit 1\n')  # refuses everything it sees
+    script.chmod(0o755)
+    writer = ConfigWriter(dest, validate_cmd=(str(script),), check_first=check_first)
+    if checked:
+        with pytest.raises(ConfigRejected):
+            await writer.write(INVALID)
+        assert (dest.read_text() if dest.exists() else None) == earlier  # untouched, or still absent
+    else:
+        assert await writer.write(INVALID) is True
+        assert dest.read_text() == INVALID and writer.checked is False
+    assert calls.exists() == checked
+    assert leftovers(tmp_path) == []
+
+
+async def test_after_an_unchecked_first_file_every_change_is_checked(tmp_path):
+    dest = tmp_path / "exabgp.conf"
+    writer = ConfigWriter(dest, validate_cmd=("/bin/false",))
+    assert await writer.write(VALID) is True and writer.checked is False
+    with pytest.raises(ConfigRejected):
+        await writer.write(INVALID)
+    assert dest.read_text() == VALID
+
+
 async def test_validator_that_hangs_is_killed(tmp_path):
     dest = tmp_path / "exabgp.conf"
     script = tmp_path / "hang.sh"
     script.write_text("#!/bin/sh\nexec sleep 30\n")
     script.chmod(0o755)
-    writer = ConfigWriter(dest, validate_cmd=(str(script),), timeout=0.2)
+    writer = ConfigWriter(dest, validate_cmd=(str(script),), timeout=0.2, check_first=True)
     with pytest.raises(TimeoutError):
         await writer.write(VALID)
     assert not dest.exists()
@@ -85,7 +123,7 @@ def test_exabgp_is_found_next_to_the_interpreter():
 @pytest.mark.exabgp
 async def test_real_exabgp_validate(tmp_path):
     dest = tmp_path / "exabgp.conf"
-    writer = ConfigWriter(dest)
+    writer = ConfigWriter(dest, check_first=True)
     assert writer.validate_cmd[0].endswith("/exabgp")
     assert await writer.write(VALID) is True
     with pytest.raises(ConfigRejected, match="peer-as"):

@@ -54,7 +54,8 @@ async def test_no_log_record_carries_the_password_over_a_render_and_apply_cycle(
         "exit 1\n"
     )
     quoting.chmod(0o755)
-    writer = ConfigWriter(tmp_path / "run" / "exabgp.conf", validate_cmd=(str(quoting),))
+    # Checked from the first file on: the rejection's text is what must not carry the key.
+    writer = ConfigWriter(tmp_path / "run" / "exabgp.conf", validate_cmd=(str(quoting),), check_first=True)
     store = MemoryDatastore("node1")
     store.put_resource(NODE)
     store.put_resource(PEER)
