@@ -25,12 +25,12 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Protocol
 
-from bgp.rib import Path
+from bgp.rib import Path, Selected, best_of
 from confgen.intent import NodeIntent
 from routes.model import Route
 from routes.resolve import KernelPool, Learned, Resolve, kernel_routes
 
-LocRib = Mapping[str, tuple[Path, tuple[Path, ...]]]  # prefix -> (best path, multipath set)
+LocRib = Mapping[str, Selected]  # prefix -> the best path, or the multipath set (``bgp.rib.Selected``)
 
 # What a flush asked of the table, for FlushWork: nothing, apply() only, an update of some prefixes, or a
 # rebuild of every desired route.
@@ -68,16 +68,16 @@ def learned(loc: LocRib, prefixes: Iterable[str]) -> dict[str, Learned]:
         selected = loc.get(prefix)
         if selected is None:
             continue
-        best, multipath = selected
+        best = best_of(selected)
         pref = best.attributes.local_pref  # local-pref -> metric
-        if len(multipath) == 1:
-            key = (multipath[0].nexthop, pref)
+        if isinstance(selected, Path) or len(selected) == 1:
+            key = (best.nexthop, pref)
             view = shared.get(key)
             if view is None:
                 view = shared[key] = Learned((key[0],), pref)
             out[prefix] = view
         else:
-            out[prefix] = Learned(tuple(sorted({p.nexthop for p in multipath})), pref)
+            out[prefix] = Learned(tuple(sorted({p.nexthop for p in selected})), pref)
     return out
 
 

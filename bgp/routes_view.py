@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from bgp.llgr import is_llgr_stale
 from bgp.policy import net, within
-from bgp.rib import select
+from bgp.rib import best_of, multipath_of, select
 from bgp.status import render_table
 
 
@@ -32,7 +32,10 @@ def loc_rib_report(
         if prefix in local:
             row.update(origin="local", best=None, multipath=[])
         else:
-            best, multipath = loc[prefix] if prefix in loc else select(rib.paths(prefix))
+            entry = loc.get(prefix)
+            best, multipath = (
+                select(rib.paths(prefix)) if entry is None else (best_of(entry), multipath_of(entry))
+            )
             if best is None:
                 continue  # refused, then withdrawn since the last selection
             a = best.attributes

@@ -56,7 +56,7 @@ from bgp.latency import Propagation, tracked
 from bgp.limits import PeerLimits
 from bgp.originated import Originated
 from bgp.policy import Candidate, NodePolicy
-from bgp.rib import AdjRibIn, Path, select
+from bgp.rib import AdjRibIn, Selected, best_of, select, selected_entry
 from bgp.routes_view import loc_rib_report
 from bgp.sessions import Sessions
 from bgp.status import PeerStatus
@@ -102,7 +102,7 @@ class Speaker:
         self._policy: NodePolicy | None = None
         self._originated = Originated()
         self._rib = AdjRibIn()
-        self._loc: dict[str, tuple[Path, tuple[Path, ...]]] = {}
+        self._loc: dict[str, Selected] = {}
         self.screen = ImportScreen(clock=clock)
         refused = (refusals if refusals is not None else SinkRefusals()).reporter(EXABGP_API)
         self._out = AdjRibOut(refused=refused)
@@ -249,7 +249,7 @@ class Speaker:
         if best is None:
             self._loc.pop(prefix, None)
         else:
-            self._loc[prefix] = (best, multipath)
+            self._loc[prefix] = selected_entry(best, multipath)
 
     def _export(self, peer: PeerIntent, prefix: str) -> Advertisement | None:
         policy = self._policy
@@ -260,7 +260,7 @@ class Speaker:
             selected = self._loc.get(prefix)
             if selected is None:
                 return None
-            best = selected[0]
+            best = best_of(selected)
             candidate = Candidate(prefix, best)
             source = self._sessions.peers.get(best.peer)
         return policy.export(peer, candidate, source)

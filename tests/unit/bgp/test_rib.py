@@ -1,7 +1,7 @@
 import pytest
 
 from bgp.exabgp.events import PathAttributes
-from bgp.rib import AdjRibIn, Path, select
+from bgp.rib import AdjRibIn, Path, best_of, multipath_of, select, selected_entry
 
 P = "192.168.2.0/26"
 
@@ -85,3 +85,21 @@ def test_graceful_restart_stale_and_sweep():
     assert rib.stale_count("10.0.0.12") == 1
     assert rib.sweep_stale("10.0.0.12") == {"fd00:10::/122"}
     assert rib.peer_prefixes("10.0.0.12") == {P}
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [
+        [path("10.0.0.12")],
+        [path("10.0.0.12", lp=200), path("10.0.0.13", lp=100)],
+        [path("10.0.0.13"), path("10.0.0.12")],
+        [path("10.0.0.14"), path("10.0.0.13"), path("10.0.0.12", med=3)],
+    ],
+)
+def test_a_loc_rib_entry_gives_back_selects_answer_and_a_lone_path_is_kept_bare(paths):
+    best, multipath = select(paths)
+    entry = selected_entry(best, multipath)
+    assert best_of(entry) is best
+    assert multipath_of(entry) == multipath
+    # The common case holds the path itself: no tuple per learned route.
+    assert (entry is best) == (len(multipath) == 1)

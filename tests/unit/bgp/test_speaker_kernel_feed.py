@@ -20,7 +20,7 @@ from speaker_rig import up_line as up
 from bgp.daemon import NodeConfig, NodeDaemon
 from bgp.exabgp.events import PathAttributes
 from bgp.kernel_feed import APPLIED, IDLE, REBUILT, UPDATED, KernelFeed, kernel_pools, learned
-from bgp.rib import Path
+from bgp.rib import Path, Selected, multipath_of, selected_entry
 from bgp.speaker import Speaker
 from confgen.intent import PoolIntent
 from routes.model import ADD, DEL, RTPROT_BIRD, RTPROT_BOOT, Nexthop, Route, RouteEvent
@@ -178,15 +178,15 @@ async def test_bgp_changes_and_kernel_repairs_in_one_flush_cost_only_the_changed
 BLOCK = "192.168.1.0/26"  # the intent's local block: a blackhole in every desired set
 
 
-def selected(prefix: str, *nexthops: str) -> tuple[Path, tuple[Path, ...]]:
+def selected(prefix: str, *nexthops: str) -> Selected:
     attributes = PathAttributes(local_pref=100)
     paths = tuple(Path(prefix=prefix, peer=h, nexthop=h, attributes=attributes) for h in nexthops)
-    return paths[0], paths
+    return selected_entry(paths[0], paths)
 
 
-def with_pref(entry: tuple[Path, tuple[Path, ...]], pref: int | None) -> tuple[Path, tuple[Path, ...]]:
-    paths = tuple(replace(p, attributes=PathAttributes(local_pref=pref)) for p in entry[1])
-    return paths[0], paths
+def with_pref(entry: Selected, pref: int | None) -> Selected:
+    paths = tuple(replace(p, attributes=PathAttributes(local_pref=pref)) for p in multipath_of(entry))
+    return selected_entry(paths[0], paths)
 
 
 @pytest.mark.parametrize(
