@@ -91,11 +91,25 @@ def _plain(change: Any) -> bool:
     )
 
 
-def bulk_attributes(original: Callable[..., Any]) -> Callable[..., Any]:
-    """``API.api_attributes`` that parses the attributes once and builds the other prefixes' routes."""
+def routes_like(template: tuple, packed: list[tuple[bytes, Any]]) -> list[Any]:
+    """ExaBGP's changes for the ``packed`` prefixes, each a route like ``template``'s (its NLRI class, family
+    and next hop; one attribute set shared by all), as its configuration parser would have built them."""
     from exabgp.bgp.message import Action
     from exabgp.bgp.message.update.nlri import CIDR
     from exabgp.rib.change import Change
+
+    klass, afi, safi, nexthop, attributes = template
+    changes = []
+    for address, mask in packed:
+        nlri = klass(afi, safi, Action.UNSET)
+        nlri.cidr = CIDR(address, mask)
+        nlri.nexthop = nexthop
+        changes.append(Change(nlri, attributes))
+    return changes
+
+
+def bulk_attributes(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``API.api_attributes`` that parses the attributes once and builds the other prefixes' routes."""
 
     def api_attributes(self, command, peers):
         at = command.rfind(NLRI)
@@ -113,16 +127,8 @@ def bulk_attributes(original: Callable[..., Any]) -> Callable[..., Any]:
         first = original(self, f"{head}{NLRI}{words[-1]}", peers)
         if len(first) != 1 or not _plain(first[0]):
             return original(self, command, peers)
-        template = first[0].nlri
-        klass, afi, safi, nexthop = type(template), template.afi, template.safi, template.nexthop
-        attributes = first[0].attributes
-        changes = []
-        for address, mask in packed:
-            nlri = klass(afi, safi, Action.UNSET)
-            nlri.cidr = CIDR(address, mask)
-            nlri.nexthop = nexthop
-            changes.append(Change(nlri, attributes))
-        return changes
+        nlri = first[0].nlri
+        return routes_like((type(nlri), nlri.afi, nlri.safi, nlri.nexthop, first[0].attributes), packed)
 
     return api_attributes
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bgp.exabgp.tuning_api import NLRI, PER_ROUTE, packed_prefixes
+from bgp.exabgp.tuning_api import NLRI, PER_ROUTE, packed_prefixes, routes_like
 
 MAX_TEXTS = 512  # attribute texts kept: the speaker sends about one per pool and family (per peer group)
 
@@ -62,12 +62,10 @@ class TextCache:
 
 def cached_attributes(original: Callable[..., Any], size: int = MAX_TEXTS) -> Callable[..., Any]:
     """``API.api_attributes`` that keeps what the parser made of each attribute text (``size`` texts)."""
-    from exabgp.bgp.message import Action
     from exabgp.bgp.message.update.attribute import Attributes
-    from exabgp.bgp.message.update.nlri import CIDR, INET
+    from exabgp.bgp.message.update.nlri import INET
     from exabgp.bgp.message.update.nlri.qualifier import PathInfo
     from exabgp.protocol.ip import IP
-    from exabgp.rib.change import Change
 
     internal = frozenset(Attributes.INTERNAL)
     cache = TextCache(size)
@@ -113,14 +111,7 @@ def cached_attributes(original: Callable[..., Any], size: int = MAX_TEXTS) -> Ca
             if shape is not None:
                 cache.put(key, shape)
             return changes
-        klass, afi, safi, nexthop, attributes = shape
-        changes = []
-        for address_bytes, mask in packed:
-            nlri = klass(afi, safi, Action.UNSET)
-            nlri.cidr = CIDR(address_bytes, mask)
-            nlri.nexthop = nexthop
-            changes.append(Change(nlri, attributes))
-        return changes
+        return routes_like(shape, packed)
 
     api_attributes.cache = cache  # type: ignore[attr-defined]  # for tests and measurements
     return api_attributes
