@@ -10,6 +10,7 @@ import os
 
 import pytest
 from prometheus_client import generate_latest
+from speaker_rig import Clock
 
 from bgp.bfd.api import DIAGNOSTICS, BfdPeerConfig
 from bgp.bfd.gate import BfdTimers
@@ -27,14 +28,6 @@ NODE2 = "10.0.0.12"  # directly connected, does not ask
 FAR = "172.31.0.1"  # asks, but two hops away
 ROUTES = ["192.168.50.0/26", "192.168.51.0/26"]
 TOR_SESSION = BfdPeerConfig(TOR, ME)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def peer(address: str, bfd: bool, restart_time: int = 120) -> PeerIntent:

@@ -9,6 +9,7 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
+from speaker_rig import Clock
 
 from bgp.bfd.gate import BfdGate
 from bgp.daemon_reports import DaemonReports, datastore_problem
@@ -17,14 +18,6 @@ from bgp.readiness import EXABGP_START_ALLOWANCE, READY_THRESHOLD
 from bgp.status import PeerStatus
 from bgp.watchdog import Health
 from confgen.intent import NodeIntent
-
-
-class Clock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _peer(address: str, established: bool) -> PeerStatus:
@@ -62,9 +55,9 @@ def build(clock=None, wall=None, *, in_sync=True, revision=7, config="rendered",
         channel=channel,
         speaker=FakeSpeaker(**speaker),
         table=SimpleNamespace(desired={"10.65.0.1/32": SimpleNamespace(nexthops=[nexthop])}),
-        health=Health(clock=clock or Clock()),
+        health=Health(clock=clock or Clock(0.0)),
         watchdog=SimpleNamespace(lag=0.01, max_lag=0.25),
-        clock=clock or Clock(),
+        clock=clock or Clock(0.0),
         wall=wall or Clock(1_700_000_000.0),
     )
 
@@ -99,7 +92,7 @@ def test_datastore_problem(in_sync, last_error, problem):
     ],
 )
 def test_time_without_the_api_connection(events, disconnected_for):
-    clock = Clock()
+    clock = Clock(0.0)
     reports = build(clock)
     for event, at in events:
         clock.now = at
@@ -111,7 +104,7 @@ def test_time_without_the_api_connection(events, disconnected_for):
 
 
 def test_liveness_fails_once_exabgp_has_been_disconnected_too_long():
-    clock = Clock()
+    clock = Clock(0.0)
     reports = build(clock, connected=False)
     reports.exabgp_started()
     clock.now = EXABGP_START_ALLOWANCE - 1

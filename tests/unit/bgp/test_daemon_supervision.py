@@ -9,6 +9,7 @@ import os
 import signal
 
 import pytest
+from speaker_rig import Clock
 
 from bgp.daemon import NodeDaemon
 from bgp.node_config import NodeConfig
@@ -153,16 +154,8 @@ def test_adopted_routes_are_never_swept_before_exabgp_started(tmp_path):
     assert daemon._ready_to_sweep()
 
 
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
 def test_the_sweep_hold_counts_from_exabgp_start(tmp_path):
-    clock = Clock()
+    clock = Clock(0.0)
     daemon = build(tmp_path)
     daemon.sweep_gate = SweepGate(daemon.config.sweep_hold, clock=clock)
     clock.now = 150.0  # the daemon waited 150 s for etcd

@@ -22,20 +22,13 @@ from exabgp.bgp.message.open.holdtime import HoldTime
 from exabgp.bgp.neighbor import Neighbor
 from exabgp.bgp.timer import ReceiveTimer
 from exabgp.reactor.peer import ACTION, Peer
+from speaker_rig import Clock
 
 from bgp.exabgp import tuning_idle
 
 TICK = 0.1  # the reactor's idle tick (bgp.exabgp.tuning.IDLE_TICK_SPEED)
 TICK_MS = 100
 FD, API_FD, WAKE_FD = 7, 8, 9
-
-
-class Clock:
-    def __init__(self, start: float = 1_000_000.25):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Outgoing:
@@ -151,7 +144,7 @@ class Wake:
 
 @pytest.fixture
 def clock(monkeypatch):
-    clock = Clock()
+    clock = Clock(1_000_000.25)
     # ExaBGP's timers read time.time() through their module's ``time``.
     monkeypatch.setattr("exabgp.bgp.timer.time", SimpleNamespace(time=clock))
     monkeypatch.setattr("exabgp.reactor.peer.time", SimpleNamespace(time=clock))

@@ -10,7 +10,7 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from speaker_rig import mesh_intent
+from speaker_rig import Clock, mesh_intent
 
 from bgp.exabgp.events import PathAttributes
 from bgp.graceful import GracefulRestarts
@@ -67,17 +67,9 @@ def eor(peer, afi="ipv4"):
     return _envelope(peer, "update", {"message": {"eor": {"afi": afi, "safi": "unicast"}}})
 
 
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
 class Rig:
     def __init__(self, restart_time=120):
-        self.clock = Clock()
+        self.clock = Clock(0.0)
         self.table = FakeRouteTable()
 
         async def send(lines):

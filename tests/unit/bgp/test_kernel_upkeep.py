@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from speaker_rig import Clock
 
 from bgp.kernel_upkeep import KernelUpkeep
 from routes.table import ApplyResult
@@ -30,14 +31,6 @@ class Table:
         return ApplyResult(repaired=2)
 
 
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
 def upkeep(table, clock, *, ready=lambda: False, reapplied=None):
     return KernelUpkeep(
         table,
@@ -50,7 +43,7 @@ def upkeep(table, clock, *, ready=lambda: False, reapplied=None):
 
 
 async def test_the_hold_is_released_once_the_gate_opens_and_the_table_applied_again():
-    table, clock, reapplied = Table(holding=True), Clock(), []
+    table, clock, reapplied = Table(holding=True), Clock(0.0), []
     gate = {"open": False}
     keeper = upkeep(table, clock, ready=lambda: gate["open"], reapplied=reapplied)
     await keeper.once()
@@ -72,7 +65,7 @@ async def test_the_hold_is_released_once_the_gate_opens_and_the_table_applied_ag
     ],
 )
 async def test_read_backs_come_at_the_interval_and_retries_every_pass(times, resyncs):
-    table, clock = Table(), Clock()
+    table, clock = Table(), Clock(0.0)
     keeper = upkeep(table, clock)
     for t in times:
         clock.now = t
@@ -82,20 +75,20 @@ async def test_read_backs_come_at_the_interval_and_retries_every_pass(times, res
 
 
 async def test_a_kernel_error_costs_the_pass_not_the_task(caplog):
-    table, clock = Table(fail_with=OSError(105, "No buffer space available")), Clock()
+    table, clock = Table(fail_with=OSError(105, "No buffer space available")), Clock(0.0)
     keeper = upkeep(table, clock)
     await keeper.once()
     assert "kernel route resync failed" in caplog.text
 
 
 async def test_anything_else_is_a_bug_and_ends_the_task():
-    table, clock = Table(fail_with=KeyError("bug")), Clock()
+    table, clock = Table(fail_with=KeyError("bug")), Clock(0.0)
     with pytest.raises(KeyError):
         await upkeep(table, clock).once()
 
 
 async def test_run_sleeps_a_second_between_passes_and_counts_the_interval_from_its_start():
-    table, clock = Table(), Clock()
+    table, clock = Table(), Clock(0.0)
     clock.now = 500.0
     slept: list[float] = []
 

@@ -8,6 +8,7 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from speaker_rig import Clock
 
 from bgp.latency import (
     BUCKETS,
@@ -20,14 +21,6 @@ from bgp.latency import (
     describe,
     quantile,
 )
-
-
-class Clock:
-    def __init__(self, now: float = 5000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize(
@@ -59,7 +52,7 @@ def test_bucket_of(seconds, index):
     ],
 )
 def test_window_quantiles_of_known_samples(samples, p50, p99):
-    clock = Clock()
+    clock = Clock(5000.0)
     window = LatencyWindow(clock)
     for sample in samples:
         window.observe(sample)
@@ -72,7 +65,7 @@ def test_window_quantiles_of_known_samples(samples, p50, p99):
 
 def test_interpolation_within_a_bucket():
     # Ten samples spread over (1 ms, 2.5 ms]: the median is interpolated halfway through the bucket.
-    window = LatencyWindow(Clock())
+    window = LatencyWindow(Clock(5000.0))
     for n in range(10):
         window.observe(0.001 + 0.00015 * (n + 1))
     assert window.summary().p50 == pytest.approx(0.001 + 0.0015 * 0.5)
@@ -80,7 +73,7 @@ def test_interpolation_within_a_bucket():
 
 @pytest.mark.parametrize(("age", "counted"), [(0.0, 3), (30.0, 3), (59.0, 3), (60.0, 0), (600.0, 0)])
 def test_window_forgets_samples_older_than_a_minute(age, counted):
-    clock = Clock()
+    clock = Clock(5000.0)
     window = LatencyWindow(clock)
     window.observe(0.01, 3)
     clock.now += age
@@ -88,7 +81,7 @@ def test_window_forgets_samples_older_than_a_minute(age, counted):
 
 
 def test_window_slots_are_reused_not_grown():
-    clock = Clock()
+    clock = Clock(5000.0)
     window = LatencyWindow(clock)
     for second in range(1000):  # many minutes of samples: only the last minute's stay
         clock.now = 5000.0 + second
@@ -100,13 +93,13 @@ def test_window_slots_are_reused_not_grown():
 
 
 def test_empty_window():
-    summary = LatencyWindow(Clock()).summary()
+    summary = LatencyWindow(Clock(5000.0)).summary()
     assert (summary.count, summary.p50, summary.p99) == (0, None, None)
     assert summary.as_json() == {"p50_ms": None, "p99_ms": None, "count": 0}
 
 
 def test_zero_or_negative_weight_and_negative_time():
-    window = LatencyWindow(Clock())
+    window = LatencyWindow(Clock(5000.0))
     window.observe(0.5, 0)
     assert window.summary().count == 0
     window.observe(-1.0)  # a clock step backwards is no negative latency
@@ -125,7 +118,7 @@ samples_strategy = st.lists(
 def test_quantile_lies_in_the_bucket_of_the_true_quantile(samples, q):
     """The estimate is within the bounds of the bucket holding the true (nearest-rank) quantile, and within
     the smallest and largest sample."""
-    window = LatencyWindow(Clock())
+    window = LatencyWindow(Clock(5000.0))
     values: list[float] = []
     for value, weight in samples:
         window.observe(value, weight)

@@ -5,18 +5,11 @@ from __future__ import annotations
 import logging
 
 import pytest
+from speaker_rig import Clock
 
 from bgp.limits import LimitSettings, LogBudget, PeerLimits, teardown_command
 
 PEER = "10.0.0.12"
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize(

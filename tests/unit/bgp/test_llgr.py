@@ -9,6 +9,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from speaker_rig import Clock
 
 from bgp import llgr
 from bgp.exabgp import events as ev
@@ -316,18 +317,11 @@ def _announce(peer, prefixes, communities=()):
     return _envelope(peer, "update", {"message": {"update": update}})
 
 
-class Clock:
-    now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
 class Rig:
     """A node with an eBGP ToR in long-lived mode (stale time 6 s) and a mesh peer."""
 
     def __init__(self, stale_time=6):
-        self.clock = Clock()
+        self.clock = Clock(0.0)
         self.table = FakeRouteTable()
         self.sent: list[str] = []
 

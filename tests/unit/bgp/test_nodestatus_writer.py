@@ -8,6 +8,7 @@ import asyncio
 import json
 
 from prometheus_client import CollectorRegistry
+from speaker_rig import Clock
 
 from bgp.nodestatus import AgentState, StatusInputs
 from bgp.nodestatus_writer import CONFLICT, FAILED, SKIPPED, UNCHANGED, WRITTEN, NodeStatusReporter
@@ -80,14 +81,6 @@ def spec_of(doc):
     return parse_node_status(doc["metadata"]["name"], doc)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self):
-        return self.now
-
-
 def reporter(etcd, *, ready=True, clock=None, sleep=None, max_requests=16):
     state = {"ready": ready}
 
@@ -96,7 +89,7 @@ def reporter(etcd, *, ready=True, clock=None, sleep=None, max_requests=16):
 
     kwargs = {"sleep": sleep} if sleep else {}
     r = NodeStatusReporter(
-        etcd.client, "node1", source, clock=clock or Clock(), max_requests=max_requests,
+        etcd.client, "node1", source, clock=clock or Clock(1_800_000_000.0), max_requests=max_requests,
         registry=CollectorRegistry(), **kwargs,
     )  # fmt: skip
     r.state = state
@@ -108,7 +101,7 @@ def writes(r, result):
 
 
 def test_writes_status_into_the_object_and_skips_an_unchanged_one():
-    etcd, clock = FakeEtcd(), Clock()
+    etcd, clock = FakeEtcd(), Clock(1_800_000_000.0)
     doc = document()
     etcd.put_raw(key_of("s1"), doc)
     r = reporter(etcd, ready=False, clock=clock)

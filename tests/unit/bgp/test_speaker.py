@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 from prometheus_client import CollectorRegistry
-from speaker_rig import mesh_intent
+from speaker_rig import Clock, mesh_intent
 
 from bgp.speaker import Speaker
 from confgen.intent import PeerIntent, PoolIntent
@@ -207,14 +207,6 @@ def eor(peer):
     )
 
 
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
 @pytest.fixture
 def gr_rig():
     sent: list[str] = []
@@ -222,7 +214,7 @@ def gr_rig():
     async def send(lines):
         sent.extend(lines)
 
-    clock = Clock()
+    clock = Clock(0.0)
     table = FakeRouteTable()
     speaker = Speaker(send=send, route_table=table, clock=clock, wallclock=lambda: 1000.0)
     speaker.set_intent(intent())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from speaker_rig import Clock
 
 from bgp.limits import LimitSettings, PeerLimits
 from bgp.metrics import SpeakerMetrics, build_registry
@@ -17,15 +18,6 @@ ME = "10.0.0.11"
 TOR = "10.0.0.1"  # an eBGP peer that may send anything
 NODE2 = "10.0.0.12"
 BLOCK = "192.168.1.0/26"
-
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 def peer(address, asn=64512, restart_time=120):
@@ -278,7 +270,6 @@ async def test_an_update_without_next_hop_withdraws_its_prefixes_and_programming
     metrics.observe_speaker(speaker)
     sample = registry.get_sample_value("calico_bgp_malformed_prefixes_withdrawn_total", {"peer": TOR})
     assert sample == 1.0
-
 
 
 async def test_metrics_write_only_the_series_whose_values_changed(monkeypatch):

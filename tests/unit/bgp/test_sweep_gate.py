@@ -1,15 +1,7 @@
 import pytest
+from speaker_rig import Clock
 
 from bgp.sweep_gate import SweepGate
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
 
 # Each step: ("start" | "advance" seconds | "ask" all_synced, and the answer expected when asking).
 CASES = {
@@ -38,7 +30,7 @@ CASES = {
 
 @pytest.mark.parametrize("steps", CASES.values(), ids=CASES.keys())
 def test_sweep_gate(steps):
-    clock = Clock()
+    clock = Clock(0.0)
     gate = SweepGate(120.0, clock=clock)
     for step in steps:
         if step[0] == "start":

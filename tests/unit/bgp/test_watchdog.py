@@ -13,22 +13,15 @@ import threading
 import pytest
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
+from speaker_rig import Clock
 
 from bgp.cli import cli
 from bgp.watchdog import Health, LoopWatchdog
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(100.0)
 
 
 @pytest.mark.parametrize(
