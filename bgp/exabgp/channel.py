@@ -251,11 +251,16 @@ class ApiChannel:
         settings = self.liveness.settings
         try:
             writer.write(piece)
+            if not transport.get_write_buffer_size() and not transport.is_closing():
+                # The socket took every byte (a route's command, most bursts): nothing to wait for.
+                self.liveness.progressed(self._clock())
+                return True
             stalled_since = self._clock()
             while True:
                 before = transport.get_write_buffer_size()
                 try:
-                    await asyncio.wait_for(writer.drain(), settings.check_every)
+                    async with asyncio.timeout(settings.check_every):  # no task per drain, as wait_for makes
+                        await writer.drain()
                     self.liveness.progressed(self._clock())
                     return True
                 except TimeoutError:

@@ -55,7 +55,6 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-import psutil
 from prometheus_client import CollectorRegistry, Counter
 
 from bgp.exabgp.exit_watch import exit_watch
@@ -92,6 +91,10 @@ def refusal_reason(lines: list[bytes], secrets: Iterable[str] = ()) -> str:
 
 def parent_pid(pid: int) -> int | None:
     """The parent of ``pid``, None when it is gone."""
+    # Imported here: only a relay's connection is asked about (ExaBGP's own direct one never is), and
+    # psutil costs every daemon start 10-20 ms of CPU.
+    import psutil
+
     try:
         return psutil.Process(pid).ppid()
     except psutil.Error:  # gone, or a zombie already reaped by the time we read it

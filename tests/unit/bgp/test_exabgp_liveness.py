@@ -222,6 +222,36 @@ async def test_a_write_that_stops_draining_ends_within_the_deadline(tmp_path):
     await channel.close()
 
 
+async def test_a_write_the_socket_takes_whole_makes_no_task_and_a_backlog_still_drains(tmp_path):
+    channel = ApiChannel(tmp_path / "api.sock", on_line=lambda line: None, liveness=FAST)
+    await channel.start()
+    bridge = FakeBridge(tmp_path / "api.sock")
+    await _until(lambda: channel.connected.is_set())
+    loop = asyncio.get_running_loop()
+    made: list[object] = []
+
+    def counting(loop, coro, **kwargs):
+        made.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(counting)
+    try:
+        one = "neighbor 10.0.0.12 announce attributes next-hop 10.0.0.11 nlri 10.1.0.1/32"
+        assert await channel.send([one])
+        assert made == []  # a route's command: written, taken, no drain task (wait_for made one each)
+        # More than the socket takes at once, read slowly: the drains wait, within the deadline, and finish.
+        lines = [f"withdraw attributes next-hop 10.0.0.11 nlri 10.{i // 65536}.{i // 256 % 256}.{i % 256}/32"
+                 for i in range(60_000)]
+        sending = asyncio.ensure_future(channel.send(lines))
+        await _until(sending.done, [bridge])
+        assert sending.result() and channel.dropped == 0
+        await _until(lambda: len(bridge.lines()) == 1 + len(lines), [bridge])
+    finally:
+        loop.set_task_factory(None)
+        bridge.close()
+        await channel.close()
+
+
 # ---------------------------------------------------------------------- rebuilt, never replayed
 
 
