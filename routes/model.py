@@ -152,7 +152,8 @@ class Netlink(Protocol):
 
     def watch(self, *, exclude_proto: int | None = None) -> RouteWatch:
         """Subscribe now; iterate for RouteEvent / LinkEvent. Additions of ``exclude_proto`` routes are
-        dropped (in the kernel); their deletions are delivered."""
+        dropped (in the kernel), and so are the deletions of them that this adapter's ``apply`` made;
+        deletions by anyone else are delivered."""
 
     async def dump_addresses(self) -> list[InterfaceAddress]:
         """Every IPv4 and IPv6 address on every interface."""

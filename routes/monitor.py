@@ -29,8 +29,8 @@ Design and complicating factors:
 - Lost notifications (ENOBUFS -> ``WatchOverflow``) trigger a fresh dump; the socket stays subscribed.
   Every prefix held before or found by a dump counts as touched, so one that vanished while notifications
   were lost is reported gone. The kernel-side filter drops additions of our own protocol
-  (``exclude_proto``) so programming 100k BGP routes does not flood this socket; deletions of our routes
-  pass, so ``RouteTable`` hears at once when someone else removes one.
+  (``exclude_proto``), and our own deletions of them, so programming or withdrawing 100k BGP routes does
+  not flood this socket; someone else's deletions of our routes pass, so ``RouteTable`` hears of them.
 - A dead or stalled watch must not leave a stale view. A socket error or an ended watch re-subscribes
   (after ``retry`` seconds) and re-reads everything. A watch that silently stops delivering is caught by
   ``verify_interval``: the workload routes of a dump are compared with ours; a prefix that differs in two
@@ -121,6 +121,7 @@ class WorkloadRouteWatcher:
         self._touched: dict[str, str | None] = {}
         self._reported = False
         self._flush: asyncio.Task[None] | None = None
+        self._soon: asyncio.Handle | None = None  # a burst's report without debounce: the next loop turn
         self._watch: object = None  # the current subscription, whose read_at stamps a burst
         self._loading = False
         self.burst_read_at: float | None = None
@@ -174,6 +175,8 @@ class WorkloadRouteWatcher:
         finally:
             if self._flush is not None:
                 self._flush.cancel()
+            if self._soon is not None:
+                self._soon.cancel()
 
     async def _follow(self) -> str:
         """One subscription: dump, then follow notifications (and verify them) until it goes wrong.
@@ -341,13 +344,23 @@ class WorkloadRouteWatcher:
         return length == ("128" if ":" in addr else "32")
 
     def _changed(self) -> None:
-        if self._flush is None or self._flush.done():
+        if self._soon is None and (self._flush is None or self._flush.done()):
             # Once per burst: the read time of the notifications being consumed, which start it.
             self.burst_read_at = None if self._loading else getattr(self._watch, "read_at", None)
-            self._flush = asyncio.get_running_loop().create_task(self._report())
+            if self._debounce > 0:
+                self._flush = asyncio.get_running_loop().create_task(self._report())
+            else:  # the notifications already read are the burst: a callback, no task and no sleep(0)
+                self._soon = asyncio.get_running_loop().call_soon(self._report_soon)
+
+    def _report_soon(self) -> None:
+        self._soon = None
+        self._report_now()
 
     async def _report(self) -> None:
         await self._sleep(self._debounce)  # coalesce the burst that started with this change
+        self._report_now()
+
+    def _report_now(self) -> None:
         changes: dict[str, str | None] = {}
         for dst, before in self._touched.items():
             now = self.device(dst)

@@ -30,9 +30,10 @@ Design:
 - ``watch`` subscribes at call time (before the caller's initial dump, so nothing falls in between) to
   RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE and RTNLGRP_LINK. Link events matter because the kernel removes
   IPv4 routes of a deleted or downed device WITHOUT sending RTM_DELROUTE. An optional BPF filter drops
-  the RTM_NEWROUTE notifications of our own protocol in the kernel (deletions still pass). If the socket
-  overflows anyway (ENOBUFS), iteration raises ``WatchOverflow`` once; the caller re-dumps and keeps
-  iterating the same watch.
+  the RTM_NEWROUTE notifications of our own protocol in the kernel, and the RTM_DELROUTE ones that our
+  own request socket asked for (the kernel stamps them with its port id); deletions by anyone else pass.
+  If the socket overflows anyway (ENOBUFS), iteration raises ``WatchOverflow`` once; the caller re-dumps
+  and keeps iterating the same watch.
 - Interface addresses (``dump_addresses``, ``watch_addresses``: RTNLGRP_IPV4_IFADDR / RTNLGRP_IPV6_IFADDR)
   have a socket of their own: they change rarely, and the route monitor's consumers need not know them.
 """
@@ -310,7 +311,10 @@ class KernelNetlink:
         sock = self._open(rt.RTMGRP_LINK | rt.RTMGRP_IPV4_ROUTE | rt.RTMGRP_IPV6_ROUTE)
         sock.setblocking(False)
         if exclude_proto is not None:
-            attach_filter(sock, rt.exclude_proto_filter(exclude_proto))
+            # Our request socket's port id: the echoes of our own deletions are dropped in the kernel too.
+            # It stays open until close(), so the id names no other socket while this watch lives.
+            own_port = self._request_socket().getsockname()[0] or None
+            attach_filter(sock, rt.exclude_proto_filter(exclude_proto, own_port))
         return KernelRouteWatch(sock, self._links)
 
 

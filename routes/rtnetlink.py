@@ -450,30 +450,55 @@ def decode_address(data: bytes | memoryview, offset: int) -> tuple[int, str] | N
 
 
 # Classic BPF (linux/filter.h) for SO_ATTACH_FILTER on the monitor socket.
+_BPF_LD_W_ABS = 0x20
 _BPF_LD_H_ABS = 0x28
 _BPF_LD_B_ABS = 0x30
 _BPF_JEQ_K = 0x15
 _BPF_RET_K = 0x06
 _SOCK_FILTER = struct.Struct("=HBBI")
+_BPF_ACCEPT = (_BPF_RET_K, 0, 0, 0xFFFFFFFF)  # the whole message
+_BPF_DROP = (_BPF_RET_K, 0, 0, 0)
+
+
+def _be_view(fmt: str, value: int) -> int:
+    # BPF loads big-endian; netlink's header fields are host-endian, so compare against the swapped view.
+    return int.from_bytes(struct.pack(fmt, value), "big")
 
 
 def _be16_view(value: int) -> int:
-    # BPF loads halfwords big-endian; nlmsg_type is host-endian, so compare against the swapped view.
-    return int.from_bytes(struct.pack("=H", value), "big")
+    return _be_view("=H", value)
 
 
-def exclude_proto_filter(proto: int) -> bytes:
+def exclude_proto_filter(proto: int, own_port: int | None = None) -> bytes:
     """A BPF program dropping RTM_NEWROUTE notifications whose rtm_protocol is ``proto`` (our own writes),
-    so a 100k-route apply does not flood and overflow the monitor socket. Deletions of our routes pass:
-    one made by someone else must reach ``RouteTable.observe`` at once, and our own bulk deletes are rare
-    (a whole peer's routes withdrawn). Everything else passes."""
+    so a 100k-route apply does not flood and overflow the monitor socket. Deletions of ``proto`` routes
+    pass, because one made by someone else must reach ``RouteTable.observe`` at once; with ``own_port``
+    (the port id of the socket our requests go out on) the deletions that socket asked for are dropped
+    too: the kernel stamps a notification with the requester's port id (``nlmsg_pid``), so the echoes of
+    our own bulk deletes (a peer's 100k routes withdrawn) are never read and decoded, and a deletion by any
+    other socket, or by the kernel itself (port id 0), still passes. Everything else passes."""
     proto_offset = HDR_LEN + 5  # rtmsg.rtm_protocol
-    program = [
-        (_BPF_LD_H_ABS, 0, 0, 4),  # A = nlmsg_type
-        (_BPF_JEQ_K, 0, 2, _be16_view(RTM_NEWROUTE)),  # not a new route -> accept
-        (_BPF_LD_B_ABS, 0, 0, proto_offset),  # A = rtm_protocol
-        (_BPF_JEQ_K, 1, 0, proto),  # ours -> drop
-        (_BPF_RET_K, 0, 0, 0xFFFFFFFF),  # accept whole message
-        (_BPF_RET_K, 0, 0, 0),  # drop
-    ]
+    if own_port is None:
+        program = [
+            (_BPF_LD_H_ABS, 0, 0, 4),  # A = nlmsg_type
+            (_BPF_JEQ_K, 0, 2, _be16_view(RTM_NEWROUTE)),  # not a new route -> accept
+            (_BPF_LD_B_ABS, 0, 0, proto_offset),  # A = rtm_protocol
+            (_BPF_JEQ_K, 1, 0, proto),  # ours -> drop
+            _BPF_ACCEPT,
+            _BPF_DROP,
+        ]
+    else:  # jump offsets count from the next instruction
+        program = [
+            (_BPF_LD_H_ABS, 0, 0, 4),  # 0: A = nlmsg_type
+            (_BPF_JEQ_K, 5, 0, _be16_view(RTM_NEWROUTE)),  # 1: a new route -> 7
+            (_BPF_JEQ_K, 0, 6, _be16_view(RTM_DELROUTE)),  # 2: not a deleted one -> accept
+            (_BPF_LD_B_ABS, 0, 0, proto_offset),  # 3: A = rtm_protocol
+            (_BPF_JEQ_K, 0, 4, proto),  # 4: not ours -> accept
+            (_BPF_LD_W_ABS, 0, 0, 12),  # 5: A = nlmsg_pid
+            (_BPF_JEQ_K, 3, 2, _be_view("=I", own_port)),  # 6: our own request -> drop, else accept
+            (_BPF_LD_B_ABS, 0, 0, proto_offset),  # 7: A = rtm_protocol
+            (_BPF_JEQ_K, 1, 0, proto),  # 8: ours -> drop
+            _BPF_ACCEPT,  # 9
+            _BPF_DROP,  # 10
+        ]
     return b"".join(_SOCK_FILTER.pack(*ins) for ins in program)

@@ -9,10 +9,11 @@ Owns: a model of the kernel behaviour the package depends on, deliberately inclu
 - IPv6 metric 0 is stored as 1024, and a gateway-only next hop reads back with the resolved device;
 - a downed or deleted device loses its IPv4 routes WITHOUT route notifications (IPv6 ones with them);
   a new device starts down;
-- notifications go to every open watch, minus additions of ``exclude_proto`` routes (deletions pass, as
-  with the kernel-side filter); ``overflow()`` simulates ENOBUFS, ``deafen()`` a watch that silently stops
-  hearing, ``break_watches()`` a failed socket; a watch's ``read_at`` is the ``clock`` reading at which it
-  handed out its latest event, as the real one's is that of its latest read;
+- notifications go to every open watch, minus additions of ``exclude_proto`` routes and the deletions of
+  them that ``apply`` made (someone else's deletions pass, as with the kernel-side filter); ``overflow()``
+  simulates ENOBUFS, ``deafen()`` a watch that silently stops hearing, ``break_watches()`` a failed socket;
+  a watch's ``read_at`` is the ``clock`` reading at which it handed out its latest event, as the real
+  one's is that of its latest read;
 - interface addresses (``add_address``, ``remove_address``) are dumped and notified on their own watches,
   as the real ones are on their own socket; deleting a link takes its addresses with it.
 Tests inject foreign routes (``add_foreign``), errors (``failures``) and inspect ``routes`` and ``calls``.
@@ -148,7 +149,7 @@ class FakeNetlink:
         if held.type != route.type and ":" not in route.dst:  # IPv6 deletes ignore the type
             return errno_text(errno.ESRCH)
         del self.routes[key]
-        self._emit(RouteEvent(DEL, held, _device(held)))
+        self._emit(RouteEvent(DEL, held, _device(held)), own=True)
         return ""
 
     def add_foreign(self, route: Route) -> None:
@@ -231,12 +232,13 @@ class FakeNetlink:
             watch.error = error
             watch.queue.put_nowait(None)
 
-    def _emit(self, event: RouteEvent | LinkEvent) -> None:
+    def _emit(self, event: RouteEvent | LinkEvent, own: bool = False) -> None:
+        """``own``: a deletion this adapter's ``apply`` asked for (the kernel filter knows it by port id)."""
         for watch in self._watches:
             if watch.deaf:
                 continue
             ours = isinstance(event, RouteEvent) and event.route.proto == watch.exclude_proto
-            if ours and event.action == ADD:
+            if ours and (event.action == ADD or own):
                 continue
             watch.queue.put_nowait(event)
 

@@ -60,6 +60,9 @@ class FakeBackend:
     def foreign(self, route: Route) -> None:
         self.fake.add_foreign(route)
 
+    def remove(self, route: Route) -> None:
+        self.fake.remove(route)
+
     def add_link(self, name: str) -> None:
         self.fake.add_link(name)
 
@@ -101,6 +104,11 @@ class KernelBackend:
         family = "-6" if ":" in route.dst else "-4"
         ip(self.ns, family, "route", "replace", route.dst, "via", hop.gateway, "dev", hop.ifname,
            "proto", str(route.proto), "metric", str(route.priority))
+
+    def remove(self, route: Route) -> None:
+        family = "-6" if ":" in route.dst else "-4"
+        ip(self.ns, family, "route", "del", route.dst, "proto", str(route.proto),
+           "metric", str(route.priority))  # fmt: skip
 
     def add_link(self, name: str) -> None:
         ip(self.ns, "link", "add", name, "type", "veth", "peer", "name", f"{name}p")
@@ -226,18 +234,35 @@ async def test_a_deleted_device_takes_its_ipv4_routes_without_a_notification(bac
     assert at(await backend.nl.dump_routes(None), v4.dst) == set()
 
 
-async def test_a_watch_drops_additions_of_the_excluded_protocol_but_not_its_deletions(backend):
+@pytest.mark.parametrize(
+    "dsts, gateway",
+    [
+        (("10.77.0.0/24", "10.77.1.0/24", "10.78.0.0/24"), "10.9.0.2"),
+        (("fd77::/64", "fd77:1::/64", "fd78::/64"), "fd00:9::2"),
+    ],
+    ids=["ipv4", "ipv6"],
+)
+async def test_a_watch_drops_our_additions_and_deletions_of_the_excluded_protocol_but_not_others(
+    backend, dsts, gateway
+):
+    """The excluded protocol's additions, and its deletions made through this adapter, are not delivered;
+    someone else's deletion of such a route is (the route table repairs it), as is every other protocol's."""
+    mine, theirs, foreign = dsts
     watch = backend.nl.watch(exclude_proto=RTPROT_BIRD)
     try:
-        ours = Route("10.77.0.0/24", nexthops=via("10.9.0.2"))
-        assert await backend.nl.apply([ours], []) == []
-        backend.foreign(Route("10.78.0.0/24", nexthops=via("10.9.0.2"), proto=RTPROT_BOOT))
-        assert await backend.nl.apply([], [ours]) == []
+        ours = [Route(mine, nexthops=via(gateway)), Route(theirs, nexthops=via(gateway))]
+        assert await backend.nl.apply(ours, []) == []
+        other = Route(foreign, nexthops=via(gateway), proto=RTPROT_BOOT)
+        backend.foreign(other)
+        assert await backend.nl.apply([], ours[:1]) == []
+        backend.remove(ours[1])  # another writer
+        backend.remove(other)
         events = await events_until_marker(backend, watch)
     finally:
         watch.close()
     seen = [(e.action, e.route.dst, e.route.proto, e.ifname) for e in events if isinstance(e, RouteEvent)]
-    assert seen == [(ADD, "10.78.0.0/24", RTPROT_BOOT, "v0"), (DEL, "10.77.0.0/24", RTPROT_BIRD, "v0")]
+    assert seen == [(ADD, foreign, RTPROT_BOOT, "v0"), (DEL, theirs, RTPROT_BIRD, "v0"),
+                    (DEL, foreign, RTPROT_BOOT, "v0")]  # fmt: skip
 
 
 async def test_a_watch_without_exclusion_sees_our_own_writes(backend):

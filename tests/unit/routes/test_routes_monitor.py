@@ -103,6 +103,38 @@ async def test_burst_is_coalesced_into_one_call(running, kernel):
     assert len(seen) == 49 and all(isinstance(e, RouteEvent) and e.action == ADD for e in seen)
 
 
+async def test_without_debounce_a_burst_is_reported_on_the_next_turn_without_a_task(kernel):
+    calls: list[dict[str, str | None]] = []
+
+    async def no_sleep(seconds: float) -> None:
+        raise AssertionError("no debounce: nothing to sleep")
+
+    watcher = WorkloadRouteWatcher(kernel, calls.append, debounce=0.0, sleep=no_sleep)
+    task = asyncio.create_task(watcher.run())
+    await settle()
+    loop = asyncio.get_running_loop()
+    made: list[object] = []
+
+    def counting(loop, coro, **kwargs):
+        made.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(counting)
+    try:
+        for i in (1, 2):  # what one read of the socket carries: one burst
+            kernel.add_foreign(workload(f"10.244.1.{i}/32"))
+        kernel.remove(workload("10.244.1.2/32"))
+        await settle()
+        assert calls == [{}, {"10.244.1.1/32": "cali1"}] and made == []
+        kernel.remove(workload("10.244.1.1/32"))
+        await settle()
+        assert calls[2:] == [{"10.244.1.1/32": None}] and made == []
+    finally:
+        loop.set_task_factory(None)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_only_the_prefixes_touched_by_a_burst_are_reported(running, kernel):
     watcher, calls, gate, _ = running
     kernel.add_foreign(workload("10.244.1.5/32"))
