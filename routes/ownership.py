@@ -5,10 +5,13 @@ reconciler because these rules are the contract with Felix (docs/kernel-contract
 reading on their own.
 
 Owns: the Felix device names, the table ranges we must stay out of, route comparison tolerant of how the
-kernel reports routes back, and the one-line description used in conflict reports.
+kernel reports routes back, and the one-line description used in conflict reports (shared between the
+routes that have the same, as the kernel watch's decoder shares their next hops).
 """
 
 from __future__ import annotations
+
+import sys
 
 from routes.model import Route
 
@@ -53,3 +56,32 @@ def same_route(want: Route, have: Route) -> bool:
 def describe(route: Route) -> str:
     devs = ",".join(sorted({h.ifname for h in route.nexthops if h.ifname}))
     return f"{route.type} proto {route.proto} metric {route.priority}" + (f" dev {devs}" if devs else "")
+
+
+class SharedDescriptions:
+    """``describe``'s answers, one string object for the routes that share a next-hop tuple.
+
+    Every foreign route the kernel watch reports is described (Felix's 100k /32s in a burst, 2 us each),
+    and the decoder hands out one shared next-hop tuple per device, so a few entries answer them all. Keyed
+    by (type, protocol, metric, identity of the tuple); each entry holds its tuple, so that identity cannot
+    name another tuple while the entry lives. Bounded: past ``limit`` entries it starts over.
+    """
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._limit = limit
+        self._held: dict[tuple[str, int, int, int], tuple[tuple[object, ...], str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def __call__(self, route: Route) -> str:
+        hops = route.nexthops
+        key = (route.type, route.proto, route.priority, id(hops))
+        held = self._held.get(key)
+        if held is not None and held[0] is hops:
+            return held[1]
+        if len(self._held) >= self._limit:
+            self._held.clear()
+        text = sys.intern(describe(route))
+        self._held[key] = (hops, text)
+        return text

@@ -40,8 +40,9 @@ Complicating factors:
   device the kernel resolved; ``same_route`` treats an unset device as a wildcard.
 - IPv4 drops a downed device's routes without notifications; ``observe`` forces a read-back on such link
   transitions. A deletion of one of our routes by someone else arrives as a notification (the monitor's
-  kernel filter only drops our own additions) and is repaired at once; a change that keeps our protocol
-  (``ip route replace ... proto bird``) sends no notification we receive, and waits for ``resync``.
+  kernel filter drops only our own additions and deletions) and is repaired at once; a change that keeps
+  our protocol (``ip route replace ... proto bird``) sends no notification we receive, and waits for
+  ``resync``.
 - Errors are retried with exponential back-off per destination (``next_retry``, ``retry_due``). A retry
   writes only the destinations that failed: the desired routes are already held here, so nothing upstream
   is recomputed for a refusal, and a route the kernel keeps refusing costs one write per back-off. A
@@ -75,7 +76,7 @@ from routes.model import (
     Route,
     RouteEvent,
 )
-from routes.ownership import describe, is_felix_device, table_refusal
+from routes.ownership import SharedDescriptions, is_felix_device, table_refusal
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class RouteTable:
         self._hold = hold_deletes
         self._wanted = DesiredRoutes(table, proto)
         self._view = KernelView()  # ours and foreign routes in the kernel table, as far as we know
+        self._describe = SharedDescriptions()  # a foreign route's line in conflict reports
         self._dirty: set[str] = set()
         self._held: set[str] = set()
         self._adopted: set[str] = set()  # dsts found at the first read-back and not desired since
@@ -272,7 +274,7 @@ class RouteTable:
                 return True
             return False
         if event.action == ADD:
-            self._view.add_foreign(dst, prio, describe(route))
+            self._view.add_foreign(dst, prio, self._describe(route))
             hit = dst in self._wanted.routes or dst in self._view.programmed
             self._view.forget(route)  # at the same kernel key, the kernel has overwritten ours
         else:
