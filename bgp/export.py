@@ -35,14 +35,14 @@ class ExportRules:
     def __init__(self, local_blocks: Iterable[str], pools: Iterable[KernelPool]) -> None:
         pools = tuple(pools)
         self._suppressed = tuple(span(p.network) for p in pools if p.disable_bgp_export)
-        self._exportable = tuple(span(p.network) for p in pools if not p.disable_bgp_export)
+        exportable = tuple(span(p.network) for p in pools if not p.disable_bgp_export)
         blocks = {network(b) for b in local_blocks}
-        self._blocks = tuple(span(b) for b in blocks)
-        # ``_announces`` as one ordered pass: the first span that holds a prefix decides it.
+        # Rules 1-3 as one ordered pass: the first span that holds a prefix decides it (suppressed pools,
+        # then local blocks, which are announced whole, then the exportable pools).
         self._verdicts = tuple(
             [(*s, False) for s in self._suppressed]
-            + [(*s, False) for s in self._blocks]
-            + [(*s, True) for s in self._exportable]
+            + [(*span(b), False) for b in blocks]
+            + [(*s, True) for s in exportable]
         )
         announced = [b for b in blocks if not within_any(span(b), self._suppressed)]
         self._announced_blocks = tuple(announced)
@@ -53,15 +53,14 @@ class ExportRules:
         """Whether the workload host route ``prefix`` is announced on its own (rules 1 and 3; a prefix
         inside a local block is not: the block is)."""
         _, version, first, _, last = parse_prefix(prefix)
+        return self._announces((version, first, last))
+
+    def _announces(self, s: Span) -> bool:
+        version, first, last = s
         for v, lo, hi, verdict in self._verdicts:  # noqa: SIM110 (one pass per route, 100k in a burst)
             if v == version and lo <= first and last <= hi:
                 return verdict
         return False
-
-    def _announces(self, s: Span) -> bool:
-        if within_any(s, self._suppressed) or within_any(s, self._blocks):
-            return False
-        return within_any(s, self._exportable)
 
     def select(self, workload_prefixes: Iterable[str]) -> tuple[str, ...]:
         """Everything announced for these workloads: the blocks and the workloads announced on their own."""

@@ -313,7 +313,7 @@ class KernelNetlink:
         if exclude_proto is not None:
             # Our request socket's port id: the echoes of our own deletions are dropped in the kernel too.
             # It stays open until close(), so the id names no other socket while this watch lives.
-            own_port = self._request_socket().getsockname()[0] or None
+            own_port = self._request_socket().getsockname()[0]
             attach_filter(sock, rt.exclude_proto_filter(exclude_proto, own_port))
         return KernelRouteWatch(sock, self._links)
 

@@ -465,40 +465,28 @@ def _be_view(fmt: str, value: int) -> int:
     return int.from_bytes(struct.pack(fmt, value), "big")
 
 
-def _be16_view(value: int) -> int:
-    return _be_view("=H", value)
-
-
-def exclude_proto_filter(proto: int, own_port: int | None = None) -> bytes:
-    """A BPF program dropping RTM_NEWROUTE notifications whose rtm_protocol is ``proto`` (our own writes),
-    so a 100k-route apply does not flood and overflow the monitor socket. Deletions of ``proto`` routes
-    pass, because one made by someone else must reach ``RouteTable.observe`` at once; with ``own_port``
-    (the port id of the socket our requests go out on) the deletions that socket asked for are dropped
-    too: the kernel stamps a notification with the requester's port id (``nlmsg_pid``), so the echoes of
-    our own bulk deletes (a peer's 100k routes withdrawn) are never read and decoded, and a deletion by any
-    other socket, or by the kernel itself (port id 0), still passes. Everything else passes."""
+def exclude_proto_filter(proto: int, own_port: int) -> bytes:
+    """A BPF program for the monitor socket dropping the notifications of our own writes: RTM_NEWROUTE
+    whose rtm_protocol is ``proto``, so a 100k-route apply does not flood and overflow the socket, and the
+    RTM_DELROUTE of ``proto`` routes that ``own_port`` (the port id of the socket our requests go out on)
+    asked for: the kernel stamps a notification with the requester's port id (``nlmsg_pid``), so the echoes
+    of our own bulk deletes (a peer's 100k routes withdrawn) are never read and decoded. A deletion of one
+    of our routes by any other socket, or by the kernel itself (port id 0), passes: it must reach
+    ``RouteTable.observe`` at once. Everything else passes."""
+    if own_port <= 0:  # 0 is the kernel's own: its deletions (a device gone) would be hidden
+        raise ValueError(f"not the port id of a bound netlink socket: {own_port}")
     proto_offset = HDR_LEN + 5  # rtmsg.rtm_protocol
-    if own_port is None:
-        program = [
-            (_BPF_LD_H_ABS, 0, 0, 4),  # A = nlmsg_type
-            (_BPF_JEQ_K, 0, 2, _be16_view(RTM_NEWROUTE)),  # not a new route -> accept
-            (_BPF_LD_B_ABS, 0, 0, proto_offset),  # A = rtm_protocol
-            (_BPF_JEQ_K, 1, 0, proto),  # ours -> drop
-            _BPF_ACCEPT,
-            _BPF_DROP,
-        ]
-    else:  # jump offsets count from the next instruction
-        program = [
-            (_BPF_LD_H_ABS, 0, 0, 4),  # 0: A = nlmsg_type
-            (_BPF_JEQ_K, 5, 0, _be16_view(RTM_NEWROUTE)),  # 1: a new route -> 7
-            (_BPF_JEQ_K, 0, 6, _be16_view(RTM_DELROUTE)),  # 2: not a deleted one -> accept
-            (_BPF_LD_B_ABS, 0, 0, proto_offset),  # 3: A = rtm_protocol
-            (_BPF_JEQ_K, 0, 4, proto),  # 4: not ours -> accept
-            (_BPF_LD_W_ABS, 0, 0, 12),  # 5: A = nlmsg_pid
-            (_BPF_JEQ_K, 3, 2, _be_view("=I", own_port)),  # 6: our own request -> drop, else accept
-            (_BPF_LD_B_ABS, 0, 0, proto_offset),  # 7: A = rtm_protocol
-            (_BPF_JEQ_K, 1, 0, proto),  # 8: ours -> drop
-            _BPF_ACCEPT,  # 9
-            _BPF_DROP,  # 10
-        ]
+    program = [  # jump offsets count from the next instruction
+        (_BPF_LD_H_ABS, 0, 0, 4),  # 0: A = nlmsg_type
+        (_BPF_JEQ_K, 5, 0, _be_view("=H", RTM_NEWROUTE)),  # 1: a new route -> 7
+        (_BPF_JEQ_K, 0, 6, _be_view("=H", RTM_DELROUTE)),  # 2: not a deleted one -> accept
+        (_BPF_LD_B_ABS, 0, 0, proto_offset),  # 3: A = rtm_protocol
+        (_BPF_JEQ_K, 0, 4, proto),  # 4: not ours -> accept
+        (_BPF_LD_W_ABS, 0, 0, 12),  # 5: A = nlmsg_pid
+        (_BPF_JEQ_K, 3, 2, _be_view("=I", own_port)),  # 6: our own request -> drop, else accept
+        (_BPF_LD_B_ABS, 0, 0, proto_offset),  # 7: A = rtm_protocol
+        (_BPF_JEQ_K, 1, 0, proto),  # 8: ours -> drop
+        _BPF_ACCEPT,  # 9
+        _BPF_DROP,  # 10
+    ]
     return b"".join(_SOCK_FILTER.pack(*ins) for ins in program)

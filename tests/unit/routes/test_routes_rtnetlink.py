@@ -201,3 +201,11 @@ def test_link_message():
 )
 def test_kernel_form(route, expected):
     assert kernel_form(route) == expected
+
+
+@pytest.mark.parametrize("port", [0, -1])
+def test_the_echo_filter_refuses_a_port_id_that_would_hide_the_kernels_own_deletions(port):
+    """Port id 0 stamps the kernel's own notifications (a device gone takes its routes): a filter keyed on
+    it would drop those deletions, which the route table must hear."""
+    with pytest.raises(ValueError, match="port id"):
+        rt.exclude_proto_filter(12, port)
